@@ -1,0 +1,54 @@
+"""curator-worker: run dataset-curation pipelines on a Celery cluster fed through Redis.
+
+The pipeline contract matches physicsnemo-curator (``Source``, ``Filter``, ``Sink``,
+``Pipeline``, ``run_pipeline``), so its components run here unchanged::
+
+    from curator_worker import run_pipeline
+    results = run_pipeline(pipeline, backend="celery", n_jobs=4)
+"""
+
+from curator_worker.errors import (
+    CuratorError,
+    IndexSelectionError,
+    JobFailedError,
+    PartitionConflictError,
+    PipelineError,
+    SpecError,
+)
+from curator_worker.gather import gather_pipeline
+from curator_worker.pipeline import REQUIRED, Filter, Param, Pipeline, Sink, Source
+from curator_worker.planning import batch_groups, intersect_partitions
+from curator_worker.run import (
+    RunBackend,
+    RunConfig,
+    get_backend,
+    list_backends,
+    register_backend,
+    run_pipeline,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REQUIRED",
+    "CuratorError",
+    "Filter",
+    "IndexSelectionError",
+    "JobFailedError",
+    "Param",
+    "PartitionConflictError",
+    "Pipeline",
+    "PipelineError",
+    "RunBackend",
+    "RunConfig",
+    "Sink",
+    "Source",
+    "SpecError",
+    "batch_groups",
+    "gather_pipeline",
+    "get_backend",
+    "intersect_partitions",
+    "list_backends",
+    "register_backend",
+    "run_pipeline",
+]

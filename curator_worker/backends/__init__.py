@@ -1,0 +1,1 @@
+"""Run backends, one module each; importing a module registers its backend."""

@@ -1,0 +1,82 @@
+"""The ``celery`` backend: run a pipeline on a Celery cluster, or on an embedded one.
+
+With ``CURATOR_BROKER_URL`` (or ``broker_url=``) set, the job goes to that cluster's
+workers. Without, a private local cluster (Redis + prefork workers as subprocesses) is
+started for the run and stopped after it. Either way the pipeline travels as a spec, so its
+components must be importable classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from curator_worker.config import Settings
+from curator_worker.embedded import LocalCluster
+from curator_worker.errors import JobFailedError
+from curator_worker.jobs import SUCCEEDED, JobStore
+from curator_worker.pipeline import Pipeline
+from curator_worker.run import RunBackend, RunConfig, register_backend
+from curator_worker.spec import pipeline_to_spec
+
+_SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
+
+
+@contextmanager
+def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, LocalCluster | None]]:
+    """``settings`` when a broker is configured, else an embedded cluster's settings."""
+    if settings.configured:
+        settings.require_cluster()
+        yield settings, None
+        return
+    with LocalCluster(workers=workers, queue=settings.queue) as cluster:
+        yield cluster.settings, cluster
+
+
+@register_backend
+class CeleryBackend(RunBackend):
+    """Batches of indices as Celery tasks in a chord whose callback gathers shards.
+
+    Keyword options: ``broker_url``, ``result_backend``, ``job_store_url``, ``queue``,
+    ``batch_size``, ``timeout`` (seconds to wait).
+    """
+
+    name = "celery"
+    description = "Celery workers fed through Redis; embedded local cluster if none configured."
+    requires = ("celery", "redis")
+
+    def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
+        """Submit the run as a job, wait for it, return the sink paths in order."""
+        from producer.submit import submit_job
+        from producer.wait import wait_for_job
+
+        kwargs = dict(config.backend_kwargs)
+        unknown = set(kwargs) - {*_SETTING_KWARGS, "batch_size", "timeout"}
+        if unknown:
+            raise TypeError(f"Unknown celery backend option(s): {', '.join(sorted(unknown))}.")
+        spec = pipeline_to_spec(pipeline)
+        base = Settings.from_env(**{k: kwargs.get(k) for k in _SETTING_KWARGS})
+        with cluster_for(base, config.n_jobs) as (settings, cluster):
+            job = submit_job(
+                spec,
+                settings,
+                origin="run_pipeline",
+                indices=config.indices,
+                batch_size=kwargs.get("batch_size"),
+                n_workers_hint=config.n_jobs,
+            )
+            store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+            status = wait_for_job(
+                store, job.job_id, settings=settings, progress=config.progress,
+                timeout=kwargs.get("timeout"),
+                watchdog=cluster.check_alive if cluster is not None else None,
+            )
+            results = store.results(job.job_id, config.indices)
+            failures = store.failures(job.job_id) if status.state != SUCCEEDED else {}
+        if status.state != SUCCEEDED:
+            raise JobFailedError(
+                job.job_id, status.state,
+                {i: f"{e['type']}: {e['message']}" for i, e in failures.items()},
+                status.error or "",
+            )
+        return [list((r or {}).get("paths") or []) for r in results]

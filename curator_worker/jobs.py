@@ -1,0 +1,331 @@
+"""The job store: every job's record, counters, per-index results and committed shards, in Redis.
+
+One namespace per job::
+
+    curator:job:<id>              hash: spec, options, state, timestamps, counters
+    curator:job:<id>:batches      hash: batch key -> JSON index list
+    curator:job:<id>:committed    hash: batch key -> commit record (shards, host, pid)
+    curator:job:<id>:results      hash: index -> {"paths": [...]} or {"error": {...}}
+    curator:job:<id>:failures     hash: index -> error, failed indices only
+    curator:job:<id>:attempts     hash: batch key -> deliveries so far
+    curator:jobs                  sorted set: job id by creation time
+
+Progress and completion are read from these counters, never from Celery's result
+objects. A batch commit is one Lua script (``lua/commit_batch.lua``), so a batch's results,
+its shards and the counters change together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+
+from curator_worker.config import redact_url
+from curator_worker.errors import BrokerUnavailableError, JobNotFoundError
+
+PREFIX = "curator"
+JOBS_INDEX = f"{PREFIX}:jobs"
+
+#: States of a job. The last four are final.
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+PARTIAL = "partial"
+FAILED = "failed"
+CANCELLED = "cancelled"
+FINAL_STATES = frozenset({SUCCEEDED, PARTIAL, FAILED, CANCELLED})
+
+_COMMIT_SCRIPT = resources.files("curator_worker").joinpath("lua/commit_batch.lua").read_text()
+
+
+def new_job_id() -> str:
+    """A fresh job id: sortable by time, unique across hosts."""
+    return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
+
+
+def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+    """A Redis client for ``url`` that fails within ``timeout`` seconds, checked with PING.
+
+    Raises
+    ------
+    BrokerUnavailableError
+        Naming the URL with its password redacted.
+    """
+    try:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 30.0),
+            health_check_interval=30,
+        )
+        client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise BrokerUnavailableError(
+            f"Cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: "
+            f"{redact_url(str(exc)) if '://' in str(exc) else exc}. Check the URL and "
+            "that the server is running."
+        ) from None
+    return client
+
+
+@dataclass
+class JobStatus:
+    """A snapshot of one job, as ``curator-jobs status`` shows it."""
+
+    job_id: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    n_batches: int
+    committed_batches: int
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    queue: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        """Indices that have a result (done or failed)."""
+        return self.done + self.failed
+
+    @property
+    def is_final(self) -> bool:
+        """True once the job is succeeded, partial, failed or cancelled."""
+        return self.state in FINAL_STATES
+
+    @property
+    def all_committed(self) -> bool:
+        """True when every batch is committed (gather can run)."""
+        return self.committed_batches >= self.n_batches
+
+    def exit_code(self) -> int:
+        """0 when every index succeeded, 1 when some failed, 2 for a systemic failure."""
+        if self.state == SUCCEEDED:
+            return 0
+        if self.state == PARTIAL:
+            return 1
+        return 2
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``--json``)."""
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "total": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "batches": self.n_batches,
+            "committed_batches": self.committed_batches,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "queue": self.queue,
+        }
+
+
+def _float(value: bytes | None) -> float | None:
+    return float(value) if value not in (None, b"") else None
+
+
+class JobStore:
+    """Reads and writes jobs in Redis.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        Connection to the job store's Redis.
+    ttl : int
+        Seconds a finished job's keys are kept.
+    """
+
+    def __init__(self, client: redis.Redis, ttl: int = 7 * 24 * 3600) -> None:
+        self.client = client
+        self.ttl = ttl
+        self._commit = client.register_script(_COMMIT_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, ttl: int = 7 * 24 * 3600, timeout: float = 5.0) -> JobStore:
+        """Connect to ``url`` (checked with PING; see :func:`connect`)."""
+        return cls(connect(url, timeout=timeout), ttl=ttl)
+
+    # -- keys
+    @staticmethod
+    def key(job_id: str, part: str = "") -> str:
+        """The Redis key of ``part`` of job ``job_id``."""
+        return f"{PREFIX}:job:{job_id}" + (f":{part}" if part else "")
+
+    def _keys(self, job_id: str) -> list[str]:
+        parts = ("", "batches", "committed", "results", "failures", "attempts")
+        return [self.key(job_id, p) for p in parts]
+
+    # -- writing
+    def create_job(
+        self,
+        job_id: str,
+        spec: Mapping[str, Any],
+        options: Mapping[str, Any],
+        batches: Sequence[tuple[str, Sequence[int]]],
+        total: int,
+        queue: str,
+    ) -> None:
+        """Write a new job's record and its batch plan in one transaction."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(
+            self.key(job_id),
+            mapping={
+                "spec": json.dumps(spec),
+                "options": json.dumps(dict(options)),
+                "state": RUNNING,
+                "created": now,
+                "total": total,
+                "n_batches": len(batches),
+                "done": 0,
+                "failed": 0,
+                "committed_batches": 0,
+                "queue": queue,
+            },
+        )
+        for start in range(0, len(batches), 10_000):
+            chunk = batches[start : start + 10_000]
+            pipe.hset(
+                self.key(job_id, "batches"),
+                mapping={key: json.dumps(list(indices)) for key, indices in chunk},
+            )
+        pipe.zadd(JOBS_INDEX, {job_id: now})
+        pipe.execute()
+
+    def begin_attempt(self, job_id: str, batch_key: str) -> int:
+        """Count one more delivery of ``batch_key``; return its attempt number (1, 2, ...)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self.key(job_id, "attempts"), batch_key, 1)
+        pipe.hsetnx(self.key(job_id), "started", time.time())
+        return int(pipe.execute()[0])
+
+    def commit_batch(
+        self,
+        job_id: str,
+        batch_key: str,
+        results: Iterable[tuple[int, bool, Mapping[str, Any]]],
+        record: Mapping[str, Any],
+    ) -> bool:
+        """Commit a batch: results ``(index, ok, result)``, shards and counters, atomically.
+
+        Returns
+        -------
+        bool
+            True when this call committed it; False when it was already committed (the
+            caller then discards its own shards).
+        """
+        args: list[Any] = [batch_key, json.dumps(dict(record))]
+        triples: list[Any] = []
+        for index, ok, result in results:
+            triples += [index, "ok" if ok else "err", json.dumps(dict(result))]
+        args += [len(triples) // 3, *triples]
+        keys = self._keys(job_id)
+        return bool(self._commit(keys=[keys[0], keys[2], keys[3], keys[4]], args=args))
+
+    def set_state(self, job_id: str, state: str, **fields: Any) -> None:
+        """Set the job's state (and other record fields)."""
+        mapping: dict[str, Any] = {"state": state, **fields}
+        if state in FINAL_STATES:
+            mapping.setdefault("finished", time.time())
+        self.client.hset(self.key(job_id), mapping=mapping)
+        if state in FINAL_STATES:
+            pipe = self.client.pipeline(transaction=False)
+            for key in self._keys(job_id):
+                pipe.expire(key, self.ttl)
+            pipe.execute()
+
+    def record_error(self, job_id: str, message: str) -> None:
+        """Record a systemic error (e.g. the spec cannot be built on a worker); first one wins."""
+        self.client.hsetnx(self.key(job_id), "error", message)
+
+    # -- reading
+    def record(self, job_id: str) -> dict[str, Any]:
+        """The job's record with ``spec`` and ``options`` decoded.
+
+        Raises
+        ------
+        JobNotFoundError
+            If no such job exists (never submitted, or expired).
+        """
+        raw = self.client.hgetall(self.key(job_id))
+        if not raw:
+            raise JobNotFoundError(
+                f"No job {job_id!r} in the job store. Check the id with `curator-jobs list`; "
+                "finished jobs expire after CURATOR_JOB_TTL."
+            )
+        out: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        out["spec"] = json.loads(out["spec"])
+        out["options"] = json.loads(out.get("options", "{}"))
+        return out
+
+    def status(self, job_id: str) -> JobStatus:
+        """A :class:`JobStatus` snapshot (one round trip)."""
+        fields = (
+            "state", "total", "done", "failed", "n_batches", "committed_batches", "created",
+            "started", "finished", "error", "queue", "options",
+        )
+        values = self.client.hmget(self.key(job_id), fields)
+        if values[0] is None:
+            self.record(job_id)  # raises JobNotFoundError
+        v = dict(zip(fields, values, strict=True))
+        return JobStatus(
+            job_id=job_id,
+            state=v["state"].decode(),
+            total=int(v["total"] or 0),
+            done=int(v["done"] or 0),
+            failed=int(v["failed"] or 0),
+            n_batches=int(v["n_batches"] or 0),
+            committed_batches=int(v["committed_batches"] or 0),
+            created=float(v["created"] or 0),
+            started=_float(v["started"]),
+            finished=_float(v["finished"]),
+            error=v["error"].decode() if v["error"] else None,
+            queue=(v["queue"] or b"").decode(),
+            options=json.loads(v["options"] or b"{}"),
+        )
+
+    def is_committed(self, job_id: str, batch_key: str) -> bool:
+        """True when ``batch_key`` is committed."""
+        return bool(self.client.hexists(self.key(job_id, "committed"), batch_key))
+
+    def batches(self, job_id: str) -> dict[str, list[int]]:
+        """Every planned batch: key -> indices."""
+        raw = self.client.hgetall(self.key(job_id, "batches"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def commit_records(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Committed batches: key -> commit record (with ``shards``)."""
+        raw = self.client.hgetall(self.key(job_id, "committed"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def results(self, job_id: str, indices: Sequence[int]) -> list[dict[str, Any] | None]:
+        """Per-index results in the order of ``indices`` (``None`` where none is recorded)."""
+        out: list[dict[str, Any] | None] = []
+        key = self.key(job_id, "results")
+        for start in range(0, len(indices), 10_000):
+            chunk = [str(i) for i in indices[start : start + 10_000]]
+            out += [json.loads(v) if v is not None else None for v in self.client.hmget(key, chunk)]
+        return out
+
+    def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
+        """Failed indices: index -> error record (type, message, traceback, attempt, host)."""
+        raw = self.client.hgetall(self.key(job_id, "failures"))
+        decoded = {int(k): json.loads(v)["error"] for k, v in raw.items()}
+        return dict(sorted(decoded.items()))
+
+    def list_jobs(self, limit: int = 20) -> list[str]:
+        """The most recent job ids, newest first (expired ones skipped)."""
+        ids = [i.decode() for i in self.client.zrevrange(JOBS_INDEX, 0, limit * 2)]
+        alive = [i for i in ids if self.client.exists(self.key(i))]
+        return alive[:limit]

@@ -1,0 +1,421 @@
+"""The pipeline contract: ``Param``, ``Source``, ``Filter``, ``Sink`` and ``Pipeline``.
+
+Names and semantics match physicsnemo-curator's ``core.base`` so its users can bring their
+components unchanged. A pipeline is an indexed source, zero or more filters and a sink::
+
+    pipeline = MySource(root="data/").filter(MyFilter()).write(MySink(output_dir="out/"))
+    paths = pipeline[0]          # runs index 0 lazily and returns the sink's paths
+
+Components remember the arguments they were built with, so a pipeline can be saved as a
+spec (:meth:`Pipeline.save`) and rebuilt on another machine (:meth:`Pipeline.load`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from curator_worker.errors import PipelineError
+
+if TYPE_CHECKING:
+    from os import PathLike
+
+T = TypeVar("T")
+
+
+class _Required:
+    """Sentinel type of :data:`REQUIRED`."""
+
+    _instance: _Required | None = None
+
+    def __new__(cls) -> _Required:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+    def __reduce__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""Default of a :class:`Param` that has no default: the user must give it."""
+
+
+class Param:
+    """One constructor parameter of a component, as a spec names it.
+
+    Parameters
+    ----------
+    name : str
+        The keyword argument name of the component's ``__init__``.
+    description : str
+        One line for ``--help`` and error messages.
+    type : type, optional
+        Values in a spec are coerced to this type (``str`` by default).
+    default : Any, optional
+        Value used when the spec omits the param; :data:`REQUIRED` (the default) means
+        the spec must give it.
+    choices : Sequence, optional
+        If given, the value must be one of these.
+
+    Examples
+    --------
+    >>> Param("count", "How many records", type=int, default=100).required
+    False
+    """
+
+    __slots__ = ("name", "description", "type", "default", "choices")
+
+    def __init__(
+        self,
+        name: str,
+        description: str,
+        type: type = str,  # noqa: A002 - the contract's name
+        default: Any = REQUIRED,
+        choices: Sequence[Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.type = type
+        self.default = default
+        self.choices = list(choices) if choices is not None else None
+
+    @property
+    def required(self) -> bool:
+        """True when the param has no default and must be given."""
+        return self.default is REQUIRED
+
+    def __repr__(self) -> str:
+        return (
+            f"Param({self.name!r}, type={getattr(self.type, '__name__', self.type)}, "
+            f"default={self.default!r})"
+        )
+
+
+def _bound_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``cls(*args, **kwargs)`` by parameter name (``{}`` if they don't bind)."""
+    try:
+        signature = inspect.signature(cls.__init__)
+        bound = signature.bind(None, *args, **kwargs)
+    except (TypeError, ValueError):
+        return {}
+    arguments: dict[str, Any] = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            arguments[name] = value
+    return arguments
+
+
+class _Component:
+    """Records the arguments a component was built with, for :meth:`Pipeline.save`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        object.__setattr__(self, "_init_params", _bound_arguments(cls, args, kwargs))
+        return self
+
+    @classmethod
+    def params(cls) -> list[Param]:
+        """The parameters a spec may give this component (none by default)."""
+        return []
+
+    @property
+    def init_params(self) -> dict[str, Any]:
+        """The keyword arguments this instance was built with."""
+        return dict(getattr(self, "_init_params", {}))
+
+
+class Source(_Component, Generic[T], ABC):
+    """An indexed collection of work: ``len(source)`` indices, each yielding items.
+
+    Subclasses set the class attributes ``name`` and ``description``, declare their
+    constructor parameters in :meth:`params`, and implement ``__len__`` and
+    ``__getitem__``.
+
+    Examples
+    --------
+    >>> class Numbers(Source[int]):
+    ...     name = "Numbers"
+    ...     description = "0..n-1"
+    ...     def __init__(self, n: int = 3) -> None:
+    ...         self.n = n
+    ...     def __len__(self) -> int:
+    ...         return self.n
+    ...     def __getitem__(self, index: int):
+    ...         yield index
+    >>> list(Numbers()[2])
+    [2]
+    """
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of indices."""
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Iterator[T]:
+        """Yield the item(s) of ``index``."""
+
+    def partition_indices(self, indices: Sequence[int]) -> list[list[int]] | None:
+        """Groups of ``indices`` that must run in one worker, in order.
+
+        Parameters
+        ----------
+        indices : Sequence[int]
+            The indices of this run.
+
+        Returns
+        -------
+        list[list[int]] | None
+            ``None`` (the default) when every index is independent.
+        """
+        return None
+
+    def filter(self, f: Filter[Any]) -> Pipeline:
+        """Start a pipeline from this source with filter ``f``."""
+        return Pipeline(self).filter(f)
+
+    def write(self, s: Sink[Any]) -> Pipeline:
+        """Start a pipeline from this source that writes with sink ``s``."""
+        return Pipeline(self).write(s)
+
+
+class Filter(_Component, Generic[T], ABC):
+    """Transforms the stream of items of one index: expand, contract or pass through.
+
+    A *stateful* filter accumulates over items (statistics, an index file). It also has
+    ``flush()`` (write the state to ``self._output_path``), an ``_output_path`` attribute
+    and a static ``merge(shard_paths, output_path) -> str`` that combines the shards that
+    parallel workers flushed. Runners set ``_output_path`` per shard; never rely on the PID.
+    """
+
+    @abstractmethod
+    def __call__(self, items: Iterator[T]) -> Iterator[T]:
+        """Consume ``items`` and yield the items that go on."""
+
+    def artifacts(self) -> list[str]:
+        """Paths of files this filter writes besides the sink's outputs."""
+        return []
+
+
+class Sink(_Component, Generic[T], ABC):
+    """Writes the items of one index and returns the paths written."""
+
+    @abstractmethod
+    def __call__(self, items: Iterator[T], index: int) -> list[str]:
+        """Write ``items`` of ``index``; return the paths written."""
+
+    def partition_indices(self, indices: Sequence[int]) -> list[list[int]] | None:
+        """Groups of ``indices`` that must be written by one worker, in order.
+
+        Returns ``None`` (the default) when every index is independent.
+        """
+        return None
+
+
+def is_stateful(f: Filter[Any]) -> bool:
+    """True when ``f`` follows the stateful-filter protocol (``flush`` + ``merge``)."""
+    return callable(getattr(f, "flush", None)) and callable(getattr(type(f), "merge", None))
+
+
+def source_items(source: Source[Any], index: int) -> Iterator[Any]:
+    """The items of ``source[index]`` as an iterator.
+
+    A generator or iterator is used as is; a list or tuple is a sequence of items; any
+    other value is a single item.
+    """
+    produced = source[index]
+    if isinstance(produced, Iterator):
+        return produced
+    if isinstance(produced, list | tuple):
+        return iter(produced)
+    if produced is None:
+        return iter(())
+    return iter((produced,))
+
+
+class Pipeline:
+    """An immutable source → filters → sink chain.
+
+    Parameters
+    ----------
+    source : Source
+        Where the items come from.
+    filters : Sequence[Filter], optional
+        Applied in order to each index's items.
+    sink : Sink, optional
+        Writes each index's items; required before running.
+    track_metrics : bool, optional
+        Record per-stage timings when run by a backend that supports it.
+
+    Examples
+    --------
+    >>> from curator_worker.components import SyntheticArrays, NpzPerIndex
+    >>> p = SyntheticArrays(count=4).write(NpzPerIndex(output_dir="/tmp/cw-doc"))
+    >>> len(p)
+    4
+    """
+
+    __slots__ = ("_source", "_filters", "_sink", "_track_metrics")
+
+    def __init__(
+        self,
+        source: Source[Any],
+        filters: Sequence[Filter[Any]] = (),
+        sink: Sink[Any] | None = None,
+        *,
+        track_metrics: bool = False,
+    ) -> None:
+        if not isinstance(source, Source):
+            raise PipelineError(
+                f"Pipeline source must be a Source instance, got {type(source).__name__}."
+            )
+        for f in filters:
+            if not isinstance(f, Filter) and not callable(f):
+                raise PipelineError(f"Filter {f!r} is neither a Filter nor callable.")
+        if sink is not None and not isinstance(sink, Sink) and not callable(sink):
+            raise PipelineError(f"Sink {sink!r} is neither a Sink nor callable.")
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_filters", tuple(filters))
+        object.__setattr__(self, "_sink", sink)
+        object.__setattr__(self, "_track_metrics", bool(track_metrics))
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(
+            "Pipeline is immutable; .filter() and .write() return a new pipeline."
+        )
+
+    @property
+    def source(self) -> Source[Any]:
+        """The source."""
+        return self._source
+
+    @property
+    def filters(self) -> tuple[Filter[Any], ...]:
+        """The filters, in order."""
+        return self._filters
+
+    @property
+    def sink(self) -> Sink[Any] | None:
+        """The sink, or ``None`` before :meth:`write`."""
+        return self._sink
+
+    @property
+    def track_metrics(self) -> bool:
+        """Whether per-stage metrics are recorded."""
+        return self._track_metrics
+
+    def filter(self, f: Filter[Any]) -> Pipeline:
+        """Return a new pipeline with filter ``f`` appended."""
+        return Pipeline(self._source, (*self._filters, f), self._sink,
+                        track_metrics=self._track_metrics)
+
+    def write(self, s: Sink[Any]) -> Pipeline:
+        """Return a new pipeline that writes with sink ``s`` (replacing any sink)."""
+        return Pipeline(self._source, self._filters, s, track_metrics=self._track_metrics)
+
+    def with_metrics(self, track_metrics: bool = True) -> Pipeline:
+        """Return a new pipeline with ``track_metrics`` set."""
+        return Pipeline(self._source, self._filters, self._sink, track_metrics=track_metrics)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def check_index(self, index: int) -> int:
+        """Validate ``index`` and return it as a non-negative int.
+
+        Raises
+        ------
+        IndexError
+            If ``index`` is outside ``[-len, len)``.
+        TypeError
+            If ``index`` is not an int.
+        """
+        if isinstance(index, bool):
+            raise TypeError("Pipeline indices must be integers, not bool.")
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(
+                f"Pipeline indices must be integers, not {type(index).__name__}."
+            ) from None
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"Index {index} is out of range for a pipeline of {n} indices.")
+        return index
+
+    def require_sink(self) -> Sink[Any]:
+        """The sink, or a :class:`PipelineError` saying how to add one."""
+        if self._sink is None:
+            raise PipelineError("Pipeline has no sink. Call .write(sink) before running it.")
+        return self._sink
+
+    def run_index(self, index: int, filters: Sequence[Filter[Any]] | None = None) -> list[str]:
+        """Run one index through the source, ``filters`` (default: this pipeline's) and sink.
+
+        Runners pass per-batch copies of the stateful filters through ``filters``.
+        """
+        sink = self.require_sink()
+        index = self.check_index(index)
+        items: Iterator[Any] = source_items(self._source, index)
+        for f in self._filters if filters is None else filters:
+            items = iter(f(items))
+        paths = sink(items, index)
+        return [str(p) for p in (paths or [])]
+
+    def __getitem__(self, index: int) -> list[str]:
+        """Run ``index`` and return the paths the sink wrote."""
+        return self.run_index(index)
+
+    def partition_groups(self, indices: Sequence[int]) -> list[list[int]]:
+        """The finest groups of ``indices`` that satisfy both source and sink partitions."""
+        from curator_worker.planning import intersect_partitions
+
+        source_groups = self._source.partition_indices(list(indices))
+        sink = self._sink
+        sink_groups = sink.partition_indices(list(indices)) if isinstance(sink, Sink) else None
+        return intersect_partitions(source_groups, sink_groups, indices=indices)
+
+    def to_spec(self) -> dict[str, Any]:
+        """This pipeline as a spec dict (see :mod:`curator_worker.spec`)."""
+        from curator_worker.spec import pipeline_to_spec
+
+        return pipeline_to_spec(self)
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Save this pipeline as a YAML (``.yaml``/``.yml``) or JSON (``.json``) spec."""
+        from curator_worker.spec import save_spec
+
+        save_spec(self, path)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> Pipeline:
+        """Build a pipeline from a YAML or JSON spec file.
+
+        Raises
+        ------
+        SpecError
+            One line naming the file, the component and the fix.
+        """
+        from curator_worker.spec import load_spec
+
+        return load_spec(path)
+
+    def __repr__(self) -> str:
+        parts = [type(self._source).__name__]
+        parts += [type(f).__name__ for f in self._filters]
+        parts.append(type(self._sink).__name__ if self._sink is not None else "<no sink>")
+        return "Pipeline(" + " -> ".join(parts) + ")"

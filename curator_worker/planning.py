@@ -1,0 +1,279 @@
+"""Planning a run: index selections, partition groups and batches.
+
+Every backend shares this: the indices of a run are grouped so that the source's and the
+sink's partitions are honoured (a group is never split and runs in order), then groups are
+packed into batches, the unit of work and of atomicity.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from curator_worker.errors import IndexSelectionError, PartitionConflictError
+
+#: Batches a job is cut into per worker process when the batch size is automatic: enough
+#: for the last batches not to leave cores idle, few enough to keep per-task overhead low.
+BATCHES_PER_WORKER = 4
+#: Upper bound of an automatic batch size, so progress stays visible on huge jobs.
+MAX_AUTO_BATCH_SIZE = 1000
+
+
+def parse_indices(text: str, length: int) -> list[int]:
+    """Parse an index selection such as ``"0-99,200"`` (ranges inclusive).
+
+    Parameters
+    ----------
+    text : str
+        Comma-separated indices and ``a-b`` ranges.
+    length : int
+        Number of indices of the pipeline; every index must be below it.
+
+    Returns
+    -------
+    list[int]
+        The indices in the order given.
+
+    Raises
+    ------
+    IndexSelectionError
+        For malformed parts (``x``, ``5-2``), out-of-range indices and duplicates.
+
+    Examples
+    --------
+    >>> parse_indices("0-2,7", 10)
+    [0, 1, 2, 7]
+    """
+    indices: list[int] = []
+    if not text or not text.strip():
+        raise IndexSelectionError("Empty index list. Give indices like '0-99,200'.")
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            raise IndexSelectionError(
+                f"Empty item in index list {text!r}. Separate indices with single commas."
+            )
+        lo_text, sep, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if sep else lo
+        except ValueError:
+            raise IndexSelectionError(
+                f"Bad index {part!r} in {text!r}. Use non-negative integers and ranges like '0-99'."
+            ) from None
+        if hi < lo:
+            raise IndexSelectionError(
+                f"Bad range {part!r}: the end is before the start. Write it as '{hi}-{lo}'."
+            )
+        indices.extend(range(lo, hi + 1))
+    check_indices(indices, length)
+    return indices
+
+
+def check_indices(indices: Sequence[int], length: int) -> list[int]:
+    """Validate a list of indices against a pipeline of ``length`` indices.
+
+    Raises
+    ------
+    IndexSelectionError
+        For an empty list, an out-of-range index or a duplicate.
+    """
+    if len(indices) == 0:
+        raise IndexSelectionError("No indices to run. Give at least one index.")
+    seen: set[int] = set()
+    out: list[int] = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int):
+            try:
+                i = int(i)  # numpy integers
+            except (TypeError, ValueError):
+                raise IndexSelectionError(f"Index {i!r} is not an integer.") from None
+        if not 0 <= i < length:
+            raise IndexSelectionError(
+                f"Index {i} is out of range: the pipeline has {length} indices (0-{length - 1})."
+            )
+        if i in seen:
+            raise IndexSelectionError(f"Index {i} is selected twice. Give each index once.")
+        seen.add(i)
+        out.append(i)
+    return out
+
+
+def _check_side(
+    name: str, groups: Sequence[Sequence[int]], allowed: set[int] | None
+) -> None:
+    seen: set[int] = set()
+    for group in groups:
+        for i in group:
+            if i in seen:
+                raise PartitionConflictError(
+                    f"The {name} partition puts index {i} in two groups; each index "
+                    "must be in exactly one group."
+                )
+            if allowed is not None and i not in allowed:
+                raise PartitionConflictError(
+                    f"The {name} partition names index {i}, which is not in this run."
+                )
+            seen.add(i)
+
+
+def intersect_partitions(
+    source_groups: Sequence[Sequence[int]] | None,
+    sink_groups: Sequence[Sequence[int]] | None,
+    *,
+    indices: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """The finest partition that keeps every source group and every sink group whole.
+
+    Two groups that share an index are merged. Within a merged group indices keep the
+    order of ``indices`` (or of first appearance), and each side's groups must keep their
+    own order inside it.
+
+    Parameters
+    ----------
+    source_groups, sink_groups : list[list[int]] | None
+        Each side's groups; ``None`` means every index is independent on that side.
+    indices : Sequence[int], optional
+        The run's indices; an index in no group is a group of its own.
+
+    Returns
+    -------
+    list[list[int]]
+        Groups ordered by their first index's position.
+
+    Raises
+    ------
+    PartitionConflictError
+        (a ``ValueError``) naming the conflict: an index in two groups of one side, an
+        index outside the run, or an order one side requires that the other contradicts.
+
+    Examples
+    --------
+    >>> intersect_partitions([[0, 1], [2, 3]], [[1, 2]])
+    [[0, 1, 2, 3]]
+    """
+    if source_groups is None and sink_groups is None:
+        return [[i] for i in indices] if indices is not None else []
+    allowed = set(indices) if indices is not None else None
+    _check_side("source", source_groups or [], allowed)
+    _check_side("sink", sink_groups or [], allowed)
+
+    order: list[int] = list(indices) if indices is not None else []
+    if indices is None:
+        known: set[int] = set()
+        for group in [*(source_groups or []), *(sink_groups or [])]:
+            for i in group:
+                if i not in known:
+                    known.add(i)
+                    order.append(i)
+    position = {i: p for p, i in enumerate(order)}
+
+    parent = {i: i for i in order}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for group in [*(source_groups or []), *(sink_groups or [])]:
+        group = list(group)
+        for a, b in zip(group, group[1:], strict=False):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+    merged: dict[int, list[int]] = {}
+    for i in order:
+        merged.setdefault(find(i), []).append(i)
+
+    # Inside a merged group each side's groups keep their own order; between them, the
+    # run's order decides. A cycle means the two sides demand opposite orders.
+    after: dict[int, set[int]] = {}
+    for group in [*(source_groups or []), *(sink_groups or [])]:
+        group = list(group)
+        for a, b in zip(group, group[1:], strict=False):
+            after.setdefault(a, set()).add(b)
+    return [
+        _ordered(members, after, position) if len(members) > 1 and after else members
+        for members in merged.values()
+    ]
+
+
+def _ordered(members: list[int], after: dict[int, set[int]], position: dict[int, int]) -> list[int]:
+    """Topological order of ``members`` under ``after`` edges, ties broken by run position."""
+    incoming = {i: 0 for i in members}
+    for i in members:
+        for j in after.get(i, ()):
+            incoming[j] += 1
+    ready = [(position[i], i) for i in members if incoming[i] == 0]
+    heapq.heapify(ready)
+    out: list[int] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        out.append(i)
+        for j in after.get(i, ()):
+            incoming[j] -= 1
+            if incoming[j] == 0:
+                heapq.heappush(ready, (position[j], j))
+    if len(out) != len(members):
+        stuck = sorted(i for i in members if incoming[i] > 0)
+        raise PartitionConflictError(
+            f"The source and sink partitions require opposite orders for indices {stuck}; "
+            "make their groups agree on the order within each group."
+        )
+    return out
+
+
+def batch_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+    """Pack groups into batches of about ``n`` indices, never splitting a group.
+
+    Groups are packed greedily in order, so consecutive indices stay together; a group
+    larger than ``n`` is a batch of its own.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+
+    Examples
+    --------
+    >>> batch_groups([[0], [1, 2], [3], [4]], 2)
+    [[0], [1, 2], [3, 4]]
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Batch size must be a positive integer, got {n!r}.")
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for group in groups:
+        if current and len(current) + len(group) > n:
+            batches.append(current)
+            current = []
+        current = current + list(group)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def auto_batch_size(n_indices: int, n_workers: int) -> int:
+    """A batch size giving about :data:`BATCHES_PER_WORKER` batches per worker process."""
+    target = max(1, BATCHES_PER_WORKER * max(1, n_workers))
+    return max(1, min(MAX_AUTO_BATCH_SIZE, math.ceil(n_indices / target)))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One unit of work: a deterministic key and the indices it runs, in order."""
+
+    key: str
+    indices: list[int]
+
+
+def plan_batches(groups: Sequence[Sequence[int]], batch_size: int) -> list[Batch]:
+    """Batches with deterministic keys (``b000000``, ``b000001``, ...) from partition groups."""
+    return [
+        Batch(key=f"b{number:06d}", indices=indices)
+        for number, indices in enumerate(batch_groups(groups, batch_size))
+    ]

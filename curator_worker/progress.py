@@ -1,0 +1,118 @@
+"""Progress display: one rich bar on a terminal, periodic plain log lines elsewhere.
+
+Both the sequential backend (counting locally) and ``--wait`` (reading the job store's
+counters, so it works from any machine) report through :class:`ProgressReporter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+log = logging.getLogger("curator_worker.progress")
+
+
+class ProgressReporter:
+    """Shows done/failed out of total, with rate and ETA.
+
+    Parameters
+    ----------
+    total : int
+        Indices in the run.
+    mode : bool | str
+        ``True`` or ``"bar"``: a bar on a TTY, log lines otherwise; ``"log"``: log lines;
+        ``False``: nothing.
+    label : str
+        Shown before the bar and in log lines.
+    stream : TextIO
+        Where to draw (default stderr).
+    interval : float
+        Seconds between log lines.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        mode: bool | str = True,
+        label: str = "indices",
+        stream: TextIO | None = None,
+        interval: float = 5.0,
+    ) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.start = time.monotonic()
+        self._last_log = 0.0
+        self._progress: Progress | None = None
+        self._task = None
+        enabled = mode not in (False, None, "none")
+        is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.mode = "none" if not enabled else ("bar" if mode != "log" and is_tty else "log")
+
+    def __enter__(self) -> ProgressReporter:
+        if self.mode == "bar":
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[extra]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total, extra="")
+        return self
+
+    def update(self, done: int, failed: int = 0, note: str = "", force: bool = False) -> None:
+        """Report ``done`` succeeded and ``failed`` failed indices so far."""
+        processed = done + failed
+        extra = f"failed {failed}" if failed else ""
+        if note:
+            extra = f"{extra} {note}".strip()
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=processed, extra=extra)
+            return
+        if self.mode != "log":
+            return
+        now = time.monotonic()
+        if not force and now - self._last_log < self.interval:
+            return
+        self._last_log = now
+        elapsed = now - self.start
+        rate = processed / elapsed if elapsed > 0 else 0.0
+        eta = f"{(self.total - processed) / rate:.0f}s" if rate > 0 else "?"
+        line = (
+            f"{self.label}: {processed}/{self.total} ({done} done, {failed} failed) "
+            f"{rate:.1f}/s eta {eta}"
+        )
+        if note:
+            line += f" {note}"
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()

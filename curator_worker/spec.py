@@ -1,0 +1,439 @@
+"""Pipeline specs: how a pipeline travels to workers on other machines.
+
+A spec is the YAML/JSON layout physicsnemo-curator saves::
+
+    version: 1
+    metadata: {created_utc: "2026-11-22T10:00:00Z"}   # informational, ignored on load
+    source: {name: SyntheticArrays, module: curator_worker.components.sources, params: {count: 10}}
+    filters:
+      - {name: FieldStats, module: curator_worker.components.filters, params: {output: s.json}}
+    sink: {name: NpzPerIndex, module: curator_worker.components.sinks, params: {output_dir: out}}
+
+Workers never receive pickled code: they import ``module``, look the class up by its
+``name`` attribute (or class name), coerce params by :attr:`Param.type` and build the
+pipeline. Every mistake is a one-line :class:`SpecError` naming the file, the component and
+the fix, raised before anything is enqueued.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curator_worker.errors import SpecError
+from curator_worker.pipeline import REQUIRED, Filter, Param, Pipeline, Sink, Source
+
+SPEC_VERSION = 1
+#: Module prefixes always allowed: the project's own components.
+BUILTIN_MODULE_PREFIXES = ("curator_worker.components",)
+_TOP_LEVEL_KEYS = {"version", "metadata", "source", "filters", "sink"}
+_COMPONENT_KEYS = {"name", "module", "params"}
+_KINDS: dict[str, type] = {"source": Source, "filter": Filter, "sink": Sink}
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v, where) for k, v in value.items()}
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return _jsonable(item(), where)
+    raise SpecError(
+        f"{where}: param value {value!r} of type {type(value).__name__} cannot be saved in a "
+        "spec. Use plain values (str, int, float, bool, lists, dicts)."
+    )
+
+
+def component_to_spec(component: Any, kind: str) -> dict[str, Any]:
+    """The ``{name, module, params}`` entry of one component."""
+    cls = type(component)
+    label = f"{kind} {cls.__qualname__}"
+    if not isinstance(component, _KINDS[kind]):
+        raise SpecError(
+            f"{label}: only {_KINDS[kind].__name__} subclasses can be saved in a spec "
+            "(functions and lambdas run only on local backends)."
+        )
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise SpecError(
+            f"{label}: the class is defined in "
+            f"{'__main__' if cls.__module__ == '__main__' else 'a function'}, which workers "
+            "cannot import. Move it to an importable module."
+        )
+    name = getattr(cls, "name", "") or cls.__name__
+    params = _jsonable(component.init_params, label)
+    return {"name": name, "module": cls.__module__, "params": params}
+
+
+def pipeline_to_spec(pipeline: Pipeline) -> dict[str, Any]:
+    """A spec dict for ``pipeline`` (``version``, ``metadata``, ``source``, ``filters``, ``sink``).
+
+    Raises
+    ------
+    SpecError
+        If a component cannot be imported by a worker (defined in ``__main__``, a lambda).
+    """
+    sink = pipeline.require_sink()
+    return {
+        "version": SPEC_VERSION,
+        "metadata": {
+            "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_by": "curator-worker",
+        },
+        "source": component_to_spec(pipeline.source, "source"),
+        "filters": [component_to_spec(f, "filter") for f in pipeline.filters],
+        "sink": component_to_spec(sink, "sink"),
+    }
+
+
+def save_spec(pipeline: Pipeline, path: str | os.PathLike[str]) -> None:
+    """Write ``pipeline`` as a spec: JSON for ``.json``, YAML otherwise."""
+    spec = pipeline_to_spec(pipeline)
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps(spec, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(spec, sort_keys=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of what a spec builds (its ``metadata`` block excluded)."""
+    body = {k: v for k, v in spec.items() if k != "metadata"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a spec file (YAML or JSON) into a dict, without building it.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing or not valid YAML/JSON.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found. Check the path.") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec ({exc.strerror}).") from None
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+            "Fix the JSON."
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{path}: YAML syntax error{where}: {problem}. Fix the YAML.") from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{path}: a spec must be a mapping with 'source', 'filters' and 'sink' keys, "
+            f"got {type(data).__name__}."
+        )
+    return data
+
+
+def allowed_module_prefixes() -> tuple[str, ...] | None:
+    """Prefixes from ``CURATOR_ALLOWED_MODULES`` (comma-separated), or ``None`` (any module)."""
+    raw = os.environ.get("CURATOR_ALLOWED_MODULES", "").strip()
+    if not raw:
+        return None
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _module_allowed(module: str, prefixes: tuple[str, ...] | None) -> bool:
+    if prefixes is None:
+        return True
+    for prefix in (*BUILTIN_MODULE_PREFIXES, *prefixes):
+        if module == prefix or module.startswith(prefix.rstrip(".") + "."):
+            return True
+    return False
+
+
+def _find_class(module: Any, name: str) -> type | None:
+    candidates = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and (getattr(obj, "name", None) == name or obj.__name__ == name)
+    ]
+    exact = [c for c in candidates if getattr(c, "name", None) == name]
+    return (exact or candidates or [None])[0]
+
+
+def _coerce(value: Any, param: Param, label: str) -> Any:
+    target = param.type
+    bad = SpecError(
+        f"{label}: param '{param.name}' must be {getattr(target, '__name__', target)}, "
+        f"got {value!r}. Fix its value."
+    )
+    if value is None:
+        if param.required:
+            raise bad
+        return None
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in {"true", "yes", "1", "on"}:
+            return True
+        if isinstance(value, str) and value.strip().lower() in {"false", "no", "0", "off"}:
+            return False
+        raise bad
+    if target is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if target is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if target is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool | int | float):
+            return str(value)
+        raise bad
+    if target in (list, tuple):
+        if isinstance(value, list | tuple):
+            return target(value)
+        raise bad
+    if target is dict:
+        if isinstance(value, dict):
+            return value
+        raise bad
+    if isinstance(target, type) and isinstance(value, target):
+        return value
+    try:
+        return target(value)
+    except Exception:  # noqa: BLE001 - any failure of a user's type is a spec mistake
+        raise bad from None
+
+
+def _signature_params(cls: type) -> list[Param]:
+    """Params derived from ``__init__`` for components that declare no :meth:`params`."""
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        default = REQUIRED if p.default is inspect.Parameter.empty else p.default
+        out.append(Param(p.name, "", type=object, default=default))
+    return out
+
+
+def _check_params(cls: type, given: Mapping[str, Any], label: str) -> dict[str, Any]:
+    declared = list(cls.params()) if hasattr(cls, "params") else []
+    typed = bool(declared)
+    if not declared:
+        declared = _signature_params(cls)
+    by_name = {p.name: p for p in declared}
+    accepts_any = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in inspect.signature(cls.__init__).parameters.values()
+    )
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        param = by_name.get(key)
+        if param is None:
+            if accepts_any and not typed:
+                out[key] = value
+                continue
+            close = difflib.get_close_matches(key, list(by_name), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            valid = ", ".join(by_name) or "none"
+            raise SpecError(
+                f"{label}: unknown param '{key}'.{hint} Valid params: {valid}."
+            )
+        if param.type is object:
+            out[key] = value
+        else:
+            out[key] = _coerce(value, param, label)
+        if param.choices is not None and out[key] not in param.choices:
+            raise SpecError(
+                f"{label}: param '{key}' is {out[key]!r}; choose one of "
+                f"{', '.join(map(repr, param.choices))}."
+            )
+    for param in declared:
+        if param.required and param.name not in out:
+            what = f" ({param.description})" if param.description else ""
+            raise SpecError(
+                f"{label}: missing required param '{param.name}'{what}. Add it under params."
+            )
+    return out
+
+
+def build_component(
+    entry: Any, kind: str, origin: str, position: str, prefixes: tuple[str, ...] | None
+) -> Any:
+    """Import, check and instantiate one ``{name, module, params}`` entry."""
+    where = f"{origin}: {position}"
+    if not isinstance(entry, Mapping):
+        raise SpecError(f"{where}: must be a mapping with 'name', 'module' and 'params'.")
+    extra = set(entry) - _COMPONENT_KEYS
+    if extra:
+        raise SpecError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}; "
+            "a component has only name, module and params."
+        )
+    name, module_name = entry.get("name"), entry.get("module")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{where}: 'name' is missing. Give the component's class name.")
+    if not isinstance(module_name, str) or not module_name:
+        raise SpecError(f"{where} {name}: 'module' is missing. Give the module to import it from.")
+    label = f"{where} {name} ({module_name})"
+    params = entry.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise SpecError(f"{label}: 'params' must be a mapping of param names to values.")
+    if not _module_allowed(module_name, prefixes):
+        raise SpecError(
+            f"{label}: module '{module_name}' is not on the allow-list. Add its prefix to "
+            "CURATOR_ALLOWED_MODULES on the workers and the producer."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SpecError(
+            f"{label}: cannot import module '{module_name}' ({exc}). Install it or fix "
+            "PYTHONPATH on every worker."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed to import
+        raise SpecError(
+            f"{label}: importing module '{module_name}' failed: {type(exc).__name__}: {exc}."
+        ) from None
+    cls = _find_class(module, name)
+    if cls is None:
+        available = sorted(
+            getattr(o, "name", "") or o.__name__
+            for o in vars(module).values()
+            if inspect.isclass(o) and issubclass(o, _KINDS[kind]) and o is not _KINDS[kind]
+            and o.__module__ == module.__name__
+        )
+        close = difflib.get_close_matches(name, available, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        listing = f" Available: {', '.join(available)}." if available else ""
+        raise SpecError(f"{label}: no class named '{name}' in the module.{hint}{listing}")
+    if not issubclass(cls, _KINDS[kind]):
+        actual = next((k for k, base in _KINDS.items() if issubclass(cls, base)), None)
+        is_a = f"a {actual}" if actual else "not a pipeline component"
+        raise SpecError(
+            f"{label}: '{name}' is {is_a}, but a {kind} is needed here. "
+            f"Use a {_KINDS[kind].__name__} subclass."
+        )
+    if inspect.isabstract(cls):
+        raise SpecError(
+            f"{label}: '{name}' is abstract (missing "
+            f"{', '.join(sorted(cls.__abstractmethods__))}). Name a concrete class."
+        )
+    kwargs = _check_params(cls, params, label)
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the component rejected its params
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SpecError(
+            f"{label}: building it failed: {type(exc).__name__}: {first}. Fix its params."
+        ) from None
+
+
+def check_spec_layout(spec: Any, origin: str) -> None:
+    """Validate the top-level layout of a spec (keys, version, types)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"{origin}: a spec must be a mapping, got {type(spec).__name__}.")
+    extra = set(spec) - _TOP_LEVEL_KEYS
+    if extra:
+        raise SpecError(
+            f"{origin}: unknown top-level key(s) {', '.join(sorted(map(str, extra)))}. "
+            "A spec has version, metadata, source, filters and sink."
+        )
+    version = spec.get("version", SPEC_VERSION)
+    if version != SPEC_VERSION:
+        raise SpecError(
+            f"{origin}: spec version {version!r} is not supported; this release reads "
+            f"version {SPEC_VERSION}."
+        )
+    if "source" not in spec:
+        raise SpecError(f"{origin}: no 'source'. Add a source entry (name, module, params).")
+    if "sink" not in spec or spec["sink"] is None:
+        raise SpecError(f"{origin}: no 'sink'. Add a sink entry (name, module, params).")
+    filters = spec.get("filters") or []
+    if not isinstance(filters, list):
+        raise SpecError(f"{origin}: 'filters' must be a list of components.")
+
+
+def build_pipeline(
+    spec: Mapping[str, Any],
+    origin: str = "<spec>",
+    *,
+    track_metrics: bool = False,
+) -> Pipeline:
+    """Build a :class:`Pipeline` from a spec dict.
+
+    Parameters
+    ----------
+    spec : Mapping
+        The parsed spec.
+    origin : str
+        Where it came from (a file name), for error messages.
+    track_metrics : bool
+        Passed to the pipeline.
+
+    Raises
+    ------
+    SpecError
+        For any mistake, as one line naming ``origin``, the component and the fix.
+    """
+    check_spec_layout(spec, origin)
+    prefixes = allowed_module_prefixes()
+    source = build_component(spec["source"], "source", origin, "source", prefixes)
+    filters = [
+        build_component(entry, "filter", origin, f"filters[{n}]", prefixes)
+        for n, entry in enumerate(spec.get("filters") or [])
+    ]
+    sink = build_component(spec["sink"], "sink", origin, "sink", prefixes)
+    return Pipeline(source, filters, sink, track_metrics=track_metrics)
+
+
+def load_spec(path: str | os.PathLike[str]) -> Pipeline:
+    """Read and build a spec file. See :func:`build_pipeline` for errors."""
+    return build_pipeline(read_spec_file(path), str(path))

@@ -1,0 +1,149 @@
+"""The Celery tasks: ``curator.run_batch`` (chord header) and ``curator.gather`` (callback).
+
+A batch task follows one path a reader can trace::
+
+    load job (cached) -> skip if committed -> build pipeline (cached per spec hash)
+    -> execute_batch -> write_shards -> commit (one Lua script) -> return the batch key
+
+Header tasks never raise for item errors (they are recorded as data), so the chord always
+reaches gather. They return only the batch key: small and deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from functools import lru_cache
+from typing import Any
+
+from celery.signals import worker_process_init
+
+from curator_worker.app import GATHER, RUN_BATCH, app
+from curator_worker.batch import (
+    HOSTNAME,
+    IndexResult,
+    discard_files,
+    error_record,
+    execute_batch,
+    write_shards,
+)
+from curator_worker.config import Settings
+from curator_worker.errors import CuratorError
+from curator_worker.gather import gather_job
+from curator_worker.jobs import CANCELLED, JobStore
+from curator_worker.pipeline import Pipeline
+from curator_worker.spec import build_pipeline, spec_hash
+
+log = logging.getLogger(__name__)
+
+_store: JobStore | None = None
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    """Drop connections inherited from the parent: each prefork child opens its own."""
+    global _store
+    _store = None
+    _job_context.cache_clear()
+
+
+def worker_store() -> JobStore:
+    """This process's job store connection (created on first use, after fork)."""
+    global _store
+    if _store is None:
+        settings = Settings.from_env()
+        settings.require_cluster()
+        _store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+    return _store
+
+
+@lru_cache(maxsize=64)
+def _job_context(job_id: str) -> tuple[str, str]:
+    """A job's spec (JSON) and its hash, read once per process."""
+    record = worker_store().record(job_id)
+    spec_json = json.dumps(record["spec"], sort_keys=True)
+    return spec_json, spec_hash(record["spec"])
+
+
+@lru_cache(maxsize=16)
+def _built_pipeline(digest: str, spec_json: str) -> Pipeline:
+    """The pipeline of a spec, built once per process per spec hash."""
+    return build_pipeline(json.loads(spec_json), f"spec {digest}")
+
+
+def pipeline_for_job(job_id: str) -> Pipeline:
+    """The (cached) pipeline of ``job_id``; :class:`SpecError` if it cannot be built here."""
+    spec_json, digest = _job_context(job_id)
+    return _built_pipeline(digest, spec_json)
+
+
+def process_batch(
+    store: JobStore, job_id: str, batch_key: str, indices: list[int], node: str = ""
+) -> str:
+    """Run, shard and commit one batch; exactly-once whatever the number of deliveries.
+
+    ``node`` is the Celery worker node name, stored with the commit.
+    """
+    if store.is_committed(job_id, batch_key):
+        log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
+        return batch_key
+    attempt = store.begin_attempt(job_id, batch_key)
+    if store.status(job_id).state == CANCELLED:
+        return batch_key
+    try:
+        pipeline = pipeline_for_job(job_id)
+    except CuratorError as exc:
+        message = f"cannot build the pipeline on worker {HOSTNAME}: {exc}"
+        log.error("job %s: %s", job_id, message)
+        store.record_error(job_id, message)
+        failure = error_record(exc, attempt, kind="systemic")
+        results = [IndexResult(i, error=failure) for i in indices]
+        store.commit_batch(
+            job_id, batch_key, _rows(results), _commit_record([], attempt, {}, node)
+        )
+        return batch_key
+
+    log.info("job %s batch %s: %d indices (attempt %d)", job_id, batch_key, len(indices), attempt)
+    outcome = execute_batch(pipeline, indices, attempt=attempt)
+    shards = write_shards(pipeline, outcome, job_id, batch_key)
+    record = _commit_record(outcome.results, attempt, shards, node)
+    if not store.commit_batch(job_id, batch_key, _rows(outcome.results), record):
+        log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
+        discard_files(list(shards.values()))
+    return batch_key
+
+
+def _rows(results: list[IndexResult]) -> list[tuple[int, bool, dict[str, Any]]]:
+    return [(r.index, r.ok, r.as_record()) for r in results]
+
+
+def _commit_record(
+    results: list[IndexResult], attempt: int, shards: dict[str, str], node: str
+) -> dict[str, Any]:
+    return {
+        "shards": shards,
+        "node": node,
+        "host": HOSTNAME,
+        "pid": os.getpid(),
+        "attempt": attempt,
+        "seconds": round(sum(r.seconds for r in results), 6),
+    }
+
+
+@app.task(name=RUN_BATCH, bind=True)
+def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str:
+    """Chord header: run one batch of a job. Returns the batch key."""
+    return process_batch(worker_store(), job_id, batch_key, indices, self.request.hostname or "")
+
+
+@app.task(name=GATHER, bind=True)
+def gather(self: Any, batch_keys: list[str] | None, job_id: str) -> str:
+    """Chord callback: merge committed shards and finish the job. Returns its state."""
+    store = worker_store()
+    try:
+        pipeline: Pipeline | None = pipeline_for_job(job_id)
+    except CuratorError as exc:
+        store.record_error(job_id, f"cannot build the pipeline for gather: {exc}")
+        pipeline = None
+    return gather_job(store, job_id, pipeline)

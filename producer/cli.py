@@ -1,0 +1,226 @@
+"""``curator-submit`` and ``curator-jobs``.
+
+Exit codes: 0 every index done, 1 some indices failed, 2 usage or systemic error.
+Errors a user can cause are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from curator_worker.config import Settings, redact_url
+from curator_worker.embedded import LocalCluster
+from curator_worker.errors import CuratorError
+from curator_worker.jobs import JobStatus, JobStore
+from curator_worker.spec import read_spec_file
+from producer.submit import plan_job, submit_job
+from producer.wait import wait_for_job
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _run_cli(command: click.Command) -> None:
+    """Run a click command turning our errors into one line and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        command.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_ERROR)
+    except (CuratorError, ValueError, ImportError) as exc:
+        _fail(redact_url(str(exc)) if "://" in str(exc) else str(exc))
+    except KeyboardInterrupt:
+        click.echo("interrupted; the job keeps running on the cluster", err=True)
+        sys.exit(130)
+
+
+def _summary(status: JobStatus, store: JobStore, as_json: bool) -> None:
+    failures = store.failures(status.job_id) if status.failed else {}
+    if as_json:
+        data = status.as_dict()
+        data["failures"] = {
+            str(i): {"type": e.get("type"), "message": e.get("message"), "host": e.get("host"),
+                     "attempt": e.get("attempt")}
+            for i, e in failures.items()
+        }
+        click.echo(json.dumps(data, indent=2))
+        return
+    took = ""
+    if status.finished and status.created:
+        took = f" in {status.finished - status.created:.1f}s"
+    click.echo(
+        f"job {status.job_id} {status.state}{took}: {status.done} succeeded, "
+        f"{status.failed} failed, {status.total} total "
+        f"({status.committed_batches}/{status.n_batches} batches)"
+    )
+    if status.error:
+        click.echo(f"  error: {status.error}")
+    for index, err in list(failures.items())[:10]:
+        lines = (err.get("message") or "").splitlines()
+        click.echo(f"  index {index}: {err.get('type')}: {lines[0] if lines else ''}")
+    if len(failures) > 10:
+        click.echo(f"  ... and {len(failures) - 10} more (curator-jobs status {status.job_id})")
+
+
+def _store(settings: Settings) -> JobStore:
+    settings.require_cluster()
+    return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+
+
+def _progress_mode(as_json: bool, quiet: bool) -> bool | str:
+    return False if (as_json or quiet) else True
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  curator-submit examples/demo.yaml --wait
+  curator-submit spec.yaml --indices 0-99,200 --batch-size 10 --wait
+  CURATOR_BROKER_URL=redis://host:6379/0 curator-submit spec.yaml
+\b
+Exit codes: 0 all indices done, 1 some failed, 2 usage or systemic error.
+With no broker configured (CURATOR_BROKER_URL unset) the job runs on a private
+embedded cluster started for it, and --wait is implied.""",
+)
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--indices", help="Indices to run, e.g. '0-99,200' (ranges inclusive). Default: all.")
+@click.option("--batch-size", type=int,
+              help="Indices per task (1 = per-index tasks). Default: auto.")
+@click.option("--queue", help="Queue to send tasks to (default: CURATOR_QUEUE or 'curator').")
+@click.option("--wait/--no-wait", default=False, help="Wait with a live progress bar and summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes of the embedded cluster (default: CPU count).")
+@click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+def submit_command(
+    spec: str, indices: str | None, batch_size: int | None, queue: str | None, wait: bool,
+    as_json: bool, broker: str | None, workers: int | None, timeout: float | None, quiet: bool,
+) -> None:
+    """Submit the pipeline SPEC (YAML or JSON) as a job and print its id.
+
+    The spec is validated and the batches planned before anything is enqueued.
+    """
+    if batch_size is not None and batch_size < 1:
+        _fail(f"--batch-size must be a positive integer, got {batch_size}.")
+    if workers is not None and workers < 1:
+        _fail(f"--workers must be a positive integer, got {workers}.")
+    data = read_spec_file(spec)
+    settings = Settings.from_env(broker_url=broker, queue=queue)
+    if settings.configured:
+        job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size)
+        if not wait:
+            click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
+                                   "batches": job.n_batches}) if as_json else job.job_id)
+            return
+        store = _store(settings)
+        if not as_json:
+            click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
+                       err=True)
+        status = wait_for_job(store, job.job_id, settings=settings,
+                              progress=_progress_mode(as_json, quiet), timeout=timeout)
+        _summary(status, store, as_json)
+        sys.exit(status.exit_code())
+
+    n_workers = workers or os.cpu_count() or 1
+    plan_job(data, origin=spec, indices=indices, batch_size=batch_size, n_workers_hint=n_workers)
+    if not as_json:
+        click.echo(f"no broker configured: starting an embedded cluster with {n_workers} "
+                   "worker processes", err=True)
+    started = time.monotonic()
+    with LocalCluster(workers=n_workers, queue=settings.queue) as cluster:
+        local = cluster.settings
+        job = submit_job(data, local, origin=spec, indices=indices, batch_size=batch_size,
+                         n_workers_hint=n_workers)
+        if not as_json:
+            click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
+                       err=True)
+        store = _store(local)
+        status = wait_for_job(store, job.job_id, settings=local,
+                              progress=_progress_mode(as_json, quiet), timeout=timeout,
+                              watchdog=cluster.check_alive)
+        _summary(status, store, as_json)
+    if not as_json:
+        click.echo(f"embedded cluster stopped ({time.monotonic() - started:.1f}s in all)",
+                   err=True)
+    sys.exit(status.exit_code())
+
+
+_broker_option = click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  curator-jobs status 20261124-101500-ab12cd34
+  curator-jobs wait 20261124-101500-ab12cd34 --json
+\b
+The job store is the Redis of CURATOR_JOB_STORE_URL, else CURATOR_RESULT_BACKEND,
+else CURATOR_BROKER_URL.""",
+)
+def jobs_group() -> None:
+    """Inspect and wait for jobs in the job store."""
+
+
+@jobs_group.command("status")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_broker_option
+def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
+    """Show JOB_ID's state, counts and first failures. Exit code as for submit."""
+    store = _store(Settings.from_env(broker_url=broker))
+    status = store.status(job_id)
+    _summary(status, store, as_json)
+    if not status.is_final and not as_json:
+        click.echo(f"  running: {status.processed}/{status.total} indices processed")
+    sys.exit(status.exit_code() if status.is_final else EXIT_OK)
+
+
+@jobs_group.command("wait")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON at the end.")
+@click.option("--timeout", type=float, help="Give up waiting after this many seconds (exit 2).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@_broker_option
+def wait_command(
+    job_id: str, as_json: bool, timeout: float | None, quiet: bool, broker: str | None
+) -> None:
+    """Wait for JOB_ID with a live progress bar, then print its summary."""
+    settings = Settings.from_env(broker_url=broker)
+    store = _store(settings)
+    status = wait_for_job(store, job_id, settings=settings,
+                          progress=_progress_mode(as_json, quiet), timeout=timeout)
+    _summary(status, store, as_json)
+    sys.exit(status.exit_code())
+
+
+def submit_main() -> None:
+    """Entry point of ``curator-submit``."""
+    _run_cli(submit_command)
+
+
+def jobs_main() -> None:
+    """Entry point of ``curator-jobs``."""
+    _run_cli(jobs_group)

@@ -1,0 +1,188 @@
+"""Submitting a job: validate the spec, plan batches, write the job, send the chord.
+
+Everything that can be wrong with the user's input is checked before the first message
+is published: the spec is built here exactly as a worker will build it, the index list and
+partitions are planned, and the job store and broker are reached (≤ 5 s) before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, chord
+
+from curator_worker.app import GATHER, RUN_BATCH, create_app
+from curator_worker.config import Settings, is_redis_url, redact_url
+from curator_worker.errors import BrokerUnavailableError
+from curator_worker.jobs import FAILED, JobStore, new_job_id
+from curator_worker.pipeline import Pipeline
+from curator_worker.planning import (
+    Batch,
+    auto_batch_size,
+    check_indices,
+    parse_indices,
+    plan_batches,
+)
+from curator_worker.spec import build_pipeline
+
+log = logging.getLogger(__name__)
+
+#: Worker processes assumed when sizing batches for a cluster whose size is unknown.
+DEFAULT_WORKER_HINT = 8
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job that was written to the job store and whose chord was sent."""
+
+    job_id: str
+    total: int
+    n_batches: int
+    batch_size: int
+    queue: str
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A validated job, ready to be written and sent."""
+
+    pipeline: Pipeline
+    indices: list[int]
+    batches: list[Batch]
+    batch_size: int
+
+
+def plan_job(
+    spec: Mapping[str, Any],
+    *,
+    origin: str = "<spec>",
+    indices: str | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    n_workers_hint: int = DEFAULT_WORKER_HINT,
+) -> JobPlan:
+    """Validate ``spec`` and plan its batches, touching no server.
+
+    Raises
+    ------
+    SpecError, IndexSelectionError, PartitionConflictError, ValueError
+        For every mistake in the input, before anything is enqueued.
+    """
+    pipeline = build_pipeline(spec, origin)
+    n = len(pipeline)
+    if indices is None:
+        chosen = list(range(n))
+        if not chosen:
+            chosen = check_indices(chosen, n)  # raises: nothing to run
+    elif isinstance(indices, str):
+        chosen = parse_indices(indices, n)
+    else:
+        chosen = check_indices(list(indices), n)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
+    size = batch_size or auto_batch_size(len(chosen), n_workers_hint)
+    groups = pipeline.partition_groups(chosen)
+    return JobPlan(pipeline, chosen, plan_batches(groups, size), size)
+
+
+def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds with a redacted URL if the broker is unreachable."""
+    if is_redis_url(settings.broker_url):
+        return  # the job store check below already reached it if it is the same server
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific errors
+        raise BrokerUnavailableError(
+            f"Cannot reach the broker at {redact_url(settings.broker_url)}: "
+            f"{type(exc).__name__}. Check CURATOR_BROKER_URL and that the broker is running."
+        ) from None
+
+
+def publish_chord(app: Celery, job_id: str, batches: Sequence[Batch], queue: str) -> None:
+    """Send ``chord([run_batch per batch], gather)`` for ``job_id``."""
+    header = [
+        app.signature(RUN_BATCH, args=(job_id, b.key, b.indices), queue=queue) for b in batches
+    ]
+    body = app.signature(GATHER, args=(job_id,), queue=queue)
+    chord(header, body).apply_async()
+
+
+def submit_job(
+    spec: Mapping[str, Any],
+    settings: Settings,
+    *,
+    origin: str = "<spec>",
+    indices: str | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    queue: str | None = None,
+    n_workers_hint: int = DEFAULT_WORKER_HINT,
+    options: Mapping[str, Any] | None = None,
+) -> SubmittedJob:
+    """Validate, plan, write and send a job; return its id and plan.
+
+    Parameters
+    ----------
+    spec : Mapping
+        The pipeline spec.
+    settings : Settings
+        The cluster (``settings.require_cluster()`` must pass).
+    origin : str
+        Where the spec came from, for error messages.
+    indices : str | Sequence[int], optional
+        ``"0-99,200"`` or a list; default all.
+    batch_size : int, optional
+        Indices per batch; default from the index count and ``n_workers_hint``.
+    queue : str, optional
+        Queue for the tasks (default ``settings.queue``).
+    n_workers_hint : int
+        Worker processes expected, for automatic batch sizes.
+    options : Mapping, optional
+        Extra job options stored with the job.
+
+    Raises
+    ------
+    SpecError, IndexSelectionError, PartitionConflictError, ValueError
+        Bad input; nothing was written or sent.
+    ConfigurationError, BrokerUnavailableError
+        No reachable cluster; nothing was written or sent.
+    """
+    plan = plan_job(
+        spec, origin=origin, indices=indices, batch_size=batch_size, n_workers_hint=n_workers_hint
+    )
+    settings.require_cluster()
+    queue = queue or settings.queue
+    store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+    app = create_app(settings)
+    try:
+        check_broker(app, settings)
+        job_id = new_job_id()
+        stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
+        job_options = {"batch_size": plan.batch_size, "origin": origin, **(options or {})}
+        store.create_job(
+            job_id,
+            stored_spec,
+            job_options,
+            [(b.key, b.indices) for b in plan.batches],
+            total=len(plan.indices),
+            queue=queue,
+        )
+        try:
+            publish_chord(app, job_id, plan.batches, queue)
+        except Exception as exc:
+            store.record_error(job_id, f"publishing the tasks failed: {type(exc).__name__}")
+            store.set_state(job_id, FAILED)
+            raise BrokerUnavailableError(
+                f"Publishing job {job_id} to {redact_url(settings.broker_url)} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+    finally:
+        app.close()
+    log.info("submitted job %s: %d indices in %d batches", job_id, len(plan.indices),
+             len(plan.batches))
+    return SubmittedJob(job_id, len(plan.indices), len(plan.batches), plan.batch_size, queue)

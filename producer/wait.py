@@ -1,0 +1,85 @@
+"""Waiting for a job: poll the job store's counters (never Celery result objects).
+
+Works from any machine and for a job submitted elsewhere. If every batch is committed but
+the job is not finished after a grace period (a lost chord callback), gather is sent again;
+it is idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from curator_worker.app import GATHER, create_app
+from curator_worker.config import Settings
+from curator_worker.errors import CuratorError
+from curator_worker.jobs import JobStatus, JobStore
+from curator_worker.progress import ProgressReporter
+
+#: Seconds a fully committed job may wait for its chord callback before gather is re-sent.
+GATHER_GRACE = 15.0
+
+
+def resend_gather(settings: Settings, job_id: str, queue: str) -> None:
+    """Send ``curator.gather`` for ``job_id`` again (safe: gather is idempotent)."""
+    app = create_app(settings)
+    try:
+        app.send_task(GATHER, args=([], job_id), queue=queue or settings.queue)
+    finally:
+        app.close()
+
+
+def wait_for_job(
+    store: JobStore,
+    job_id: str,
+    *,
+    settings: Settings | None = None,
+    progress: bool | str = True,
+    poll: float = 0.25,
+    timeout: float | None = None,
+    watchdog: Callable[[], None] | None = None,
+) -> JobStatus:
+    """Block until ``job_id`` reaches a final state; show progress meanwhile.
+
+    Parameters
+    ----------
+    store : JobStore
+        The job store.
+    job_id : str
+        The job.
+    settings : Settings, optional
+        The cluster, to re-send a lost gather; without it none is re-sent.
+    progress : bool | "log"
+        Bar on a TTY (log lines otherwise), ``"log"``, or ``False``.
+    poll : float
+        Seconds between reads of the counters.
+    timeout : float, optional
+        Give up after this many seconds (:class:`CuratorError`); the job keeps running.
+    watchdog : callable, optional
+        Called every poll; raises to abort (e.g. the embedded worker died).
+    """
+    status = store.status(job_id)
+    started = time.monotonic()
+    committed_since: float | None = None
+    with ProgressReporter(status.total, progress, label=f"job {job_id}") as bar:
+        while True:
+            status = store.status(job_id)
+            bar.update(status.done, status.failed)
+            if status.is_final:
+                bar.update(status.done, status.failed, note=status.state, force=True)
+                return status
+            if watchdog is not None:
+                watchdog()
+            now = time.monotonic()
+            if status.all_committed and settings is not None:
+                committed_since = committed_since or now
+                if now - committed_since > GATHER_GRACE:
+                    resend_gather(settings, job_id, status.queue)
+                    committed_since = now
+            if timeout is not None and now - started > timeout:
+                raise CuratorError(
+                    f"Timed out after {timeout:.0f}s waiting for job {job_id} "
+                    f"({status.processed}/{status.total} indices). It keeps running; "
+                    f"`curator-jobs wait {job_id}` picks it up again."
+                )
+            time.sleep(poll)

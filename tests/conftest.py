@@ -1,0 +1,80 @@
+"""Fixtures that start real servers: a private Redis and two Celery worker nodes.
+
+Everything started here is stopped here, by pid. Nothing touches a Redis the tests did
+not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from curator_worker.app import create_app
+from curator_worker.config import Settings
+from curator_worker.embedded import RedisServer
+from curator_worker.jobs import JobStore
+from tests.support.cluster import WorkerNode, wait_until_ready
+
+TEST_QUEUE = "curator-test"
+NODE_NAMES = ["w1@test-host-a", "w2@test-host-b"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis server of the test session's own, on a free port, with a password."""
+    folder = Path(tempfile.mkdtemp(prefix="curator-test-redis-"))
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_settings(redis_server: RedisServer) -> Settings:
+    """Settings pointing at the test Redis, on the test queue."""
+    return Settings(broker_url=redis_server.url, queue=TEST_QUEUE, visibility_timeout=3600)
+
+
+@pytest.fixture(scope="session")
+def cluster_env(cluster_settings: Settings) -> dict[str, str]:
+    """``CURATOR_*`` variables for CLI subprocesses talking to the test cluster."""
+    return cluster_settings.environ()
+
+
+@pytest.fixture(scope="session")
+def worker_nodes(cluster_settings: Settings, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> Iterator[list[WorkerNode]]:
+    """Two worker nodes with different hostnames, prefork, 2 processes each."""
+    logs = tmp_path_factory.mktemp("worker-logs")
+    env = cluster_settings.environ()
+    nodes = [WorkerNode(env, name, 2, TEST_QUEUE, logs) for name in NODE_NAMES]
+    app = create_app(cluster_settings)
+    try:
+        wait_until_ready(app, NODE_NAMES, nodes)
+        yield nodes
+    finally:
+        app.close()
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture()
+def store(cluster_settings: Settings) -> JobStore:
+    """The job store of the test cluster."""
+    return JobStore.from_url(cluster_settings.effective_job_store_url)
+
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``CURATOR_*`` variables from the developer's shell leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("CURATOR_"):
+            monkeypatch.delenv(name)

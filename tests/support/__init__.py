@@ -1,0 +1,1 @@
+"""Test support: fixtures' helpers and components importable by worker subprocesses."""

@@ -1,0 +1,62 @@
+"""Starting and stopping real Celery worker nodes for tests (by pid, always)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from celery import Celery
+
+from curator_worker.embedded import stop_process, worker_command
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerNode:
+    """One ``celery worker`` subprocess of this project's app."""
+
+    def __init__(self, env: dict[str, str], name: str, concurrency: int, queue: str,
+                 log_dir: Path, extra: list[str] | None = None) -> None:
+        self.name = name
+        self.log = log_dir / f"{name.split('@')[0]}.log"
+        command = worker_command(concurrency, name, queue, loglevel="INFO") + (extra or [])
+        full_env = {**os.environ, **env,
+                    "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                command, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(REPO),
+            )
+
+    def stop(self) -> None:
+        """Warm shutdown, then kill if it does not stop."""
+        stop_process(self.proc, grace=20.0)
+
+    def tail(self, n: int = 30) -> str:
+        """The last lines of the node's log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_until_ready(app: Celery, names: list[str], nodes: list[WorkerNode],
+                     timeout: float = 60.0) -> None:
+    """Block until every node answers a ping (or raise with the logs)."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        for node in nodes:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"worker {node.name} exited:\n{node.tail()}")
+        replies = app.control.ping(timeout=0.5) or []
+        seen |= {name for reply in replies for name in reply}
+        if set(names) <= seen:
+            return
+    logs = "\n".join(node.tail() for node in nodes)
+    raise RuntimeError(f"workers {names} not ready after {timeout}s (saw {seen}):\n{logs}")
+
+
+def python() -> str:
+    """The interpreter running the tests (the project's venv)."""
+    return sys.executable
