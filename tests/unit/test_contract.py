@@ -1,4 +1,4 @@
-"""Unit tests of the pipeline contract: Param, Source/Filter/Sink, Pipeline, run_pipeline, backends."""
+"""Unit tests of the pipeline contract: Param, components, Pipeline, run_pipeline, backends."""
 
 from __future__ import annotations
 
