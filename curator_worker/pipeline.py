@@ -296,6 +296,18 @@ class Pipeline:
             "Pipeline is immutable; .filter() and .write() return a new pipeline."
         )
 
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(
+            "Pipeline is immutable; .filter() and .write() return a new pipeline."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild through __init__: the default slot-state restore would call __setattr__.
+        return (
+            _rebuild_pipeline,
+            (self._source, self._filters, self._sink, self._track_metrics),
+        )
+
     @property
     def source(self) -> Source[Any]:
         """The source."""
@@ -419,3 +431,13 @@ class Pipeline:
         parts += [type(f).__name__ for f in self._filters]
         parts.append(type(self._sink).__name__ if self._sink is not None else "<no sink>")
         return "Pipeline(" + " -> ".join(parts) + ")"
+
+
+def _rebuild_pipeline(
+    source: Source[Any],
+    filters: Sequence[Filter[Any]],
+    sink: Sink[Any] | None,
+    track_metrics: bool,
+) -> Pipeline:
+    """Unpickling (and ``copy``) helper of :class:`Pipeline`."""
+    return Pipeline(source, filters, sink, track_metrics=track_metrics)

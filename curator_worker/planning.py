@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,10 @@ def parse_indices(text: str, length: int) -> list[int]:
             raise IndexSelectionError(
                 f"Bad range {part!r}: the end is before the start. Write it as '{hi}-{lo}'."
             )
+        if hi >= length:  # before expanding: a typo like '0-9999999999' must not eat memory
+            raise IndexSelectionError(
+                f"Index {hi} is out of range: the pipeline has {length} indices (0-{length - 1})."
+            )
         indices.extend(range(lo, hi + 1))
     check_indices(indices, length)
     return indices
@@ -85,10 +90,12 @@ def check_indices(indices: Sequence[int], length: int) -> list[int]:
     seen: set[int] = set()
     out: list[int] = []
     for i in indices:
-        if isinstance(i, bool) or not isinstance(i, int):
+        if isinstance(i, bool):
+            raise IndexSelectionError(f"Index {i!r} is not an integer.")
+        if not isinstance(i, int):
             try:
-                i = int(i)  # numpy integers
-            except (TypeError, ValueError):
+                i = operator.index(i)  # numpy integers; never truncate floats or parse strings
+            except TypeError:
                 raise IndexSelectionError(f"Index {i!r} is not an integer.") from None
         if not 0 <= i < length:
             raise IndexSelectionError(

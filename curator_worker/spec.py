@@ -339,8 +339,10 @@ def build_component(
             "PYTHONPATH on every worker."
         ) from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed to import
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise SpecError(
-            f"{label}: importing module '{module_name}' failed: {type(exc).__name__}: {exc}."
+            f"{label}: importing module '{module_name}' failed: {type(exc).__name__}: {first}. "
+            "Fix the module so it imports cleanly on every worker."
         ) from None
     cls = _find_class(module, name)
     if cls is None:

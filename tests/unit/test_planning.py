@@ -1,0 +1,325 @@
+"""Unit tests of run planning: partitions, batches and index selections."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from curator_worker.errors import (
+    IndexSelectionError,
+    PartitionConflictError,
+    PipelineError,
+)
+from curator_worker.planning import (
+    BATCHES_PER_WORKER,
+    MAX_AUTO_BATCH_SIZE,
+    Batch,
+    auto_batch_size,
+    batch_groups,
+    check_indices,
+    intersect_partitions,
+    parse_indices,
+    plan_batches,
+)
+
+
+def _flatten(groups: list[list[int]]) -> list[int]:
+    return [i for g in groups for i in g]
+
+
+# --------------------------------------------------------------------------- intersect_partitions
+
+
+def test_both_sides_none_gives_singletons_in_run_order() -> None:
+    assert intersect_partitions(None, None, indices=[3, 1, 2]) == [[3], [1], [2]]
+    assert intersect_partitions(None, None) == []
+
+
+def test_source_only_keeps_groups_and_fills_singletons() -> None:
+    assert intersect_partitions([[0, 1], [4, 5]], None, indices=range(6)) == [
+        [0, 1], [2], [3], [4, 5],
+    ]
+
+
+def test_sink_only_keeps_groups() -> None:
+    assert intersect_partitions(None, [[2, 3]], indices=[0, 1, 2, 3]) == [[0], [1], [2, 3]]
+
+
+def test_overlapping_groups_are_merged() -> None:
+    assert intersect_partitions([[0, 1], [2, 3]], [[1, 2]]) == [[0, 1, 2, 3]]
+    assert intersect_partitions(
+        [[0, 1], [2, 3], [4, 5], [6, 7]], [[0, 1, 2], [3, 4, 5], [6, 7]], indices=range(8)
+    ) == [[0, 1, 2, 3, 4, 5], [6, 7]]
+
+
+def test_merging_is_transitive_across_a_chain() -> None:
+    source = [[0, 1], [2, 3], [4, 5]]
+    sink = [[1, 2], [3, 4]]
+    assert intersect_partitions(source, sink, indices=range(7)) == [[0, 1, 2, 3, 4, 5], [6]]
+
+
+def test_disjoint_sides_stay_separate() -> None:
+    assert intersect_partitions([[0, 1]], [[2, 3]], indices=range(5)) == [[0, 1], [2, 3], [4]]
+
+
+def test_result_is_a_partition_of_the_run() -> None:
+    indices = list(range(30))
+    source = [indices[k:k + 4] for k in range(0, 30, 4)]
+    sink = [indices[k:k + 7] for k in range(0, 30, 7)]
+    groups = intersect_partitions(source, sink, indices=indices)
+    assert sorted(_flatten(groups)) == indices
+    for g in [*source, *sink]:
+        owners = {n for n, merged in enumerate(groups) for i in g if i in merged}
+        assert len(owners) == 1, f"group {g} was split"
+
+
+def test_groups_ordered_by_run_position() -> None:
+    indices = [5, 4, 3, 2, 1, 0]
+    groups = intersect_partitions([[4, 3]], None, indices=indices)
+    assert groups == [[5], [4, 3], [2], [1], [0]]
+
+
+def test_index_in_two_groups_of_one_side_is_a_conflict() -> None:
+    with pytest.raises(PartitionConflictError, match="source.*index 1"):
+        intersect_partitions([[0, 1], [1, 2]], None, indices=range(3))
+    with pytest.raises(PartitionConflictError, match="sink.*index 2"):
+        intersect_partitions(None, [[2], [2, 3]], indices=range(4))
+
+
+def test_partition_conflict_error_is_a_value_error() -> None:
+    assert issubclass(PartitionConflictError, ValueError)
+    assert issubclass(PartitionConflictError, PipelineError)
+    with pytest.raises(ValueError):
+        intersect_partitions([[0, 1], [1]], None, indices=range(2))
+
+
+def test_index_outside_the_run_is_a_conflict() -> None:
+    with pytest.raises(PartitionConflictError, match="source.*index 9.*not in this run"):
+        intersect_partitions([[0, 9]], None, indices=[0, 1])
+    with pytest.raises(PartitionConflictError, match="sink.*index 7"):
+        intersect_partitions(None, [[7]], indices=[0, 1])
+
+
+def test_opposite_orders_on_the_two_sides_are_a_conflict() -> None:
+    with pytest.raises(PartitionConflictError, match="opposite orders"):
+        intersect_partitions([[0, 1]], [[1, 0]], indices=[0, 1])
+    # a cycle through a merged group
+    with pytest.raises(PartitionConflictError, match="opposite orders"):
+        intersect_partitions([[0, 1], [2, 3]], [[1, 2], [3, 0]], indices=range(4))
+
+
+def test_sink_order_different_from_run_order_is_not_a_conflict() -> None:
+    # The run order is 0,1,2,3 but the sink wants its group written 3 then 2.
+    groups = intersect_partitions(None, [[3, 2]], indices=[0, 1, 2, 3])
+    assert groups == [[0], [1], [3, 2]]
+    groups = intersect_partitions([[0, 1]], [[2, 1]], indices=[0, 1, 2])
+    # source demands 0 before 1, sink demands 2 before 1: 0 and 2 are free -> run order
+    assert groups == [[0, 2, 1]]
+
+
+def test_each_side_order_is_respected_inside_a_merged_group() -> None:
+    source = [[3, 0], [1, 2]]
+    sink = [[0, 1]]
+    (group,) = intersect_partitions(source, sink, indices=[0, 1, 2, 3])
+    assert sorted(group) == [0, 1, 2, 3]
+    for side in (*source, *sink):
+        positions = [group.index(i) for i in side]
+        assert positions == sorted(positions)
+
+
+def test_agreeing_sides_are_fine() -> None:
+    assert intersect_partitions([[2, 1]], [[2, 1]], indices=[1, 2]) == [[2, 1]]
+
+
+def test_without_indices_the_order_is_first_appearance() -> None:
+    assert intersect_partitions([[5, 6]], [[6, 7]]) == [[5, 6, 7]]
+    assert intersect_partitions([[9], [2, 3]], None) == [[9], [2, 3]]
+
+
+# --------------------------------------------------------------------------- batch_groups
+
+
+def test_batch_groups_greedy_packing() -> None:
+    assert batch_groups([[0], [1, 2], [3], [4]], 2) == [[0], [1, 2], [3, 4]]
+    assert batch_groups([[i] for i in range(7)], 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert batch_groups([[0, 1], [2], [3, 4, 5], [6]], 3) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_batch_groups_never_splits_a_group() -> None:
+    groups = [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9], [10]]
+    for n in range(1, 12):
+        batches = batch_groups(groups, n)
+        assert _flatten(batches) == list(range(11))
+        for g in groups:
+            (owner,) = [b for b in batches if g[0] in b]
+            start = owner.index(g[0])
+            assert owner[start:start + len(g)] == g
+        for b in batches:
+            # a batch over n is exactly one oversized group
+            assert len(b) <= n or b in groups
+
+
+def test_group_larger_than_n_is_a_batch_of_its_own() -> None:
+    assert batch_groups([[0], [1, 2, 3, 4], [5]], 2) == [[0], [1, 2, 3, 4], [5]]
+    assert batch_groups([[0, 1, 2, 3, 4]], 1) == [[0, 1, 2, 3, 4]]
+
+
+def test_batch_groups_empty_and_does_not_alias_input() -> None:
+    assert batch_groups([], 3) == []
+    groups = [[0, 1]]
+    batches = batch_groups(groups, 5)
+    batches[0].append(99)
+    assert groups == [[0, 1]]
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, "2", None, True], ids=repr)
+def test_batch_groups_rejects_bad_n(n: Any) -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        batch_groups([[0]], n)
+
+
+# --------------------------------------------------------------------------- parse_indices
+
+
+@pytest.mark.parametrize(
+    ("text", "length", "expected"),
+    [
+        ("0-99,200", 201, [*range(100), 200]),
+        ("0-2,7", 10, [0, 1, 2, 7]),
+        ("5", 6, [5]),
+        ("3-3", 4, [3]),
+        (" 4 , 0 - 1 ", 5, [4, 0, 1]),
+        ("9,1,5", 10, [9, 1, 5]),
+    ],
+    ids=["range-and-single", "docstring", "single", "one-range", "spaces", "order-kept"],
+)
+def test_parse_indices_valid(text: str, length: int, expected: list[int]) -> None:
+    assert parse_indices(text, length) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("5-2", "end is before the start.*'2-5'"),
+        ("x", "Bad index 'x'"),
+        ("1-x", "Bad index"),
+        ("-1", "Bad index"),
+        ("1-2-3", "Bad index"),
+        ("1.5", "Bad index"),
+        ("", "Empty index list"),
+        ("   ", "Empty index list"),
+        ("1,,2", "Empty item"),
+        ("1,", "Empty item"),
+        ("10", "out of range"),
+        ("0-10", "out of range"),
+        ("8-12", "out of range"),
+        ("1,1", "twice"),
+        ("0-3,2", "twice"),
+        ("0-3,2-5", "twice"),
+    ],
+    ids=[
+        "reversed", "letter", "bad-end", "negative", "two-dashes", "float", "empty", "blank",
+        "double-comma", "trailing-comma", "past-end", "range-past-end", "range-straddles",
+        "dup", "dup-in-range", "overlapping-ranges",
+    ],
+)
+def test_parse_indices_errors(text: str, match: str) -> None:
+    with pytest.raises(IndexSelectionError, match=match):
+        parse_indices(text, 10)
+
+
+def test_parse_indices_error_is_value_error() -> None:
+    with pytest.raises(ValueError):
+        parse_indices("x", 10)
+
+
+def test_parse_indices_huge_range_fails_fast() -> None:
+    start = time.perf_counter()
+    with pytest.raises(IndexSelectionError, match="out of range"):
+        parse_indices("0-99999999999999", 100)
+    assert time.perf_counter() - start < 1.0
+
+
+# --------------------------------------------------------------------------- check_indices
+
+
+def test_check_indices_returns_plain_ints_in_order() -> None:
+    out = check_indices([np.int64(3), 0, np.int32(2)], 4)
+    assert out == [3, 0, 2]
+    assert all(type(i) is int for i in out)
+    assert check_indices(np.arange(3), 3) == [0, 1, 2]
+    assert check_indices(range(2), 2) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("indices", "match"),
+    [
+        ([], "No indices"),
+        ([4], "out of range"),
+        ([-1], "out of range"),
+        ([0, 2, 0], "twice"),
+        ([1.0], "not an integer"),
+        ([1.7], "not an integer"),
+        (["1"], "not an integer"),
+        ([None], "not an integer"),
+        ([True], "not an integer"),
+        ([np.bool_(False)], "not an integer"),
+    ],
+    ids=["empty", "past-end", "negative", "dup", "float", "fraction", "str", "none", "bool",
+         "np-bool"],
+)
+def test_check_indices_errors(indices: list[Any], match: str) -> None:
+    with pytest.raises(IndexSelectionError, match=match):
+        check_indices(indices, 4)
+
+
+# --------------------------------------------------------------------------- auto_batch_size / plan
+
+
+@pytest.mark.parametrize(
+    ("n_indices", "n_workers", "expected"),
+    [
+        (0, 4, 1),
+        (1, 4, 1),
+        (100, 1, 25),
+        (101, 1, 26),
+        (100, 5, 5),
+        (10_000, 4, 625),
+        (10**9, 4, MAX_AUTO_BATCH_SIZE),
+        (100, 0, 25),
+        (100, -3, 25),
+    ],
+    ids=str,
+)
+def test_auto_batch_size(n_indices: int, n_workers: int, expected: int) -> None:
+    assert auto_batch_size(n_indices, n_workers) == expected
+
+
+def test_auto_batch_size_gives_about_batches_per_worker() -> None:
+    for workers in (1, 3, 8):
+        size = auto_batch_size(1000, workers)
+        n_batches = len(batch_groups([[i] for i in range(1000)], size))
+        assert n_batches <= BATCHES_PER_WORKER * workers
+        assert n_batches >= BATCHES_PER_WORKER * workers - 1
+
+
+def test_plan_batches_keys_are_deterministic() -> None:
+    groups = [[0], [1, 2], [3], [4], [5, 6, 7], [8]]
+    first = plan_batches(groups, 2)
+    second = plan_batches([list(g) for g in groups], 2)
+    assert first == second
+    assert [b.key for b in first] == [f"b{n:06d}" for n in range(len(first))]
+    assert [b.indices for b in first] == batch_groups(groups, 2)
+    assert all(isinstance(b, Batch) for b in first)
+    assert plan_batches([], 3) == []
+    with pytest.raises(ValueError):
+        plan_batches(groups, 0)
+
+
+def test_batch_is_frozen() -> None:
+    batch = Batch(key="b000000", indices=[1])
+    with pytest.raises(AttributeError):
+        batch.key = "other"  # type: ignore[misc]
