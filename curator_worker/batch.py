@@ -17,13 +17,16 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from curator_worker.errors import PipelineError
+from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
+from curator_worker.policy import BatchPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,10 @@ class IndexResult:
     paths: list[str] | None = None
     error: dict[str, Any] | None = None
     seconds: float = 0.0
+    attempt: int = 1
+    tries: int = 1
+    stages: dict[str, float] | None = None
+    finished: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -47,9 +54,18 @@ class IndexResult:
 
     def as_record(self) -> dict[str, Any]:
         """The JSON record stored in the job store."""
+        record: dict[str, Any] = {"seconds": round(self.seconds, 6), "attempt": self.attempt}
+        if self.tries > 1:
+            record["tries"] = self.tries
         if self.error is not None:
-            return {"error": self.error, "seconds": round(self.seconds, 6)}
-        return {"paths": self.paths, "seconds": round(self.seconds, 6)}
+            record["error"] = self.error
+            return record
+        record["paths"] = self.paths
+        if self.stages:
+            record["stages"] = {k: round(v, 6) for k, v in self.stages.items()}
+        if self.finished is not None:
+            record["end"] = round(self.finished, 3)
+        return record
 
 
 @dataclass
@@ -67,14 +83,21 @@ class BatchOutcome:
         return sum(1 for r in self.results if r.ok)
 
 
-def error_record(exc: BaseException, attempt: int = 1, kind: str = "error") -> dict[str, Any]:
-    """A JSON-ready description of ``exc``: type, message, traceback, attempt, host, pid."""
+def error_record(
+    exc: BaseException, attempt: int = 1, kind: str = "error", tries: int = 1
+) -> dict[str, Any]:
+    """A JSON-ready description of ``exc``: kind, type, message, traceback, attempts, host, pid.
+
+    ``kind`` is ``error``, ``timeout``, ``memory``, ``batch_time_limit``, ``crash`` or
+    ``systemic``; ``attempt`` is the batch's delivery, ``tries`` the index's own attempts.
+    """
     return {
         "kind": kind,
         "type": type(exc).__name__,
         "message": str(exc)[:2000],
         "traceback": "".join(traceback.format_exception(exc))[-8000:],
         "attempt": attempt,
+        "tries": tries,
         "host": HOSTNAME,
         "pid": os.getpid(),
     }
@@ -111,8 +134,13 @@ def execute_batch(
     *,
     on_error: str = "record",
     attempt: int = 1,
+    policy: BatchPolicy | None = None,
+    skip: Mapping[int, dict[str, Any]] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_index: Callable[[IndexResult], None] | None = None,
+    on_stuck: Callable[[int, str], None] | None = None,
+    timings: bool = False,
 ) -> BatchOutcome:
     """Run ``indices`` in order through ``pipeline`` with private copies of stateful filters.
 
@@ -126,46 +154,117 @@ def execute_batch(
         ``record``: an exception becomes that index's error and the batch goes on.
         ``raise``: the exception propagates (the sequential backend's behaviour).
     attempt : int
-        Delivery attempt, stored with errors.
+        Delivery attempt of the batch, stored with results.
+    policy : BatchPolicy, optional
+        Timeouts, memory limit and retries (default: none).
+    skip : Mapping[int, dict], optional
+        Indices not to run, with the error to record for each (e.g. an index that killed
+        its worker on earlier attempts).
     should_stop : callable, optional
         Checked before each index; when it returns True the batch stops early.
+    on_start : callable, optional
+        Called with each index before it runs.
     on_index : callable, optional
         Called with each :class:`IndexResult` as it completes (progress).
+    on_stuck : callable, optional
+        Called by the watchdog with an index stuck past its deadline in code that ignores
+        signals, just before the process kills itself.
+    timings : bool
+        Record per-stage seconds in each result.
 
     Returns
     -------
     BatchOutcome
     """
     pipeline.require_sink()
+    policy = policy or BatchPolicy()
+    skip = skip or {}
     positions = [n for n, f in enumerate(pipeline.filters) if is_stateful(f)]
     filters = list(pipeline.filters)
     for n in positions:
         filters[n] = copy.deepcopy(filters[n])
     results: list[IndexResult] = []
     outcome = BatchOutcome(results=results, filters=filters, stateful_positions=positions)
-    for index in indices:
-        if should_stop is not None and should_stop():
-            outcome.stopped_early = True
-            break
-        saved = [copy.deepcopy(filters[n]) for n in positions]
-        start = time.perf_counter()
-        try:
-            paths = pipeline.run_index(index, filters)
-        except Exception as exc:
-            if on_error == "raise":
-                raise
-            for n, snapshot in zip(positions, saved, strict=True):
-                filters[n] = snapshot
-            log.warning("index %s failed: %s: %s", index, type(exc).__name__, exc)
-            results.append(
-                IndexResult(index, error=error_record(exc, attempt),
-                            seconds=time.perf_counter() - start)
-            )
-        else:
-            results.append(IndexResult(index, paths=paths, seconds=time.perf_counter() - start))
+    limited = bool(policy.index_timeout or policy.batch_time_limit)
+    deadlines = Deadlines(policy.index_timeout, policy.batch_time_limit, on_stuck) if limited \
+        else None
+
+    def record(result: IndexResult) -> None:
+        results.append(result)
         if on_index is not None:
-            on_index(results[-1])
+            on_index(result)
+
+    try:
+        for position, index in enumerate(indices):
+            if should_stop is not None and should_stop():
+                outcome.stopped_early = True
+                break
+            if index in skip:
+                record(IndexResult(index, error=dict(skip[index]), attempt=attempt))
+                continue
+            if deadlines is not None and deadlines.batch_expired():
+                _record_unfinished(indices[position:], attempt, record)
+                break
+            if on_start is not None:
+                on_start(index)
+            tries = 1
+            while True:
+                saved = [copy.deepcopy(filters[n]) for n in positions]
+                stages: dict[str, float] | None = {} if timings else None
+                start = time.perf_counter()
+                try:
+                    with deadlines.index(index) if deadlines else nullcontext(), \
+                            memory_limit(policy.index_memory_mb):
+                        paths = pipeline.run_index(index, filters, stages)
+                except BatchTimeLimit:
+                    for n, snapshot in zip(positions, saved, strict=True):
+                        filters[n] = snapshot
+                    _record_unfinished(indices[position:], attempt, record)
+                    return outcome
+                except Exception as exc:
+                    if on_error == "raise":
+                        raise
+                    for n, snapshot in zip(positions, saved, strict=True):
+                        filters[n] = snapshot
+                    if policy.retry.should_retry(exc, tries):
+                        delay = policy.retry.delay(tries)
+                        log.warning("index %s: transient %s (try %d), retrying in %.2fs",
+                                    index, type(exc).__name__, tries, delay)
+                        time.sleep(delay)
+                        tries += 1
+                        continue
+                    log.warning("index %s failed: %s: %s", index, type(exc).__name__, exc)
+                    record(IndexResult(
+                        index, error=error_record(exc, attempt, kind=_kind_of(exc), tries=tries),
+                        seconds=time.perf_counter() - start, attempt=attempt, tries=tries,
+                    ))
+                else:
+                    record(IndexResult(index, paths=paths, seconds=time.perf_counter() - start,
+                                       attempt=attempt, tries=tries, stages=stages,
+                                       finished=time.time()))
+                break
+    finally:
+        if deadlines is not None:
+            deadlines.close()
     return outcome
+
+
+def _kind_of(exc: BaseException) -> str:
+    if isinstance(exc, IndexTimeout):
+        return "timeout"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    return "error"
+
+
+def _record_unfinished(
+    indices: Sequence[int], attempt: int, record: Callable[[IndexResult], None]
+) -> None:
+    """Record ``indices`` as failed because the batch time limit ran out."""
+    for index in indices:
+        exc = BatchTimeLimit(f"the batch time limit ran out before index {index} finished")
+        record(IndexResult(index, error=error_record(exc, attempt, kind="batch_time_limit"),
+                           attempt=attempt))
 
 
 def flush_to(f: Filter[Any], path: str) -> str | None:

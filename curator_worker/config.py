@@ -173,7 +173,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     Safe defaults for long data work: JSON only, late acknowledgement, requeue when a
     child dies, one task per process at a time, task events on for Flower.
     """
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # kombu's sweep that restores unacknowledged messages: every few seconds instead of
+        # ~100 s, so a batch whose worker died returns soon after the visibility timeout.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.effective_result_backend,

@@ -3,7 +3,8 @@
 Gather is the chord callback of every Celery job. It merges only *committed* shards (so a
 killed attempt can never double-count), writes each final file atomically, removes the
 job's shard folders and sets the job's final state. It is idempotent: running it twice,
-or after a crash half-way, gives the same result.
+or after a crash half-way, gives the same result. A ``partial`` or ``failed`` job keeps its
+shards so that ``curator-jobs retry`` can merge them again with the retried indices'.
 """
 
 from __future__ import annotations
@@ -52,7 +53,15 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
     )
     if status.state in FINAL_STATES:
         log.info("job %s already %s; gather has nothing to do", job_id, status.state)
-        _remove_shard_dirs(stateful, job_id)
+        if status.state == SUCCEEDED:
+            _remove_shard_dirs(stateful, job_id)
+        return status.state
+
+    if not status.all_committed:
+        # A gather of an earlier chord (before a resume or retry) fired while batches of
+        # the new one are still running: the new chord's gather finishes the job.
+        log.info("job %s: %d/%d batches committed; not finishing yet", job_id,
+                 status.committed_batches, status.n_batches)
         return status.state
 
     error = status.error
@@ -79,7 +88,9 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
     else:
         state = SUCCEEDED
     store.set_state(job_id, state)
-    if state != FAILED:
+    if state == SUCCEEDED:
+        # partial, failed and cancelled jobs keep their committed shards: `curator-jobs
+        # retry` or `resume` merges them again
         _remove_shard_dirs(stateful, job_id)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state

@@ -8,6 +8,9 @@ One namespace per job::
     curator:job:<id>:results      hash: index -> {"paths": [...]} or {"error": {...}}
     curator:job:<id>:failures     hash: index -> error, failed indices only
     curator:job:<id>:attempts     hash: batch key -> deliveries so far
+    curator:job:<id>:current      hash: batch key -> index running (redelivered batches only)
+    curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
+                                  that were running when their worker died
     curator:jobs                  sorted set: job id by creation time
 
 Progress and completion are read from these counters, never from Celery's result
@@ -66,7 +69,8 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailableError(
             f"Cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: "
-            f"{redact_url(str(exc)) if '://' in str(exc) else exc}. Check the URL and "
+            f"{(redact_url(str(exc)) if '://' in str(exc) else str(exc)).rstrip('.')}. "
+            "Check the URL and "
             "that the server is running."
         ) from None
     return client
@@ -163,7 +167,8 @@ class JobStore:
         return f"{PREFIX}:job:{job_id}" + (f":{part}" if part else "")
 
     def _keys(self, job_id: str) -> list[str]:
-        parts = ("", "batches", "committed", "results", "failures", "attempts")
+        parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
+                 "blame")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -232,6 +237,74 @@ class JobStore:
         args += [len(triples) // 3, *triples]
         keys = self._keys(job_id)
         return bool(self._commit(keys=[keys[0], keys[2], keys[3], keys[4]], args=args))
+
+    # -- crash attribution: which index was running when a worker died
+    def set_current(self, job_id: str, batch_key: str, index: int | None) -> None:
+        """Record the index ``batch_key`` is running (``None``: between indices)."""
+        key = self.key(job_id, "current")
+        if index is None:
+            self.client.hdel(key, batch_key)
+        else:
+            self.client.hset(key, batch_key, index)
+
+    def take_current(self, job_id: str, batch_key: str) -> int | None:
+        """The index a previous attempt was running when it died (and forget it)."""
+        key = self.key(job_id, "current")
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hget(key, batch_key)
+        pipe.hdel(key, batch_key)
+        value = pipe.execute()[0]
+        return int(value) if value is not None else None
+
+    def blame(self, job_id: str, batch_key: str, index: int, kind: str, count: int = 1) -> int:
+        """Add ``count`` to the deaths blamed on ``index``; return its total."""
+        key, field_name = self.key(job_id, "blame"), f"{batch_key}:{index}"
+        raw = self.client.hget(key, field_name)
+        entry = json.loads(raw) if raw else {"count": 0, "kind": kind}
+        entry["count"] += count
+        entry["kind"] = kind if kind != "crash" else entry["kind"]
+        self.client.hset(key, field_name, json.dumps(entry))
+        return int(entry["count"])
+
+    def blamed(self, job_id: str, batch_key: str) -> dict[int, dict[str, Any]]:
+        """Indices of ``batch_key`` blamed for worker deaths: index -> {count, kind}."""
+        out = {}
+        for name, raw in self.client.hscan_iter(self.key(job_id, "blame"), match=f"{batch_key}:*"):
+            out[int(name.decode().rsplit(":", 1)[1])] = json.loads(raw)
+        return out
+
+    # -- job control
+    def cancel(self, job_id: str) -> str:
+        """Mark a job cancelled (running batches stop at their next index); return old state."""
+        state = self.status(job_id).state
+        if state not in FINAL_STATES:
+            self.set_state(job_id, CANCELLED)
+        return state
+
+    def reopen(self, job_id: str, clear_error: bool = False) -> None:
+        """Put a job back to ``running`` (resume, retry) and cancel its expiry."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(job_id), "state", RUNNING)
+        pipe.hdel(self.key(job_id), "finished")
+        if clear_error:
+            pipe.hdel(self.key(job_id), "error")
+        for key in self._keys(job_id):
+            pipe.persist(key)
+        pipe.execute()
+
+    def add_batches(self, job_id: str, batches: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Plan more batches for a job (retry of failed indices)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.key(job_id, "batches"),
+                  mapping={key: json.dumps(list(indices)) for key, indices in batches})
+        pipe.hincrby(self.key(job_id), "n_batches", len(batches))
+        pipe.hincrby(self.key(job_id), "retries", 1)
+        pipe.execute()
+
+    def uncommitted(self, job_id: str) -> dict[str, list[int]]:
+        """Planned batches not committed yet: key -> indices."""
+        committed = {k.decode() for k in self.client.hkeys(self.key(job_id, "committed"))}
+        return {k: v for k, v in self.batches(job_id).items() if k not in committed}
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         """Set the job's state (and other record fields)."""

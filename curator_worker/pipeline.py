@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -245,6 +246,27 @@ def source_items(source: Source[Any], index: int) -> Iterator[Any]:
     return iter((produced,))
 
 
+class _Timed:
+    """An iterator that adds the time spent in ``next()`` to its clock (for stage timings)."""
+
+    __slots__ = ("_it", "_clock")
+
+    def __init__(self, it: Iterator[Any], clocks: list[list[float]]) -> None:
+        self._it = it
+        self._clock = [0.0]  # seconds spent in next(), upstream stages included
+        clocks.append(self._clock)
+
+    def __iter__(self) -> _Timed:
+        return self
+
+    def __next__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            self._clock[0] += time.perf_counter() - start
+
+
 class Pipeline:
     """An immutable source → filters → sink chain.
 
@@ -375,17 +397,51 @@ class Pipeline:
             raise PipelineError("Pipeline has no sink. Call .write(sink) before running it.")
         return self._sink
 
-    def run_index(self, index: int, filters: Sequence[Filter[Any]] | None = None) -> list[str]:
+    def run_index(
+        self,
+        index: int,
+        filters: Sequence[Filter[Any]] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[str]:
         """Run one index through the source, ``filters`` (default: this pipeline's) and sink.
 
-        Runners pass per-batch copies of the stateful filters through ``filters``.
+        Parameters
+        ----------
+        index : int
+            The index.
+        filters : Sequence[Filter], optional
+            Filters to use instead of the pipeline's (runners pass per-batch copies).
+        timings : dict, optional
+            If given, filled with seconds spent in each stage, exclusive of the stages
+            upstream: ``source``, ``filter[0]:<Name>``, ..., ``sink``.
         """
         sink = self.require_sink()
         index = self.check_index(index)
-        items: Iterator[Any] = source_items(self._source, index)
-        for f in self._filters if filters is None else filters:
-            items = iter(f(items))
+        chain = self._filters if filters is None else filters
+        if timings is None:
+            items: Iterator[Any] = source_items(self._source, index)
+            for f in chain:
+                items = iter(f(items))
+            paths = sink(items, index)
+            return [str(p) for p in (paths or [])]
+
+        clocks: list[list[float]] = []
+        start = time.perf_counter()
+        items = _Timed(source_items(self._source, index), clocks)
+        for f in chain:
+            items = _Timed(iter(f(items)), clocks)
+        before_sink = time.perf_counter()
         paths = sink(items, index)
+        total = time.perf_counter() - before_sink
+        names = ["source"] + [f"filter[{n}]:{type(f).__name__}" for n, f in enumerate(chain)]
+        spent = {"source": before_sink - start}  # building the generators counts as source
+        upstream = 0.0
+        for name, clock in zip(names, clocks, strict=True):
+            spent[name] = spent.get(name, 0.0) + max(clock[0] - upstream, 0.0)
+            upstream = clock[0]
+        spent["sink"] = max(total - upstream, 0.0)
+        for name, seconds in spent.items():
+            timings[name] = timings.get(name, 0.0) + seconds
         return [str(p) for p in (paths or [])]
 
     def __getitem__(self, index: int) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -33,6 +34,7 @@ from curator_worker.errors import CuratorError
 from curator_worker.gather import gather_job
 from curator_worker.jobs import CANCELLED, JobStore
 from curator_worker.pipeline import Pipeline
+from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,13 @@ def worker_store() -> JobStore:
 
 
 @lru_cache(maxsize=64)
-def _job_context(job_id: str) -> tuple[str, str]:
-    """A job's spec (JSON) and its hash, read once per process."""
+def _job_context(job_id: str) -> tuple[str, str, BatchPolicy, bool]:
+    """A job's spec (JSON), its hash, its batch policy and metrics flag, read once per process."""
     record = worker_store().record(job_id)
     spec_json = json.dumps(record["spec"], sort_keys=True)
-    return spec_json, spec_hash(record["spec"])
+    options = record["options"]
+    return (spec_json, spec_hash(record["spec"]), BatchPolicy.from_options(options),
+            bool(options.get("metrics", True)))
 
 
 @lru_cache(maxsize=16)
@@ -74,8 +78,14 @@ def _built_pipeline(digest: str, spec_json: str) -> Pipeline:
 
 def pipeline_for_job(job_id: str) -> Pipeline:
     """The (cached) pipeline of ``job_id``; :class:`SpecError` if it cannot be built here."""
-    spec_json, digest = _job_context(job_id)
+    spec_json, digest, _, _ = _job_context(job_id)
     return _built_pipeline(digest, spec_json)
+
+
+#: Deaths of a worker while one index was running before that index is blamed and skipped.
+BLAME_THRESHOLD = 2
+#: Seconds between checks for cancellation while a batch runs.
+CANCEL_CHECK_INTERVAL = 0.5
 
 
 def process_batch(
@@ -83,7 +93,11 @@ def process_batch(
 ) -> str:
     """Run, shard and commit one batch; exactly-once whatever the number of deliveries.
 
-    ``node`` is the Celery worker node name, stored with the commit.
+    ``node`` is the Celery worker node name, stored with the commit. A redelivered batch
+    (its worker died) tracks the running index in the job store; an index that was running
+    at :data:`BLAME_THRESHOLD` deaths is skipped and recorded as ``crash`` (or ``timeout``
+    when the watchdog killed it), and after ``max_attempts`` deliveries every index is
+    recorded failed, so a batch that always kills its worker cannot loop forever.
     """
     if store.is_committed(job_id, batch_key):
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
@@ -93,6 +107,7 @@ def process_batch(
         return batch_key
     try:
         pipeline = pipeline_for_job(job_id)
+        _, _, policy, metrics = _job_context(job_id)
     except CuratorError as exc:
         message = f"cannot build the pipeline on worker {HOSTNAME}: {exc}"
         log.error("job %s: %s", job_id, message)
@@ -104,14 +119,66 @@ def process_batch(
         )
         return batch_key
 
+    skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy)
+    careful = attempt > 1
+    last_check = [time.monotonic()]
+
+    def cancelled() -> bool:
+        now = time.monotonic()
+        if now - last_check[0] < CANCEL_CHECK_INTERVAL:
+            return False
+        last_check[0] = now
+        return store.status(job_id).state == CANCELLED
+
+    def stuck(index: int, kind: str) -> None:
+        store.blame(job_id, batch_key, index, kind, count=BLAME_THRESHOLD)
+
     log.info("job %s batch %s: %d indices (attempt %d)", job_id, batch_key, len(indices), attempt)
-    outcome = execute_batch(pipeline, indices, attempt=attempt)
+    started = time.time()
+    outcome = execute_batch(
+        pipeline, indices, attempt=attempt, policy=policy, skip=skip, should_stop=cancelled,
+        on_start=(lambda i: store.set_current(job_id, batch_key, i)) if careful else None,
+        on_stuck=stuck, timings=metrics,
+    )
+    if outcome.stopped_early:
+        log.info("job %s cancelled; batch %s stops uncommitted", job_id, batch_key)
+        return batch_key
     shards = write_shards(pipeline, outcome, job_id, batch_key)
-    record = _commit_record(outcome.results, attempt, shards, node)
+    record = _commit_record(outcome.results, attempt, shards, node, started)
     if not store.commit_batch(job_id, batch_key, _rows(outcome.results), record):
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
         discard_files(list(shards.values()))
+    if careful:
+        store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+def _skipped_indices(
+    store: JobStore, job_id: str, batch_key: str, indices: list[int], attempt: int,
+    policy: BatchPolicy,
+) -> dict[int, dict[str, Any]]:
+    """Indices this attempt must not run, with the error to record for each."""
+    if attempt == 1:
+        return {}
+    died_at = store.take_current(job_id, batch_key)
+    if died_at is not None:
+        store.blame(job_id, batch_key, died_at, "crash")
+    if attempt > policy.max_attempts:
+        reason = RuntimeError(
+            f"batch {batch_key} was delivered {attempt - 1} times and its worker died every "
+            f"time; giving up on its indices (max_attempts={policy.max_attempts})"
+        )
+        failure = error_record(reason, attempt, kind="crash")
+        return {i: failure for i in indices}
+    skip = {}
+    for index, entry in store.blamed(job_id, batch_key).items():
+        if entry["count"] >= BLAME_THRESHOLD:
+            kind = entry.get("kind", "crash")
+            what = ("was stuck past its timeout in code that ignores signals"
+                    if kind == "timeout" else "was running each time its worker process died")
+            reason = RuntimeError(f"index {index} {what} ({entry['count']} times); skipped")
+            skip[index] = error_record(reason, attempt, kind=kind)
+    return skip
 
 
 def _rows(results: list[IndexResult]) -> list[tuple[int, bool, dict[str, Any]]]:
@@ -119,7 +186,8 @@ def _rows(results: list[IndexResult]) -> list[tuple[int, bool, dict[str, Any]]]:
 
 
 def _commit_record(
-    results: list[IndexResult], attempt: int, shards: dict[str, str], node: str
+    results: list[IndexResult], attempt: int, shards: dict[str, str], node: str,
+    started: float | None = None,
 ) -> dict[str, Any]:
     return {
         "shards": shards,
@@ -127,6 +195,9 @@ def _commit_record(
         "host": HOSTNAME,
         "pid": os.getpid(),
         "attempt": attempt,
+        "started": round(started or time.time(), 3),
+        "finished": round(time.time(), 3),
+        "n": len(results),
         "seconds": round(sum(r.seconds for r in results), 6),
     }
 

@@ -20,7 +20,9 @@ from curator_worker.config import Settings, redact_url
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import JobStatus, JobStore
+from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
+from producer.control import cancel_job, resume_job, retry_job
 from producer.submit import plan_job, submit_job
 from producer.wait import wait_for_job
 
@@ -114,14 +116,46 @@ embedded cluster started for it, and --wait is implied.""",
               help="Worker processes of the embedded cluster (default: CPU count).")
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--index-timeout", type=float,
+              help="Seconds one index may run; a hung index is recorded as 'timeout'.")
+@click.option("--batch-time-limit", type=float,
+              help="Seconds one batch may run; unfinished indices are recorded failed.")
+@click.option("--retries", type=int, default=0, show_default=True,
+              help="Retries of an index failing with a transient error (see --retry-on).")
+@click.option("--retry-on", default=",".join(DEFAULT_TRANSIENT), show_default=True,
+              help="Comma-separated exception classes treated as transient.")
+@click.option("--index-memory-limit", type=float,
+              help="MiB one index may allocate; beyond it the index fails with 'memory'.")
+@click.option("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, show_default=True,
+              help="Deliveries of a batch whose worker keeps dying before its indices fail.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Record per-stage timings of every index.")
 def submit_command(
     spec: str, indices: str | None, batch_size: int | None, queue: str | None, wait: bool,
     as_json: bool, broker: str | None, workers: int | None, timeout: float | None, quiet: bool,
+    index_timeout: float | None, batch_time_limit: float | None, retries: int, retry_on: str,
+    index_memory_limit: float | None, max_attempts: int, metrics: bool,
 ) -> None:
     """Submit the pipeline SPEC (YAML or JSON) as a job and print its id.
 
     The spec is validated and the batches planned before anything is enqueued.
     """
+    for name, value in (("--index-timeout", index_timeout),
+                        ("--batch-time-limit", batch_time_limit),
+                        ("--index-memory-limit", index_memory_limit)):
+        if value is not None and value <= 0:
+            _fail(f"{name} must be a positive number of seconds/MiB, got {value:g}.")
+    if retries < 0:
+        _fail(f"--retries must be 0 or more, got {retries}.")
+    if max_attempts < 1:
+        _fail(f"--max-attempts must be at least 1, got {max_attempts}.")
+    policy = BatchPolicy(
+        index_timeout=index_timeout, batch_time_limit=batch_time_limit,
+        index_memory_mb=index_memory_limit, max_attempts=max_attempts,
+        retry=RetryPolicy(retries=retries,
+                          transient=tuple(n.strip() for n in retry_on.split(",") if n.strip())),
+    )
+    options = {**policy.as_options(), "metrics": metrics}
     if batch_size is not None and batch_size < 1:
         _fail(f"--batch-size must be a positive integer, got {batch_size}.")
     if workers is not None and workers < 1:
@@ -129,7 +163,8 @@ def submit_command(
     data = read_spec_file(spec)
     settings = Settings.from_env(broker_url=broker, queue=queue)
     if settings.configured:
-        job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size)
+        job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size,
+                         options=options)
         if not wait:
             click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
                                    "batches": job.n_batches}) if as_json else job.job_id)
@@ -152,7 +187,7 @@ def submit_command(
     with LocalCluster(workers=n_workers, queue=settings.queue) as cluster:
         local = cluster.settings
         job = submit_job(data, local, origin=spec, indices=indices, batch_size=batch_size,
-                         n_workers_hint=n_workers)
+                         n_workers_hint=n_workers, options=options)
         if not as_json:
             click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
                        err=True)
@@ -174,14 +209,16 @@ _broker_option = click.option("--broker", help="Broker URL (overrides CURATOR_BR
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
+  curator-jobs list
   curator-jobs status 20261124-101500-ab12cd34
   curator-jobs wait 20261124-101500-ab12cd34 --json
+  curator-jobs retry 20261124-101500-ab12cd34 --wait
 \b
 The job store is the Redis of CURATOR_JOB_STORE_URL, else CURATOR_RESULT_BACKEND,
 else CURATOR_BROKER_URL.""",
 )
 def jobs_group() -> None:
-    """Inspect and wait for jobs in the job store."""
+    """Inspect, wait for, cancel, resume and retry jobs in the job store."""
 
 
 @jobs_group.command("status")
@@ -208,7 +245,79 @@ def wait_command(
     job_id: str, as_json: bool, timeout: float | None, quiet: bool, broker: str | None
 ) -> None:
     """Wait for JOB_ID with a live progress bar, then print its summary."""
+    _wait_and_exit(Settings.from_env(broker_url=broker), job_id, as_json=as_json, quiet=quiet,
+                   timeout=timeout)
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@_broker_option
+def cancel_command(job_id: str, broker: str | None) -> None:
+    """Cancel JOB_ID: queued batches are skipped, running ones stop at their next index."""
+    before = cancel_job(Settings.from_env(broker_url=broker), job_id)
+    if before in ("succeeded", "partial", "failed", "cancelled"):
+        click.echo(f"job {job_id} had already ended ({before}); nothing to cancel")
+    else:
+        click.echo(f"job {job_id} cancelled")
+
+
+@jobs_group.command("resume")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job afterwards.")
+@_broker_option
+def resume_command(job_id: str, wait: bool, broker: str | None) -> None:
+    """Re-send JOB_ID's batches that are not committed (after workers died or a purge)."""
     settings = Settings.from_env(broker_url=broker)
+    sent = resume_job(settings, job_id)
+    click.echo(f"job {job_id}: re-sent {sent} uncommitted batches" if sent
+               else f"job {job_id}: every batch is committed; gather re-sent")
+    if wait:
+        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
+
+
+@jobs_group.command("retry")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job afterwards.")
+@_broker_option
+def retry_command(job_id: str, wait: bool, broker: str | None) -> None:
+    """Re-run only JOB_ID's failed indices, then gather again. Fix the cause first."""
+    settings = Settings.from_env(broker_url=broker)
+    count = retry_job(settings, job_id)
+    click.echo(f"job {job_id}: retrying {count} failed indices")
+    if wait:
+        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
+
+
+@jobs_group.command("list")
+@click.option("--limit", type=int, default=20, show_default=True, help="How many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_broker_option
+def list_command(limit: int, as_json: bool, broker: str | None) -> None:
+    """List recent jobs, newest first: state, progress, age."""
+    store = _store(Settings.from_env(broker_url=broker))
+    statuses = [store.status(job_id) for job_id in store.list_jobs(limit)]
+    if as_json:
+        click.echo(json.dumps([s.as_dict() for s in statuses], indent=2))
+        return
+    if not statuses:
+        click.echo("no jobs")
+        return
+    now = time.time()
+    click.echo(f"{'JOB':<26} {'STATE':<10} {'DONE':>9} {'FAILED':>7} {'TOTAL':>9}  AGE")
+    for s in statuses:
+        click.echo(f"{s.job_id:<26} {s.state:<10} {s.done:>9} {s.failed:>7} {s.total:>9}  "
+                   f"{_age(now - s.created)}")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: bool,
+                   timeout: float | None) -> None:
     store = _store(settings)
     status = wait_for_job(store, job_id, settings=settings,
                           progress=_progress_mode(as_json, quiet), timeout=timeout)

@@ -163,7 +163,8 @@ def submit_job(
         check_broker(app, settings)
         job_id = new_job_id()
         stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
-        job_options = {"batch_size": plan.batch_size, "origin": origin, **(options or {})}
+        job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
+                       **(options or {})}
         store.create_job(
             job_id,
             stored_spec,

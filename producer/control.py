@@ -1,0 +1,102 @@
+"""Job control: cancel, resume (re-send uncommitted batches), retry (re-run failed indices).
+
+Each re-send is a new flat chord whose callback is the same idempotent gather, which only
+finishes the job once every planned batch is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from curator_worker.app import create_app
+from curator_worker.config import Settings
+from curator_worker.errors import CuratorError
+from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore
+from curator_worker.planning import Batch, batch_groups
+from curator_worker.spec import build_pipeline
+from producer.submit import publish_chord
+from producer.wait import resend_gather
+
+log = logging.getLogger(__name__)
+
+
+def _store(settings: Settings) -> JobStore:
+    settings.require_cluster()
+    return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+
+
+def cancel_job(settings: Settings, job_id: str) -> str:
+    """Cancel ``job_id``: queued batches are skipped, running ones stop at their next index.
+
+    Returns the state the job had before.
+    """
+    return _store(settings).cancel(job_id)
+
+
+def resume_job(settings: Settings, job_id: str) -> int:
+    """Re-send the batches of ``job_id`` that are not committed; return how many.
+
+    Use it when every worker died and the queue was lost or purged, or after a cancel.
+    A job whose batches are all committed gets its gather re-sent instead (0 is returned).
+
+    Raises
+    ------
+    CuratorError
+        If the job already succeeded.
+    """
+    store = _store(settings)
+    status = store.status(job_id)
+    if status.state == SUCCEEDED:
+        raise CuratorError(f"Job {job_id} already succeeded; nothing to resume.")
+    pending = store.uncommitted(job_id)
+    store.reopen(job_id)
+    if not pending:
+        resend_gather(settings, job_id, status.queue)
+        return 0
+    batches = [Batch(key, indices) for key, indices in sorted(pending.items())]
+    app = create_app(settings)
+    try:
+        publish_chord(app, job_id, batches, status.queue or settings.queue)
+    finally:
+        app.close()
+    log.info("job %s: re-sent %d uncommitted batches", job_id, len(batches))
+    return len(batches)
+
+
+def retry_job(settings: Settings, job_id: str) -> int:
+    """Re-run only the failed indices of ``job_id`` (then gather again); return how many.
+
+    Raises
+    ------
+    CuratorError
+        If the job is still running, was cancelled, or has no failed index.
+    SpecError
+        If the job's spec no longer builds here (fix the cause first).
+    """
+    store = _store(settings)
+    status = store.status(job_id)
+    if not status.is_final:
+        raise CuratorError(f"Job {job_id} is still {status.state}; wait for it before retrying.")
+    if status.state == CANCELLED:
+        raise CuratorError(f"Job {job_id} was cancelled; use `curator-jobs resume {job_id}`.")
+    failed = sorted(store.failures(job_id))
+    if not failed:
+        raise CuratorError(f"Job {job_id} has no failed index to retry.")
+    record = store.record(job_id)
+    pipeline = build_pipeline(record["spec"], f"job {job_id}")
+    size = int(record["options"].get("batch_size") or 1)
+    round_number = int(record.get("retries") or 0) + 1
+    batches = [
+        Batch(f"r{round_number}-b{n:06d}", indices)
+        for n, indices in enumerate(batch_groups(pipeline.partition_groups(failed), size))
+    ]
+    store.reopen(job_id, clear_error=True)
+    store.add_batches(job_id, [(b.key, b.indices) for b in batches])
+    app = create_app(settings)
+    try:
+        publish_chord(app, job_id, batches, status.queue or settings.queue)
+    finally:
+        app.close()
+    log.info("job %s: retrying %d failed indices in %d batches", job_id, len(failed),
+             len(batches))
+    return len(failed)
