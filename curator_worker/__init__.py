@@ -16,6 +16,7 @@ from curator_worker.errors import (
     SpecError,
 )
 from curator_worker.gather import gather_pipeline
+from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.pipeline import REQUIRED, Filter, Param, Pipeline, Sink, Source
 from curator_worker.planning import batch_groups, intersect_partitions
 from curator_worker.run import (
@@ -34,7 +35,10 @@ __all__ = [
     "CuratorError",
     "Filter",
     "IndexSelectionError",
+    "Job",
     "JobFailedError",
+    "JobStatus",
+    "JobStore",
     "Param",
     "PartitionConflictError",
     "Pipeline",

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import traceback
+import tracemalloc
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -46,6 +47,7 @@ class IndexResult:
     tries: int = 1
     stages: dict[str, float] | None = None
     finished: float | None = None
+    peak_mb: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,8 @@ class IndexResult:
             record["stages"] = {k: round(v, 6) for k, v in self.stages.items()}
         if self.finished is not None:
             record["end"] = round(self.finished, 3)
+        if self.peak_mb is not None:
+            record["peak_mb"] = round(self.peak_mb, 3)
         return record
 
 
@@ -141,6 +145,7 @@ def execute_batch(
     on_index: Callable[[IndexResult], None] | None = None,
     on_stuck: Callable[[int, str], None] | None = None,
     timings: bool = False,
+    trace_memory: bool = False,
 ) -> BatchOutcome:
     """Run ``indices`` in order through ``pipeline`` with private copies of stateful filters.
 
@@ -171,6 +176,8 @@ def execute_batch(
         signals, just before the process kills itself.
     timings : bool
         Record per-stage seconds in each result.
+    trace_memory : bool
+        Record each index's peak Python memory (``tracemalloc``; slows Python code).
 
     Returns
     -------
@@ -189,7 +196,14 @@ def execute_batch(
     deadlines = Deadlines(policy.index_timeout, policy.batch_time_limit, on_stuck) if limited \
         else None
 
+    tracing = trace_memory and not tracemalloc.is_tracing()
+    if tracing:
+        tracemalloc.start()
+
     def record(result: IndexResult) -> None:
+        if trace_memory:
+            result.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.reset_peak()
         results.append(result)
         if on_index is not None:
             on_index(result)
@@ -246,6 +260,8 @@ def execute_batch(
     finally:
         if deadlines is not None:
             deadlines.close()
+        if tracing:
+            tracemalloc.stop()
     return outcome
 
 

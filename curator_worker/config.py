@@ -198,6 +198,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "result_expires": settings.job_ttl,
         "task_track_started": True,
-        "worker_hijack_root_logger": False,
         "task_allow_error_cb_on_chord_header": False,
     }

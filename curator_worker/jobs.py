@@ -9,6 +9,7 @@ One namespace per job::
     curator:job:<id>:failures     hash: index -> error, failed indices only
     curator:job:<id>:attempts     hash: batch key -> deliveries so far
     curator:job:<id>:current      hash: batch key -> index running (redelivered batches only)
+    curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
     curator:jobs                  sorted set: job id by creation time
@@ -168,7 +169,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
-                 "blame")
+                 "blame", "workers")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -208,12 +209,23 @@ class JobStore:
         pipe.zadd(JOBS_INDEX, {job_id: now})
         pipe.execute()
 
-    def begin_attempt(self, job_id: str, batch_key: str) -> int:
-        """Count one more delivery of ``batch_key``; return its attempt number (1, 2, ...)."""
+    def begin_attempt(self, job_id: str, batch_key: str, worker: str = "") -> int:
+        """Count one more delivery of ``batch_key``; return its attempt number (1, 2, ...).
+
+        ``worker`` (node/pid) is recorded as seen now, for the count of active workers.
+        """
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(self.key(job_id, "attempts"), batch_key, 1)
         pipe.hsetnx(self.key(job_id), "started", time.time())
+        if worker:
+            pipe.hset(self.key(job_id, "workers"), worker, time.time())
         return int(pipe.execute()[0])
+
+    def active_workers(self, job_id: str, within: float = 60.0) -> int:
+        """Worker processes that started a batch of this job in the last ``within`` seconds."""
+        seen = self.client.hvals(self.key(job_id, "workers"))
+        now = time.time()
+        return sum(1 for t in seen if now - float(t) <= within)
 
     def commit_batch(
         self,
@@ -402,3 +414,88 @@ class JobStore:
         ids = [i.decode() for i in self.client.zrevrange(JOBS_INDEX, 0, limit * 2)]
         alive = [i for i in ids if self.client.exists(self.key(i))]
         return alive[:limit]
+
+
+class Job:
+    """A handle on one job in the job store, for Python users.
+
+    Parameters
+    ----------
+    job_id : str
+        The job's id.
+    store : JobStore
+        Where it lives.
+
+    Examples
+    --------
+    >>> job = Job(job_id, JobStore.from_url(url))          # doctest: +SKIP
+    >>> job.status().state, len(job.metrics())             # doctest: +SKIP
+    ('succeeded', 2000)
+    """
+
+    def __init__(self, job_id: str, store: JobStore) -> None:
+        self.job_id = job_id
+        self.store = store
+
+    def status(self) -> JobStatus:
+        """A snapshot of state and counters."""
+        return self.store.status(self.job_id)
+
+    def failures(self) -> dict[int, dict[str, Any]]:
+        """Failed indices and their error records."""
+        return self.store.failures(self.job_id)
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every committed batch: key, node, host, pid, attempt, started, finished, n."""
+        records = self.store.commit_records(self.job_id)
+        out = []
+        for key, record in sorted(records.items()):
+            entry = {k: v for k, v in record.items() if k != "shards"}
+            entry["batch"] = key
+            out.append(entry)
+        return out
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Per-index metrics, in index order.
+
+        Each entry has ``index``, ``ok``, ``seconds`` (wall time), ``stages`` (seconds per
+        stage: source, each filter, sink; when recorded), ``attempt`` (batch delivery),
+        ``tries`` (the index's own retries included), ``end`` (finish time, epoch seconds),
+        ``batch``, ``node``, ``host`` and ``pid`` of the worker process that committed it,
+        ``peak_mb`` when memory tracing was on, and ``error`` (type and message) if it failed.
+        """
+        batches = self.store.batches(self.job_id)
+        records = self.store.commit_records(self.job_id)
+        where: dict[int, str] = {}
+        for key, indices in sorted(batches.items()):  # retry batches (r...) after b...
+            if key in records:
+                for index in indices:
+                    where[index] = key  # retry batches come later in key order
+        indices = sorted(where)
+        out = []
+        for index, result in zip(indices, self.store.results(self.job_id, indices), strict=True):
+            if result is None:
+                continue
+            batch = where[index]
+            record = records.get(batch, {})
+            entry: dict[str, Any] = {
+                "index": index,
+                "ok": "error" not in result,
+                "seconds": result.get("seconds", 0.0),
+                "stages": result.get("stages", {}),
+                "attempt": result.get("attempt", record.get("attempt", 1)),
+                "tries": result.get("tries", 1),
+                "end": result.get("end"),
+                "batch": batch,
+                "node": record.get("node", ""),
+                "host": record.get("host", ""),
+                "pid": record.get("pid"),
+            }
+            if "peak_mb" in result:
+                entry["peak_mb"] = result["peak_mb"]
+            if "error" in result:
+                error = result["error"]
+                entry["error"] = {"kind": error.get("kind"), "type": error.get("type"),
+                                  "message": error.get("message")}
+            out.append(entry)
+        return out

@@ -42,6 +42,9 @@ class ProgressReporter:
         Where to draw (default stderr).
     interval : float
         Seconds between log lines.
+    started : float, optional
+        Wall-clock time (epoch seconds) the work started, for the rate of work that began
+        before this reporter (a job submitted elsewhere); default: now.
     """
 
     def __init__(
@@ -51,12 +54,14 @@ class ProgressReporter:
         label: str = "indices",
         stream: TextIO | None = None,
         interval: float = 5.0,
+        started: float | None = None,
     ) -> None:
         self.total = total
         self.label = label
         self.stream = stream or sys.stderr
         self.interval = interval
         self.start = time.monotonic()
+        self.started_wall = started if started is not None else time.time()
         self._last_log = 0.0
         self._progress: Progress | None = None
         self._task = None
@@ -96,7 +101,7 @@ class ProgressReporter:
         if not force and now - self._last_log < self.interval:
             return
         self._last_log = now
-        elapsed = now - self.start
+        elapsed = time.time() - self.started_wall
         rate = processed / elapsed if elapsed > 0 else 0.0
         eta = f"{(self.total - processed) / rate:.0f}s" if rate > 0 else "?"
         line = (

@@ -15,11 +15,12 @@ import json
 import logging
 import os
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
+from curator_worker import log_context
 from curator_worker.app import GATHER, RUN_BATCH, app
 from curator_worker.batch import (
     HOSTNAME,
@@ -42,6 +43,13 @@ log = logging.getLogger(__name__)
 _store: JobStore | None = None
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_with_context(logger: logging.Logger, **_: Any) -> None:
+    """Every worker log line carries the job, batch and index being processed."""
+    log_context.install(logger)
+
+
 @worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
     """Drop connections inherited from the parent: each prefork child opens its own."""
@@ -61,13 +69,14 @@ def worker_store() -> JobStore:
 
 
 @lru_cache(maxsize=64)
-def _job_context(job_id: str) -> tuple[str, str, BatchPolicy, bool]:
-    """A job's spec (JSON), its hash, its batch policy and metrics flag, read once per process."""
+def _job_context(job_id: str) -> tuple[str, str, BatchPolicy, dict[str, bool]]:
+    """A job's spec (JSON), hash, batch policy and metrics switches, read once per process."""
     record = worker_store().record(job_id)
     spec_json = json.dumps(record["spec"], sort_keys=True)
     options = record["options"]
-    return (spec_json, spec_hash(record["spec"]), BatchPolicy.from_options(options),
-            bool(options.get("metrics", True)))
+    switches = {"timings": bool(options.get("metrics", True)),
+                "trace_memory": bool(options.get("trace_memory", False))}
+    return spec_json, spec_hash(record["spec"]), BatchPolicy.from_options(options), switches
 
 
 @lru_cache(maxsize=16)
@@ -102,7 +111,7 @@ def process_batch(
     if store.is_committed(job_id, batch_key):
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
         return batch_key
-    attempt = store.begin_attempt(job_id, batch_key)
+    attempt = store.begin_attempt(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
     if store.status(job_id).state == CANCELLED:
         return batch_key
     try:
@@ -137,8 +146,8 @@ def process_batch(
     started = time.time()
     outcome = execute_batch(
         pipeline, indices, attempt=attempt, policy=policy, skip=skip, should_stop=cancelled,
-        on_start=(lambda i: store.set_current(job_id, batch_key, i)) if careful else None,
-        on_stuck=stuck, timings=metrics,
+        on_start=partial(_starting, store, job_id, batch_key, careful),
+        on_stuck=stuck, **metrics,
     )
     if outcome.stopped_early:
         log.info("job %s cancelled; batch %s stops uncommitted", job_id, batch_key)
@@ -151,6 +160,13 @@ def process_batch(
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+def _starting(store: JobStore, job_id: str, batch_key: str, track: bool, index: int) -> None:
+    """Before each index: log context, and (redelivered batches) the running index."""
+    log_context.set_index(index)
+    if track:
+        store.set_current(job_id, batch_key, index)
 
 
 def _skipped_indices(
@@ -199,13 +215,24 @@ def _commit_record(
         "finished": round(time.time(), 3),
         "n": len(results),
         "seconds": round(sum(r.seconds for r in results), 6),
+        "stages": _stage_totals(results),
     }
+
+
+def _stage_totals(results: list[IndexResult]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for result in results:
+        for stage, seconds in (result.stages or {}).items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+    return {k: round(v, 6) for k, v in totals.items()}
 
 
 @app.task(name=RUN_BATCH, bind=True)
 def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str:
     """Chord header: run one batch of a job. Returns the batch key."""
-    return process_batch(worker_store(), job_id, batch_key, indices, self.request.hostname or "")
+    with log_context.batch_context(job_id, batch_key):
+        return process_batch(worker_store(), job_id, batch_key, indices,
+                             self.request.hostname or "")
 
 
 @app.task(name=GATHER, bind=True)

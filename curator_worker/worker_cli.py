@@ -1,33 +1,60 @@
-"""``curator-worker``: a Celery worker of this project's app with safe defaults.
+"""``curator-worker``: a Celery worker node of this project's app, and ``curator-worker flower``.
 
-Prefork pool, task events on (Flower sees tasks), late acknowledgement and one task per
-process at a time (from the app's settings). Options it does not know are passed on to
-``celery worker`` unchanged.
+The worker runs a prefork pool with task events on (Flower sees tasks), late
+acknowledgement and one task per process at a time (from the app's settings), and recycles
+its processes after ``--max-tasks-per-child`` tasks or ``--max-memory-per-child`` of
+resident memory. Options it does not know are passed on to ``celery worker`` unchanged.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import sys
 
 import click
 
 from curator_worker.config import Settings, redact_url
-from curator_worker.errors import CuratorError
+from curator_worker.errors import ConfigurationError, CuratorError
+
+#: Tasks a worker process runs before it is replaced (bounds slow leaks in user code).
+DEFAULT_MAX_TASKS_PER_CHILD = 1000
+#: Resident memory after which a worker process is replaced (checked after each task).
+DEFAULT_MAX_MEMORY_PER_CHILD = "4GiB"
+_UNITS = {"": 1, "k": 1, "kb": 1, "kib": 1, "m": 1024, "mb": 1024, "mib": 1024,
+          "g": 1024**2, "gb": 1024**2, "gib": 1024**2}
+
+
+def memory_kib(text: str) -> int:
+    """``"4GiB"``, ``"512MiB"`` or a plain number of KiB (Celery's unit) as KiB.
+
+    Examples
+    --------
+    >>> memory_kib("2GiB"), memory_kib("512MB"), memory_kib("300000")
+    (2097152, 524288, 300000)
+    """
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not found or found.group(2).lower() not in _UNITS:
+        raise ConfigurationError(
+            f"Bad memory size {text!r}: use a number of KiB or a size like 512MiB or 4GiB."
+        )
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
+            "allow_extra_args": True, "max_content_width": 100}
 
 
 @click.command(
-    context_settings={
-        "help_option_names": ["-h", "--help"],
-        "ignore_unknown_options": True,
-        "allow_extra_args": True,
-        "max_content_width": 100,
-    },
+    context_settings=_CONTEXT,
     epilog="""\b
 Examples:
   CURATOR_BROKER_URL=redis://host:6379/0 curator-worker --concurrency 8
   curator-worker -c 4 -n gpu1@%h -Q curator,big --max-tasks-per-child 100
+  curator-worker --autoscale 8,2          # grow to 8 processes under load, shrink to 2
+  curator-worker flower --port 5555       # Flower on this cluster (see flower --help)
 \b
 Any other option is passed to `celery worker` (see `celery worker --help`).""",
 )
@@ -35,6 +62,17 @@ Any other option is passed to `celery worker` (see `celery worker --help`).""",
 @click.option("-n", "--hostname", help="Node name, e.g. w1@%h (default: curator@<host>).")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: CURATOR_QUEUE).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, help="Log level.")
+@click.option("--max-tasks-per-child", type=int,
+              default=lambda: int(os.environ.get("CURATOR_MAX_TASKS_PER_CHILD",
+                                                 DEFAULT_MAX_TASKS_PER_CHILD)),
+              show_default=f"{DEFAULT_MAX_TASKS_PER_CHILD} or CURATOR_MAX_TASKS_PER_CHILD",
+              help="Replace a worker process after this many batches.")
+@click.option("--max-memory-per-child",
+              default=lambda: os.environ.get("CURATOR_MAX_MEMORY_PER_CHILD",
+                                             DEFAULT_MAX_MEMORY_PER_CHILD),
+              show_default=f"{DEFAULT_MAX_MEMORY_PER_CHILD} or CURATOR_MAX_MEMORY_PER_CHILD",
+              help="Replace a worker process whose resident memory exceeds this after a batch "
+                   "(KiB, or a size like 2GiB).")
 @click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
 @click.pass_context
 def worker_command(
@@ -43,6 +81,8 @@ def worker_command(
     hostname: str | None,
     queues: str | None,
     loglevel: str,
+    max_tasks_per_child: int,
+    max_memory_per_child: str,
     broker: str | None,
 ) -> None:
     """Start a curator worker node on the cluster of CURATOR_BROKER_URL."""
@@ -52,9 +92,13 @@ def worker_command(
     settings.require_cluster()
     if concurrency is not None and concurrency < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
+    if max_tasks_per_child < 1:
+        raise click.BadParameter("must be a positive integer", param_hint="--max-tasks-per-child")
     argv = ["worker", "--pool", "prefork", "--task-events", "--loglevel", loglevel]
     argv += ["--hostname", hostname or f"curator@{socket.gethostname()}"]
     argv += ["--queues", queues or settings.queue]
+    argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    argv += ["--max-memory-per-child", str(memory_kib(max_memory_per_child))]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(ctx.args)
@@ -64,10 +108,66 @@ def worker_command(
     app.worker_main(argv)
 
 
-def main() -> None:
-    """Entry point of ``curator-worker``."""
+def _is_loopback(address: str) -> bool:
     try:
-        worker_command.main(standalone_mode=False)
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+@click.command(
+    context_settings=_CONTEXT,
+    epilog="""\b
+Examples:
+  curator-worker flower                                  # http://127.0.0.1:5555
+  CURATOR_FLOWER_BASIC_AUTH=admin:secret curator-worker flower --address 0.0.0.0
+\b
+Other options go to Flower (see `celery flower --help`). Workers must run with task
+events on (curator-worker does); tasks sent before Flower started are not shown.""",
+)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=5555, show_default=True, help="Port to listen on.")
+@click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
+@click.pass_context
+def flower_command(ctx: click.Context, address: str, port: int, broker: str | None) -> None:
+    """Start Flower on this cluster: live workers, tasks and queues.
+
+    Basic auth comes from CURATOR_FLOWER_BASIC_AUTH (user:password[,user2:pw2]). Without
+    it Flower only binds a loopback address, with its REST API open to local users.
+    """
+    if broker:
+        os.environ["CURATOR_BROKER_URL"] = broker
+    settings = Settings.from_env()
+    settings.require_cluster()
+    auth = os.environ.get("CURATOR_FLOWER_BASIC_AUTH", "").strip()
+    argv = [sys.executable, "-m", "celery", "-A", "curator_worker.app", "flower",
+            f"--address={address}", f"--port={port}"]
+    env = dict(os.environ)
+    if auth:
+        if ":" not in auth:
+            raise ConfigurationError("CURATOR_FLOWER_BASIC_AUTH must be user:password.")
+        argv.append(f"--basic-auth={auth}")
+    elif _is_loopback(address):
+        env["FLOWER_UNAUTHENTICATED_API"] = "true"
+    else:
+        raise ConfigurationError(
+            f"Refusing to serve Flower on {address} without authentication. Set "
+            "CURATOR_FLOWER_BASIC_AUTH=user:password, or bind 127.0.0.1."
+        )
+    argv += list(ctx.args)
+    click.echo(f"curator-worker flower: http://{address}:{port} on broker "
+               f"{redact_url(settings.broker_url)}", err=True)
+    os.execve(sys.executable, argv, env)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``curator-worker`` (``curator-worker flower`` starts Flower)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command, name = worker_command, "curator-worker"
+    if args[:1] == ["flower"]:
+        command, name, args = flower_command, "curator-worker flower", args[1:]
+    try:
+        command.main(args, prog_name=name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

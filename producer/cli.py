@@ -19,7 +19,7 @@ import click
 from curator_worker.config import Settings, redact_url
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError
-from curator_worker.jobs import JobStatus, JobStore
+from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
 from producer.control import cancel_job, resume_job, retry_job
@@ -55,10 +55,31 @@ def _run_cli(command: click.Command) -> None:
         sys.exit(130)
 
 
-def _summary(status: JobStatus, store: JobStore, as_json: bool) -> None:
+def _timings(status: JobStatus, store: JobStore) -> dict[str, Any]:
+    """Wall time, throughput, worker processes and seconds per stage, from the job store."""
+    end = status.finished or time.time()
+    start = status.started or status.created
+    wall = max(end - start, 1e-9) if status.processed else 0.0
+    stages: dict[str, float] = {}
+    workers: set[str] = set()
+    for record in store.commit_records(status.job_id).values():
+        workers.add(f"{record.get('node') or record.get('host')}/{record.get('pid')}")
+        for stage, seconds in (record.get("stages") or {}).items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    return {
+        "wall_seconds": round(wall, 3),
+        "indices_per_second": round(status.processed / wall, 2) if wall else 0.0,
+        "worker_processes": len(workers),
+        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+    }
+
+
+def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = False) -> None:
     failures = store.failures(status.job_id) if status.failed else {}
+    timings = _timings(status, store) if detail or as_json else None
     if as_json:
         data = status.as_dict()
+        data["timings"] = timings
         data["failures"] = {
             str(i): {"type": e.get("type"), "message": e.get("message"), "host": e.get("host"),
                      "attempt": e.get("attempt")}
@@ -76,6 +97,13 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool) -> None:
     )
     if status.error:
         click.echo(f"  error: {status.error}")
+    if timings:
+        click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
+                   f"{timings['indices_per_second']:.1f} indices/s, "
+                   f"{timings['worker_processes']} worker processes")
+        total = sum(timings["stage_seconds"].values()) or 1.0
+        for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
     for index, err in list(failures.items())[:10]:
         lines = (err.get("message") or "").splitlines()
         click.echo(f"  index {index}: {err.get('type')}: {lines[0] if lines else ''}")
@@ -130,11 +158,13 @@ embedded cluster started for it, and --wait is implied.""",
               help="Deliveries of a batch whose worker keeps dying before its indices fail.")
 @click.option("--metrics/--no-metrics", default=True, show_default=True,
               help="Record per-stage timings of every index.")
+@click.option("--trace-memory", is_flag=True,
+              help="Record each index's peak Python memory (tracemalloc; slower).")
 def submit_command(
     spec: str, indices: str | None, batch_size: int | None, queue: str | None, wait: bool,
     as_json: bool, broker: str | None, workers: int | None, timeout: float | None, quiet: bool,
     index_timeout: float | None, batch_time_limit: float | None, retries: int, retry_on: str,
-    index_memory_limit: float | None, max_attempts: int, metrics: bool,
+    index_memory_limit: float | None, max_attempts: int, metrics: bool, trace_memory: bool,
 ) -> None:
     """Submit the pipeline SPEC (YAML or JSON) as a job and print its id.
 
@@ -155,7 +185,7 @@ def submit_command(
         retry=RetryPolicy(retries=retries,
                           transient=tuple(n.strip() for n in retry_on.split(",") if n.strip())),
     )
-    options = {**policy.as_options(), "metrics": metrics}
+    options = {**policy.as_options(), "metrics": metrics, "trace_memory": trace_memory}
     if batch_size is not None and batch_size < 1:
         _fail(f"--batch-size must be a positive integer, got {batch_size}.")
     if workers is not None and workers < 1:
@@ -213,6 +243,7 @@ Examples:
   curator-jobs status 20261124-101500-ab12cd34
   curator-jobs wait 20261124-101500-ab12cd34 --json
   curator-jobs retry 20261124-101500-ab12cd34 --wait
+  curator-jobs report 20261124-101500-ab12cd34 --out report/
 \b
 The job store is the Redis of CURATOR_JOB_STORE_URL, else CURATOR_RESULT_BACKEND,
 else CURATOR_BROKER_URL.""",
@@ -229,7 +260,7 @@ def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     """Show JOB_ID's state, counts and first failures. Exit code as for submit."""
     store = _store(Settings.from_env(broker_url=broker))
     status = store.status(job_id)
-    _summary(status, store, as_json)
+    _summary(status, store, as_json, detail=True)
     if not status.is_final and not as_json:
         click.echo(f"  running: {status.processed}/{status.total} indices processed")
     sys.exit(status.exit_code() if status.is_final else EXIT_OK)
@@ -307,6 +338,25 @@ def list_command(limit: int, as_json: bool, broker: str | None) -> None:
     for s in statuses:
         click.echo(f"{s.job_id:<26} {s.state:<10} {s.done:>9} {s.failed:>7} {s.total:>9}  "
                    f"{_age(now - s.created)}")
+
+
+@jobs_group.command("report")
+@click.argument("job_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for report.html and its PNG charts (created if missing).")
+@_broker_option
+def report_command(job_id: str, out_dir: str, broker: str | None) -> None:
+    """Write JOB_ID's report: an HTML page with a worker timeline, time per stage,
+    throughput over time, the slowest indices and the failures."""
+    try:
+        from curator_worker.report import write_report
+    except ImportError as exc:
+        raise CuratorError(
+            f"Reports need matplotlib ({exc}). Install it: pip install 'curator-worker[report]'"
+        ) from None
+    store = _store(Settings.from_env(broker_url=broker))
+    store.status(job_id)  # JobNotFoundError before any file is written
+    click.echo(str(write_report(Job(job_id, store), out_dir)))
 
 
 def _age(seconds: float) -> str:

@@ -61,10 +61,12 @@ def wait_for_job(
     status = store.status(job_id)
     started = time.monotonic()
     committed_since: float | None = None
-    with ProgressReporter(status.total, progress, label=f"job {job_id}") as bar:
+    with ProgressReporter(status.total, progress, label=f"job {job_id}",
+                          started=status.started or status.created) as bar:
         while True:
             status = store.status(job_id)
-            bar.update(status.done, status.failed)
+            bar.update(status.done, status.failed,
+                       note=f"workers {store.active_workers(job_id)}")
             if status.is_final:
                 bar.update(status.done, status.failed, note=status.state, force=True)
                 return status
