@@ -10,16 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import JobFailedError
 from curator_worker.jobs import SUCCEEDED, JobStore
 from curator_worker.pipeline import Pipeline
+from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.spec import pipeline_to_spec
 
 _SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
+_JOB_KWARGS = ("index_timeout", "batch_time_limit", "index_memory_mb", "max_attempts",
+               "retries", "retry_on", "retry_backoff", "metrics", "trace_memory")
 
 
 @contextmanager
@@ -33,12 +37,22 @@ def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, Lo
         yield cluster.settings, cluster
 
 
+def _job_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Job options (policy, metrics) from the backend's keyword options."""
+    options = {k: kwargs[k] for k in _JOB_KWARGS if kwargs.get(k) is not None}
+    policy = BatchPolicy.from_options(options).as_options()
+    return {**policy, "metrics": bool(options.get("metrics", True)),
+            "trace_memory": bool(options.get("trace_memory", False))}
+
+
 @register_backend
 class CeleryBackend(RunBackend):
     """Batches of indices as Celery tasks in a chord whose callback gathers shards.
 
     Keyword options: ``broker_url``, ``result_backend``, ``job_store_url``, ``queue``,
-    ``batch_size``, ``timeout`` (seconds to wait).
+    ``batch_size``, ``timeout`` (seconds to wait); and the job's policy: ``index_timeout``,
+    ``batch_time_limit``, ``index_memory_mb``, ``max_attempts``, ``retries``, ``retry_on``
+    (exception class names), ``retry_backoff``, ``metrics``, ``trace_memory``.
     """
 
     name = "celery"
@@ -51,7 +65,7 @@ class CeleryBackend(RunBackend):
         from producer.wait import wait_for_job
 
         kwargs = dict(config.backend_kwargs)
-        unknown = set(kwargs) - {*_SETTING_KWARGS, "batch_size", "timeout"}
+        unknown = set(kwargs) - {*_SETTING_KWARGS, *_JOB_KWARGS, "batch_size", "timeout"}
         if unknown:
             raise TypeError(f"Unknown celery backend option(s): {', '.join(sorted(unknown))}.")
         spec = pipeline_to_spec(pipeline)
@@ -64,6 +78,7 @@ class CeleryBackend(RunBackend):
                 indices=config.indices,
                 batch_size=kwargs.get("batch_size"),
                 n_workers_hint=config.n_jobs,
+                options=_job_options(kwargs),
             )
             store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
             status = wait_for_job(

@@ -165,3 +165,17 @@ def test_cli_job_control_commands(tmp_path, store, cluster_settings, cluster_env
     assert "retrying 1 failed indices" in retried.stdout
     missing = cli(["curator-jobs", "status", "no-such-job"], cluster_env)
     assert missing.returncode == 2 and "No job 'no-such-job'" in missing.stderr
+
+
+def test_run_pipeline_celery_forwards_the_job_policy(tmp_path, cluster_settings, store):
+    from curator_worker import JobFailedError, run_pipeline
+    from curator_worker.spec import build_pipeline
+
+    pipeline = build_pipeline(faulty_spec(tmp_path, 6, "HangingArrays", hang="2", hang_s=60.0))
+    with pytest.raises(JobFailedError) as info:
+        run_pipeline(pipeline, backend="celery", broker_url=cluster_settings.broker_url,
+                     queue=cluster_settings.queue, index_timeout=1.0, timeout=60)
+    assert list(info.value.failures) == [2] and "timeout" in info.value.failures[2]
+    with pytest.raises(TypeError, match="index_timout"):
+        run_pipeline(pipeline, backend="celery", broker_url=cluster_settings.broker_url,
+                     index_timout=1.0)
