@@ -9,6 +9,7 @@ One namespace per job::
     curator:job:<id>:failures     hash: index -> error, failed indices only
     curator:job:<id>:attempts     hash: batch key -> deliveries so far
     curator:job:<id>:current      hash: batch key -> index running (redelivered batches only)
+    curator:job:<id>:inflight     hash: batch key -> indices done so far (live progress)
     curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
@@ -169,7 +170,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
-                 "blame", "workers")
+                 "blame", "workers", "inflight")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -248,7 +249,17 @@ class JobStore:
             triples += [index, "ok" if ok else "err", json.dumps(dict(result))]
         args += [len(triples) // 3, *triples]
         keys = self._keys(job_id)
-        return bool(self._commit(keys=[keys[0], keys[2], keys[3], keys[4]], args=args))
+        return bool(
+            self._commit(keys=[keys[0], keys[2], keys[3], keys[4], keys[9]], args=args)
+        )
+
+    def report_inflight(self, job_id: str, batch_key: str, processed: int) -> None:
+        """Live progress of a running batch: ``processed`` of its indices so far."""
+        self.client.hset(self.key(job_id, "inflight"), batch_key, processed)
+
+    def inflight(self, job_id: str) -> int:
+        """Indices processed by running batches but not committed yet."""
+        return sum(int(v) for v in self.client.hvals(self.key(job_id, "inflight")))
 
     # -- crash attribution: which index was running when a worker died
     def set_current(self, job_id: str, batch_key: str, index: int | None) -> None:

@@ -95,6 +95,8 @@ def pipeline_for_job(job_id: str) -> Pipeline:
 BLAME_THRESHOLD = 2
 #: Seconds between checks for cancellation while a batch runs.
 CANCEL_CHECK_INTERVAL = 0.5
+#: Seconds between live progress reports of a running batch.
+PROGRESS_INTERVAL = 0.5
 
 
 def process_batch(
@@ -144,10 +146,11 @@ def process_batch(
 
     log.info("job %s batch %s: %d indices (attempt %d)", job_id, batch_key, len(indices), attempt)
     started = time.time()
+    progress = _InflightProgress(store, job_id, batch_key)
     outcome = execute_batch(
         pipeline, indices, attempt=attempt, policy=policy, skip=skip, should_stop=cancelled,
         on_start=partial(_starting, store, job_id, batch_key, careful),
-        on_stuck=stuck, **metrics,
+        on_stuck=stuck, on_index=progress, **metrics,
     )
     if outcome.stopped_early:
         log.info("job %s cancelled; batch %s stops uncommitted", job_id, batch_key)
@@ -160,6 +163,22 @@ def process_batch(
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+class _InflightProgress:
+    """Reports a running batch's processed count, at most every :data:`PROGRESS_INTERVAL`."""
+
+    def __init__(self, store: JobStore, job_id: str, batch_key: str) -> None:
+        self.store, self.job_id, self.batch_key = store, job_id, batch_key
+        self.count = 0
+        self.last = time.monotonic()
+
+    def __call__(self, result: IndexResult) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self.store.report_inflight(self.job_id, self.batch_key, self.count)
 
 
 def _starting(store: JobStore, job_id: str, batch_key: str, track: bool, index: int) -> None:

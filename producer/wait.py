@@ -65,8 +65,8 @@ def wait_for_job(
                           started=status.started or status.created) as bar:
         while True:
             status = store.status(job_id)
-            bar.update(status.done, status.failed,
-                       note=f"workers {store.active_workers(job_id)}")
+            live = min(status.done + store.inflight(job_id), status.total - status.failed)
+            bar.update(live, status.failed, note=f"workers {store.active_workers(job_id)}")
             if status.is_final:
                 bar.update(status.done, status.failed, note=status.state, force=True)
                 return status

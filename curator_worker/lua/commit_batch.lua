@@ -5,11 +5,13 @@
 -- KEYS[2] committed hash   batch key -> commit record (shards, host, pid, attempt)
 -- KEYS[3] results hash     index -> result JSON ({"paths": [...]} or {"error": {...}})
 -- KEYS[4] failures hash    index -> error JSON, for failed indices only
+-- KEYS[5] in-flight hash   batch key -> indices processed so far (live progress)
 -- ARGV[1] batch key
 -- ARGV[2] commit record JSON
 -- ARGV[3] number of index results n, then n triples: index, "ok"|"err", result JSON
 -- Returns 1 when this call committed the batch, 0 when it was already committed.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[5], ARGV[1])
   return 0
 end
 local n = tonumber(ARGV[3])
@@ -41,4 +43,5 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'done', done)
 redis.call('HINCRBY', KEYS[1], 'failed', failed)
 redis.call('HINCRBY', KEYS[1], 'committed_batches', 1)
+redis.call('HDEL', KEYS[5], ARGV[1])
 return 1
