@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from curator_worker.errors import PipelineError
@@ -284,8 +284,13 @@ def _record_unfinished(
 
 
 def flush_to(f: Filter[Any], path: str) -> str | None:
-    """Flush stateful filter ``f`` into ``path``; return the file written, if any."""
-    f._output_path = path  # type: ignore[attr-defined]
+    """Flush stateful filter ``f`` into ``path``; return the file written, if any.
+
+    ``_output_path`` keeps its type: physicsnemo-curator's filters hold a ``pathlib.Path``
+    and call its methods in ``flush()``.
+    """
+    old = getattr(f, "_output_path", None)
+    f._output_path = type(old)(path) if isinstance(old, PurePath) else path  # type: ignore[attr-defined]
     returned = f.flush()  # type: ignore[attr-defined]
     written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else path
     return written if os.path.exists(written) else None

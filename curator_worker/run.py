@@ -102,7 +102,14 @@ class RunBackend(ABC):
 
 
 _REGISTRY: dict[str, type[RunBackend]] = {}
-_BUILTINS = ("curator_worker.backends.sequential", "curator_worker.backends.celery")
+_BUILTINS = (
+    "curator_worker.backends.sequential",
+    "curator_worker.backends.thread",
+    "curator_worker.backends.process_pool",
+    "curator_worker.backends.loky",
+    "curator_worker.backends.dask",
+    "curator_worker.backends.celery",
+)
 
 
 def _load_builtins() -> None:
@@ -176,11 +183,14 @@ def run_pipeline(
     pipeline : Pipeline
         A pipeline with a sink.
     n_jobs : int
-        Worker processes; ``1`` runs sequentially on local backends; ``<= 0`` means
-        ``cpu_count + 1 + n_jobs``. For ``celery`` it sizes the embedded cluster when no
-        broker is configured (a configured cluster has its own workers).
+        Worker processes; ``1`` runs sequentially on local backends (unless backend
+        options are given, which only the named backend can honour: it then runs with one
+        worker); ``<= 0`` means ``cpu_count + 1 + n_jobs``. For ``celery`` it sizes the
+        embedded cluster when no broker is configured (a configured cluster has its own
+        workers).
     backend : str
-        ``sequential`` or ``celery`` (see :func:`list_backends`).
+        ``sequential``, ``thread``, ``process_pool``, ``loky``, ``dask`` or ``celery``
+        (see :func:`list_backends`).
     indices : Sequence[int], optional
         Indices to run (default: all), each at most once.
     use_tui, progress : bool | "log", optional
@@ -215,7 +225,7 @@ def run_pipeline(
     jobs = resolve_n_jobs(n_jobs)
     shown: bool | str = progress if progress is not None else bool(use_tui)
     name = backend
-    if jobs == 1 and backend != "celery":
+    if jobs == 1 and backend != "celery" and not backend_kwargs:
         name = "sequential"
     runner = get_backend(name)
     config = RunConfig(n_jobs=jobs, indices=chosen, progress=shown, backend_kwargs=backend_kwargs)

@@ -37,7 +37,9 @@ SPEC_VERSION = 1
 #: Module prefixes always allowed: the project's own components.
 BUILTIN_MODULE_PREFIXES = ("curator_worker.components",)
 _TOP_LEVEL_KEYS = {"version", "metadata", "source", "filters", "sink"}
-_COMPONENT_KEYS = {"name", "module", "params"}
+#: Keys of a component entry; physicsnemo-curator's own saver also writes ``class`` (the
+#: class name, then ``name`` is a display name) and ``description`` (ignored on load).
+_COMPONENT_KEYS = {"name", "module", "params", "class", "description"}
 _KINDS: dict[str, type] = {"source": Source, "filter": Filter, "sink": Sink}
 
 
@@ -315,9 +317,9 @@ def build_component(
     if extra:
         raise SpecError(
             f"{where}: unknown key(s) {', '.join(sorted(map(str, extra)))}; "
-            "a component has only name, module and params."
+            "a component has only name, module, params (and class, description)."
         )
-    name, module_name = entry.get("name"), entry.get("module")
+    name, module_name = entry.get("class") or entry.get("name"), entry.get("module")
     if not isinstance(name, str) or not name:
         raise SpecError(f"{where}: 'name' is missing. Give the component's class name.")
     if not isinstance(module_name, str) or not module_name:

@@ -455,7 +455,7 @@ CASES: dict[str, Case] = {
     ),
     "component-unknown-key": Case(
         edit(setitem("sink", "parms", value={})),
-        ["sink", "unknown key(s) parms", "only name, module and params"],
+        ["sink", "unknown key(s) parms", "only name, module, params"],
     ),
     "missing-name": Case(
         edit(delitem("source", "name")), ["source", "'name' is missing", "class name"]
