@@ -301,21 +301,38 @@ def write_shards(
 ) -> dict[str, str]:
     """Flush each stateful filter of ``outcome`` to a shard unique to this attempt.
 
-    Each flush goes to a fresh temp path that is renamed to the shard name only when
-    complete (``os.replace``), so a crash never leaves a half-written shard under a shard
-    name. Returns filter position (as str) -> shard path.
+    See :func:`write_filter_shards`. Returns filter position (as str) -> shard path.
     """
-    token = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return write_filter_shards(
+        pipeline, outcome.filters, outcome.stateful_positions, run_id, batch_key
+    )
+
+
+def write_filter_shards(
+    pipeline: Pipeline,
+    filters: Sequence[Filter[Any]],
+    positions: Sequence[int],
+    run_id: str,
+    key: str,
+) -> dict[str, str]:
+    """Flush the stateful filter copies ``filters[n]`` (``n`` in ``positions``) to shards.
+
+    Each flush goes to a fresh temp path (so a ``flush`` that appends to ``_output_path``
+    never appends to an older attempt's file) that is renamed to the shard name only when
+    complete (``os.replace``), so a crash never leaves a half-written shard under a shard
+    name. Shard names carry host, pid and a random token: two hosts, containers or attempts
+    never collide. Returns filter position (as str) -> absolute shard path.
+    """
+    token = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     shards: dict[str, str] = {}
-    for n in outcome.stateful_positions:
-        final = output_path_of(pipeline.filters[n])
-        folder = shard_dir(final, run_id)
+    for n in positions:
+        folder = shard_dir(os.path.abspath(output_path_of(pipeline.filters[n])), run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{batch_key}.{token}.tmp"
-        written = flush_to(outcome.filters[n], str(tmp))
+        tmp = folder / f"{key}.{token}.tmp"
+        written = flush_to(filters[n], str(tmp))
         if written is None:
             continue
-        shard = folder / f"{batch_key}.{token}{SHARD_SUFFIX}"
+        shard = folder / f"{key}.{token}{SHARD_SUFFIX}"
         os.replace(written, shard)
         shards[str(n)] = str(shard)
     return shards

@@ -47,21 +47,21 @@ import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, ClassVar
 
 from curator_worker.batch import (
     HOSTNAME,
-    SHARD_SUFFIX,
     IndexResult,
     error_record,
     execute_batch,
     output_path_of,
     shard_dir,
+    write_filter_shards,
 )
 from curator_worker.errors import JobFailedError
 from curator_worker.gather import merge_shards
-from curator_worker.pipeline import Filter, Pipeline, is_stateful
+from curator_worker.pipeline import Pipeline, is_stateful
 from curator_worker.planning import auto_batch_size, batch_groups
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
@@ -253,48 +253,6 @@ def plan_units(pipeline: Pipeline, indices: Sequence[int], batch_size: int) -> l
     ]
 
 
-def flush_into(f: Filter[Any], path: str) -> str | None:
-    """Flush stateful filter ``f`` into ``path``; return the file written, if any.
-
-    ``_output_path`` is set to ``path`` with the type the filter gave it: a filter that
-    holds a :class:`pathlib.Path` (as physicsnemo-curator's filters do, calling
-    ``self._output_path.parent.mkdir(...)`` in ``flush``) gets a ``Path``.
-    """
-    original = getattr(f, "_output_path", None)
-    value: Any = path
-    if isinstance(original, PurePath):
-        value = type(original)(path)
-    f._output_path = value  # type: ignore[attr-defined]
-    returned = f.flush()  # type: ignore[attr-defined]
-    written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else path
-    return written if os.path.exists(written) else None
-
-
-def write_unit_shards(
-    pipeline: Pipeline, filters: Sequence[Filter[Any]], positions: Sequence[int],
-    run_id: str, key: str,
-) -> dict[str, str]:
-    """Flush each stateful filter copy to a shard unique to this attempt; commit by rename.
-
-    Each flush goes to a fresh temp path (so a ``flush`` that appends to ``_output_path``
-    never appends to an older attempt's file) that is renamed to the shard name only when
-    complete. Returns filter position (as str) to the absolute shard path.
-    """
-    token = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    shards: dict[str, str] = {}
-    for n in positions:
-        folder = shard_dir(os.path.abspath(output_path_of(pipeline.filters[n])), run_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.{token}.tmp"
-        written = flush_into(filters[n], str(tmp))
-        if written is None:
-            continue
-        shard = folder / f"{key}.{token}{SHARD_SUFFIX}"
-        os.replace(written, shard)
-        shards[str(n)] = str(shard)
-    return shards
-
-
 def run_unit(
     pipeline: Pipeline,
     key: str,
@@ -327,21 +285,11 @@ def run_unit(
         If flushing a stateful filter fails, every index of the unit is reported failed
         (their contributions to the filter's state are lost) and no shard is kept.
     """
-    order = list(indices)
-    started = 0
-
-    def should_stop() -> bool:  # execute_batch checks it right before each index
-        nonlocal started
-        if before_index is not None and started < len(order):
-            before_index(order[started])
-        started += 1
-        return False
-
     outcome = execute_batch(
-        pipeline, order, on_error="record", should_stop=should_stop, on_index=on_index
+        pipeline, list(indices), on_error="record", on_start=before_index, on_index=on_index
     )
     try:
-        shards = write_unit_shards(
+        shards = write_filter_shards(
             pipeline, outcome.filters, outcome.stateful_positions, run_id, key
         )
     except Exception as exc:  # noqa: BLE001 - a user's flush failing fails the unit
