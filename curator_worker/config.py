@@ -179,6 +179,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ~100 s, so a batch whose worker died returns soon after the visibility timeout.
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # the sweep's lock must not outlive a host that died holding it by minutes
+        "unacked_mutex_expire": max(5, min(60, settings.visibility_timeout // 2)),
     }
     return {
         "broker_url": settings.broker_url,

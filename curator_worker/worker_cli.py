@@ -176,3 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     except CuratorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

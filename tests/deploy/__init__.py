@@ -1,0 +1,1 @@
+"""Deployment tests: docker/, the many-host cluster, RabbitMQ, autoscaling."""
