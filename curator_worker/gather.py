@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from curator_worker.atomic import remove_stale_temps, temp_path_for
 from curator_worker.batch import SHARD_SUFFIX, output_path_of, shard_dir
 from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, SUCCEEDED, JobStore
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
@@ -26,9 +26,8 @@ log = logging.getLogger(__name__)
 
 def merge_shards(f: Filter[Any], shard_paths: Sequence[str], final_output: str) -> str:
     """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically."""
-    parent = os.path.dirname(os.path.abspath(final_output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(final_output)}.{uuid.uuid4().hex[:8]}.tmp")
+    os.makedirs(os.path.dirname(os.path.abspath(final_output)), exist_ok=True)
+    tmp = str(temp_path_for(final_output))
     returned = type(f).merge(list(shard_paths), tmp)  # type: ignore[attr-defined]
     written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
     os.replace(written, final_output)
@@ -88,12 +87,25 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
     else:
         state = SUCCEEDED
     store.set_state(job_id, state)
+    if pipeline is not None:
+        _remove_abandoned_temps(pipeline)
     if state == SUCCEEDED:
         # partial, failed and cancelled jobs keep their committed shards: `curator-jobs
         # retry` or `resume` merges them again
         _remove_shard_dirs(stateful, job_id)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state
+
+
+def _remove_abandoned_temps(pipeline: Pipeline) -> None:
+    """Temp files of writes killed mid-way (sink outputs, final filter outputs)."""
+    folders = {os.path.dirname(os.path.abspath(output_path_of(f)))
+               for f in pipeline.filters if is_stateful(f)}
+    output_dir = getattr(pipeline.sink, "output_dir", None)
+    if isinstance(output_dir, str | os.PathLike):
+        folders.add(os.fspath(output_dir))
+    for folder in folders:
+        remove_stale_temps(folder)
 
 
 def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:

@@ -14,6 +14,7 @@ One namespace per job::
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
     curator:jobs                  sorted set: job id by creation time
+    curator:nodes                 hash: worker node -> {concurrency, queues, ts} (heartbeats)
 
 Progress and completion are read from these counters, never from Celery's result
 objects. A batch commit is one Lua script (``lua/commit_batch.lua``), so a batch's results,
@@ -31,6 +32,8 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from curator_worker.config import redact_url
 from curator_worker.errors import BrokerUnavailableError, JobNotFoundError
@@ -54,8 +57,17 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
 
 
+#: How long a job store client keeps retrying through an outage (a Redis restart).
+RETRY_ATTEMPTS = 40
+
+
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
-    """A Redis client for ``url`` that fails within ``timeout`` seconds, checked with PING.
+    """A Redis client for ``url``: checked within ``timeout`` seconds, then resilient.
+
+    A first PING on a probe connection (no retries, ``timeout`` for connect and reply)
+    answers within ``timeout`` whether the server is there. The returned client retries
+    connection errors with exponential backoff (about a minute in all), so a Redis restart
+    mid-job is ridden out; every job store write is idempotent, so retries are safe.
 
     Raises
     ------
@@ -63,11 +75,18 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
         Naming the URL with its password redacted.
     """
     try:
+        probe = redis.Redis.from_url(url, socket_connect_timeout=timeout,
+                                     socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        try:
+            probe.ping()
+        finally:
+            probe.close()
         client = redis.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 30.0),
             health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), RETRY_ATTEMPTS),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
-        client.ping()
     except (redis.RedisError, OSError, ValueError) as exc:
         raise BrokerUnavailableError(
             f"Cannot reach Redis at {redact_url(url)}: {type(exc).__name__}: "
@@ -425,6 +444,33 @@ class JobStore:
         ids = [i.decode() for i in self.client.zrevrange(JOBS_INDEX, 0, limit * 2)]
         alive = [i for i in ids if self.client.exists(self.key(i))]
         return alive[:limit]
+
+
+NODES_KEY = f"{PREFIX}:nodes"
+#: Seconds after its last heartbeat that a worker node is no longer counted as live.
+NODE_TTL = 15.0
+
+
+def announce_node(client: redis.Redis, node: str, concurrency: int, queues: list[str]) -> None:
+    """Record that worker ``node`` is alive with ``concurrency`` processes on ``queues``."""
+    entry = {"concurrency": concurrency, "queues": queues, "ts": time.time()}
+    client.hset(NODES_KEY, node, json.dumps(entry))
+
+
+def forget_node(client: redis.Redis, node: str) -> None:
+    """Remove ``node`` from the live nodes (clean shutdown)."""
+    client.hdel(NODES_KEY, node)
+
+
+def live_processes(client: redis.Redis, queue: str) -> int:
+    """Worker processes of the nodes consuming ``queue`` that sent a heartbeat recently."""
+    now = time.time()
+    total = 0
+    for raw in client.hvals(NODES_KEY):
+        entry = json.loads(raw)
+        if now - entry.get("ts", 0) <= NODE_TTL and queue in entry.get("queues", []):
+            total += int(entry.get("concurrency") or 0)
+    return total
 
 
 class Job:

@@ -18,7 +18,16 @@ import time
 from functools import lru_cache, partial
 from typing import Any
 
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+import redis
+from celery.exceptions import Reject
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    heartbeat_sent,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from curator_worker import log_context
 from curator_worker.app import GATHER, RUN_BATCH, app
@@ -31,9 +40,9 @@ from curator_worker.batch import (
     write_shards,
 )
 from curator_worker.config import Settings
-from curator_worker.errors import CuratorError
+from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job
-from curator_worker.jobs import CANCELLED, JobStore
+from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore, announce_node, forget_node
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
@@ -50,12 +59,54 @@ def _log_with_context(logger: logging.Logger, **_: Any) -> None:
     log_context.install(logger)
 
 
+_node: dict[str, Any] = {}
+
+
+@worker_ready.connect
+def _node_ready(sender: Any, **_: Any) -> None:
+    """Announce this node (name, pool size, queues) so producers size batches for it."""
+    _node.update(
+        name=sender.hostname,
+        concurrency=int(getattr(sender.pool, "num_processes", 0) or sender.controller.concurrency),
+        queues=[q.name for q in sender.task_consumer.queues] if sender.task_consumer else [],
+    )
+    _heartbeat()
+
+
+@heartbeat_sent.connect
+def _heartbeat(**_: Any) -> None:
+    """Refresh this node's entry in the live-node registry (every worker heartbeat)."""
+    if not _node:
+        return
+    try:
+        announce_node(_node_store().client, _node["name"], _node["concurrency"], _node["queues"])
+    except Exception:  # noqa: BLE001 - sizing hints must never disturb the worker
+        log.debug("could not announce node", exc_info=True)
+
+
+@worker_shutdown.connect
+def _node_gone(**_: Any) -> None:
+    if _node:
+        try:
+            forget_node(_node_store().client, _node["name"])
+        except Exception:  # noqa: BLE001
+            log.debug("could not remove node", exc_info=True)
+
+
+@lru_cache(maxsize=1)
+def _node_store() -> JobStore:
+    """The worker main process's own job store connection (heartbeats only)."""
+    settings = Settings.from_env()
+    return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+
+
 @worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
     """Drop connections inherited from the parent: each prefork child opens its own."""
     global _store
     _store = None
     _job_context.cache_clear()
+    _node.clear()  # heartbeats belong to the main process
 
 
 def worker_store() -> JobStore:
@@ -160,6 +211,9 @@ def process_batch(
     if not store.commit_batch(job_id, batch_key, _rows(outcome.results), record):
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
         discard_files(list(shards.values()))
+        if store.status(job_id).state == SUCCEEDED:  # gather already removed the folders
+            for shard in shards.values():
+                _remove_empty_dirs(os.path.dirname(shard), levels=2)
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
@@ -216,6 +270,16 @@ def _skipped_indices(
     return skip
 
 
+def _remove_empty_dirs(folder: str, levels: int) -> None:
+    """Remove ``folder`` and up to ``levels - 1`` parents while they are empty."""
+    for _ in range(levels):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
+
+
 def _rows(results: list[IndexResult]) -> list[tuple[int, bool, dict[str, Any]]]:
     return [(r.index, r.ok, r.as_record()) for r in results]
 
@@ -248,13 +312,22 @@ def _stage_totals(results: list[IndexResult]) -> dict[str, float]:
 
 @app.task(name=RUN_BATCH, bind=True)
 def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str:
-    """Chord header: run one batch of a job. Returns the batch key."""
+    """Chord header: run one batch of a job. Returns the batch key.
+
+    If the job store stays unreachable (beyond the client's retries), the message is
+    rejected and requeued instead of acknowledged, so the batch is not lost.
+    """
     with log_context.batch_context(job_id, batch_key):
-        return process_batch(worker_store(), job_id, batch_key, indices,
-                             self.request.hostname or "")
+        try:
+            return process_batch(worker_store(), job_id, batch_key, indices,
+                                 self.request.hostname or "")
+        except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailableError) as exc:
+            log.error("job store unreachable (%s); requeueing batch %s", exc, batch_key)
+            raise Reject(exc, requeue=True) from None
 
 
-@app.task(name=GATHER, bind=True)
+@app.task(name=GATHER, bind=True, autoretry_for=(redis.ConnectionError, redis.TimeoutError),
+          retry_backoff=True, max_retries=10)
 def gather(self: Any, batch_keys: list[str] | None, job_id: str) -> str:
     """Chord callback: merge committed shards and finish the job. Returns its state."""
     store = worker_store()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import redis
 
 from curator_worker.config import Settings, redact_url
 from curator_worker.embedded import LocalCluster
@@ -45,9 +46,15 @@ def _run_cli(command: click.Command) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(EXIT_ERROR)
+    except click.UsageError as exc:
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(EXIT_ERROR)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_ERROR)
+    except redis.RedisError as exc:
+        _fail(f"the job store failed: {type(exc).__name__}: {redact_url(str(exc))}")
     except (CuratorError, ValueError, ImportError) as exc:
         _fail(redact_url(str(exc)) if "://" in str(exc) else str(exc))
     except KeyboardInterrupt:
@@ -141,7 +148,8 @@ embedded cluster started for it, and --wait is implied.""",
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes of the embedded cluster (default: CPU count).")
+              help="Embedded cluster: worker processes to start (default: CPU count). "
+                   "Cluster: processes to size batches for (default: ask the live workers).")
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--index-timeout", type=float,
@@ -194,7 +202,7 @@ def submit_command(
     settings = Settings.from_env(broker_url=broker, queue=queue)
     if settings.configured:
         job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size,
-                         options=options)
+                         n_workers_hint=workers, options=options)
         if not wait:
             click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
                                    "batches": job.n_batches}) if as_json else job.job_id)

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, chord
+from celery import Celery
 
-from curator_worker.app import GATHER, RUN_BATCH, create_app
+from curator_worker.app import create_app
 from curator_worker.config import Settings, is_redis_url, redact_url
 from curator_worker.errors import BrokerUnavailableError
-from curator_worker.jobs import FAILED, JobStore, new_job_id
+from curator_worker.jobs import FAILED, JobStore, live_processes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
@@ -54,6 +54,7 @@ class JobPlan:
     indices: list[int]
     batches: list[Batch]
     batch_size: int
+    groups: list[list[int]]
 
 
 def plan_job(
@@ -87,7 +88,7 @@ def plan_job(
         raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
     size = batch_size or auto_batch_size(len(chosen), n_workers_hint)
     groups = pipeline.partition_groups(chosen)
-    return JobPlan(pipeline, chosen, plan_batches(groups, size), size)
+    return JobPlan(pipeline, chosen, plan_batches(groups, size), size, groups)
 
 
 def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
@@ -105,12 +106,15 @@ def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
 
 
 def publish_chord(app: Celery, job_id: str, batches: Sequence[Batch], queue: str) -> None:
-    """Send ``chord([run_batch per batch], gather)`` for ``job_id``."""
-    header = [
-        app.signature(RUN_BATCH, args=(job_id, b.key, b.indices), queue=queue) for b in batches
-    ]
-    body = app.signature(GATHER, args=(job_id,), queue=queue)
-    chord(header, body).apply_async()
+    """Send ``chord([run_batch per batch], gather)`` for ``job_id``.
+
+    Bulk publishing (:mod:`producer.publish`): standard Celery messages pipelined to a
+    Redis broker, the chord size set before the first header; kombu's producer batch or
+    Celery's canvas on other brokers and result backends.
+    """
+    from producer.publish import publish_chord as publish_chord_bulk
+
+    publish_chord_bulk(app, job_id, batches, queue)
 
 
 def submit_job(
@@ -121,7 +125,7 @@ def submit_job(
     indices: str | Sequence[int] | None = None,
     batch_size: int | None = None,
     queue: str | None = None,
-    n_workers_hint: int = DEFAULT_WORKER_HINT,
+    n_workers_hint: int | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> SubmittedJob:
     """Validate, plan, write and send a job; return its id and plan.
@@ -140,8 +144,9 @@ def submit_job(
         Indices per batch; default from the index count and ``n_workers_hint``.
     queue : str, optional
         Queue for the tasks (default ``settings.queue``).
-    n_workers_hint : int
-        Worker processes expected, for automatic batch sizes.
+    n_workers_hint : int, optional
+        Worker processes expected, for automatic batch sizes; by default the live workers
+        are asked (their pool sizes summed), else :data:`DEFAULT_WORKER_HINT` is assumed.
     options : Mapping, optional
         Extra job options stored with the job.
 
@@ -153,7 +158,8 @@ def submit_job(
         No reachable cluster; nothing was written or sent.
     """
     plan = plan_job(
-        spec, origin=origin, indices=indices, batch_size=batch_size, n_workers_hint=n_workers_hint
+        spec, origin=origin, indices=indices, batch_size=batch_size,
+        n_workers_hint=n_workers_hint or DEFAULT_WORKER_HINT,
     )
     settings.require_cluster()
     queue = queue or settings.queue
@@ -161,6 +167,12 @@ def submit_job(
     app = create_app(settings)
     try:
         check_broker(app, settings)
+        if batch_size is None and n_workers_hint is None:
+            live = live_processes(store.client, queue)
+            if live and live != DEFAULT_WORKER_HINT:
+                size = auto_batch_size(len(plan.indices), live)
+                plan = JobPlan(plan.pipeline, plan.indices, plan_batches(plan.groups, size),
+                               size, plan.groups)
         job_id = new_job_id()
         stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
         job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),

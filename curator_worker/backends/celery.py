@@ -77,7 +77,7 @@ class CeleryBackend(RunBackend):
                 origin="run_pipeline",
                 indices=config.indices,
                 batch_size=kwargs.get("batch_size"),
-                n_workers_hint=config.n_jobs,
+                n_workers_hint=config.n_jobs if cluster is not None else None,
                 options=_job_options(kwargs),
             )
             store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import uuid
 
+from curator_worker.atomic import temp_path_for
 from curator_worker.batch import execute_batch, flush_to, output_path_of
 from curator_worker.pipeline import Pipeline
 from curator_worker.progress import ProgressReporter
@@ -39,10 +39,8 @@ class SequentialBackend(RunBackend):
             progress.update(done, force=True)
         for n in outcome.stateful_positions:
             final = output_path_of(pipeline.filters[n])
-            folder = os.path.dirname(os.path.abspath(final))
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.tmp")
-            written = flush_to(outcome.filters[n], tmp)
+            os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+            written = flush_to(outcome.filters[n], str(temp_path_for(final)))
             if written is not None:
                 os.replace(written, final)
         return [list(r.paths or []) for r in outcome.results]

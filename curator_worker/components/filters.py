@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from curator_worker.components.atomic import atomic_path
+from curator_worker.atomic import atomic_path
 from curator_worker.pipeline import Filter, Param
 
 logger = logging.getLogger(__name__)

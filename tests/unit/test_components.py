@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curator_worker.atomic import atomic_path, atomic_write
 from curator_worker.components import (
     FieldStats,
     FileGlob,
@@ -17,7 +18,6 @@ from curator_worker.components import (
     NpzPerIndex,
     SyntheticArrays,
 )
-from curator_worker.components.atomic import atomic_path, atomic_write
 from curator_worker.pipeline import REQUIRED, Pipeline, is_stateful
 
 ALL_COMPONENTS = [SyntheticArrays, FileGlob, FieldStats, NpzPerIndex, NpzChunked]

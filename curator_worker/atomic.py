@@ -1,14 +1,18 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it.
 
-A reader never sees a half-written file, and a crash leaves at most a hidden temporary
-file (``.<name>.<uuid>.tmp``) that the next successful write does not depend on. Shared by
-the sinks and by stateful filters.
+A reader never sees a half-written file. A process killed mid-write leaves a hidden
+temporary file ``.<name>.<host>-<pid>-<token>.tmp``; the name says who wrote it, so
+:func:`remove_stale_temps` can remove it once its writer is gone (gather does, when a job
+finishes). Shared by the sinks, the stateful filters, gather and the local backends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +20,13 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "atomic_write", "temp_path_for"]
+__all__ = ["atomic_path", "atomic_write", "remove_stale_temps", "temp_path_for"]
+
+#: This host's short name, as written into temporary file names.
+HOST = socket.gethostname().split(".")[0] or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+#: Seconds after which another host's temporary file is taken as abandoned.
+FOREIGN_TEMP_AGE = 120.0
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
@@ -30,7 +40,8 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
     Returns
     -------
     Path
-        ``<dir>/.<name>.<uuid>.tmp``; same directory, so ``os.replace`` is atomic.
+        ``<dir>/.<name>.<host>-<pid>-<token>.tmp``; same directory, so ``os.replace`` is
+        atomic.
 
     Examples
     --------
@@ -38,7 +49,51 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
     True
     """
     target = Path(path)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    return target.with_name(f".{target.name}.{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Remove temporary files in ``folder`` whose writer is gone; return how many.
+
+    A file of this host is stale when its writer's pid no longer runs; a file of another
+    host when it has not changed for :data:`FOREIGN_TEMP_AGE` seconds.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        found = _TEMP.match(entry.name)
+        if not found or not entry.is_file(follow_symlinks=False):
+            continue
+        if found["host"] == HOST:
+            stale = not _alive(int(found["pid"]))
+        else:
+            try:
+                stale = now - entry.stat().st_mtime > FOREIGN_TEMP_AGE
+            except OSError:
+                continue
+        if stale:
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    if removed:
+        logger.info("removed %d abandoned temporary files in %s", removed, folder)
+    return removed
 
 
 @contextmanager

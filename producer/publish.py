@@ -1,0 +1,521 @@
+"""Bulk publishing of a job's chord: standard Celery task messages, pipelined.
+
+Publishing ``chord([run_batch, ...], gather)`` through Celery's canvas costs one
+signature, one message build and several Redis round trips per header task (about
+1,500 tasks/s). This module sends exactly the same messages much faster.
+
+``template`` (Redis broker and Redis result backend)
+    One header message is built by Celery (``app.amqp.create_task_message``) and
+    really published by kombu into a private scratch list; it is read back and becomes
+    the *template*: every other header message is that envelope with its own task id,
+    delivery tag, group index, ``argsrepr`` and body (``[args, kwargs, embed]`` where the
+    embed carries the chord body, identical for every header). The envelopes are LPUSHed,
+    a chunk per command, through a non-transactional pipeline to the list named after the
+    queue, which is where kombu's Redis transport puts them; a stock ``celery worker``
+    consumes them like any other task. Reading the template back from the list also
+    checks that the queue's key is what kombu uses (a ``global_keyprefix``, a priority or
+    a non-direct exchange makes the check fail, and the ``batch`` method is used).
+``batch`` (any broker, Redis result backend)
+    Each header goes through ``app.send_task`` on one producer inside kombu's
+    ``Producer.batch()`` (buffered in one pipeline on Redis; immediate elsewhere).
+``canvas`` (any other result backend)
+    Celery's own ``chord(header, body).apply_async()``.
+
+Chord semantics are Celery's: for the Redis result backend the chord size is written
+with :meth:`RedisBackend.set_chord_size` (the call ``group._apply_tasks`` makes) *before*
+the first header message is published, so whichever header completes the count fires
+``gather``, exactly once (Celery 5.7's chord Lua script de-duplicates headers and claims
+the callback). Header task names and arguments are the canvas' own
+(``curator.run_batch(job_id, batch_key, indices)``), so Flower and logs show them.
+
+With the template method, ``task-sent`` events (``task_send_sent_event``) are sent
+through Celery's event dispatcher for chords of at most ``sent_events_limit`` headers; a
+bigger chord would flood Flower's in-memory state (and cut the publishing rate about
+four times), and Flower sees every task anyway when a worker receives it. (The ``batch``
+and ``canvas`` methods send them as ``send_task`` does.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, chord, signals
+from celery.canvas import Signature
+from celery.utils.saferepr import saferepr
+from kombu import Queue
+
+from curator_worker.app import GATHER, RUN_BATCH
+from curator_worker.planning import Batch
+
+log = logging.getLogger(__name__)
+
+#: Header messages per LPUSH command (and per pipeline round trip).
+DEFAULT_CHUNK = 1000
+#: Largest chord whose header tasks get ``task-sent`` events.
+SENT_EVENTS_LIMIT = 10_000
+#: Methods :func:`publish_chord` accepts.
+METHODS = ("auto", "template", "batch", "canvas")
+
+_SENTINEL = "@@curator-{}@@"
+
+
+@dataclass(frozen=True)
+class PublishedChord:
+    """What :func:`publish_chord` sent.
+
+    Attributes
+    ----------
+    group_id : str
+        The chord's group id (header tasks' ``group`` header).
+    body_id : str
+        Task id of the ``gather`` callback.
+    n_tasks : int
+        Header tasks published.
+    method : str
+        ``template``, ``batch`` or ``canvas``.
+    seconds : float
+        Wall time of the publication.
+    sent_events : bool
+        Whether ``task-sent`` events were sent for the header tasks.
+    """
+
+    group_id: str
+    body_id: str
+    n_tasks: int
+    method: str
+    seconds: float
+    sent_events: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Header tasks per second."""
+        return self.n_tasks / self.seconds if self.seconds > 0 else float("inf")
+
+
+class TemplateUnavailable(Exception):
+    """The template method cannot be used with this app or broker (use ``batch``)."""
+
+
+def publish_chord(
+    app: Celery,
+    job_id: str,
+    batches: Sequence[Batch],
+    queue: str,
+    *,
+    method: str = "auto",
+    chunk_size: int = DEFAULT_CHUNK,
+    sent_events: bool | None = None,
+    sent_events_limit: int = SENT_EVENTS_LIMIT,
+) -> PublishedChord:
+    """Send ``chord([run_batch(job_id, key, indices) per batch], gather(job_id))``.
+
+    Parameters
+    ----------
+    app : Celery
+        A producer app (see :func:`curator_worker.app.create_app`).
+    job_id : str
+        The job, already written to the job store.
+    batches : Sequence[Batch]
+        The header: one ``curator.run_batch`` task per batch, in this order.
+    queue : str
+        Queue of the header tasks and of ``gather``.
+    method : {"auto", "template", "batch", "canvas"}
+        ``auto`` picks ``template`` when the broker and result backend are Redis and
+        falls back to ``batch`` (or ``canvas``) when it cannot be used.
+    chunk_size : int
+        Messages per LPUSH / per producer batch flush.
+    sent_events : bool, optional
+        Send ``task-sent`` events; default ``app.conf.task_send_sent_event``, and only
+        for chords of at most ``sent_events_limit`` headers.
+    sent_events_limit : int
+        See ``sent_events``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method`` or a bad ``chunk_size``.
+    TemplateUnavailable
+        When ``method="template"`` is forced and cannot be used.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown publish method {method!r}; use one of {', '.join(METHODS)}.")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    if sent_events is None:
+        sent_events = bool(app.conf.task_send_sent_event)
+    if sent_events and len(batches) > sent_events_limit:
+        log.info(
+            "job %s: %d header tasks > %d: no task-sent events (Flower shows tasks once "
+            "received)", job_id, len(batches), sent_events_limit,
+        )
+        sent_events = False
+    start = time.perf_counter()
+    if method == "canvas" or (method == "auto" and not _has_chord_size(app)):
+        group_id, body_id = _publish_canvas(app, job_id, batches, queue)
+        return PublishedChord(group_id, body_id, len(batches), "canvas",
+                              time.perf_counter() - start, bool(app.conf.task_send_sent_event))
+    if not _has_chord_size(app):
+        raise TemplateUnavailable(
+            f"The {method!r} method needs Celery's Redis result backend (chord size); "
+            f"the app uses {type(app.backend).__name__}."
+        )
+    group_id, body_id = str(uuid.uuid4()), str(uuid.uuid4())
+    body = frozen_body(app, job_id, queue, group_id, body_id)
+    used = method
+    with app.producer_or_acquire() as producer, ExitStack() as stack:
+        if not batches:
+            body.apply_async(args=([],), producer=producer)
+            return PublishedChord(group_id, body_id, 0, "empty", time.perf_counter() - start)
+        publisher: _TemplatePublisher | None = None
+        if method in ("auto", "template"):
+            try:
+                client = stack.enter_context(_redis_client(producer))
+                publisher = _TemplatePublisher.capture(
+                    app, producer, client, job_id, batches[0], queue, group_id, body
+                )
+            except TemplateUnavailable as exc:
+                if method == "template":
+                    raise
+                log.info("job %s: template publishing unavailable (%s); batching", job_id, exc)
+            used = "template" if publisher is not None else "batch"
+        # Celery sets the size just before the last header; we set it before the first,
+        # so a header that completes early already sees the whole chord's size.
+        app.backend.set_chord_size(group_id, len(batches))
+        if publisher is not None:
+            publisher.publish(batches, chunk_size, keep=sent_events)
+            if sent_events:
+                _send_sent_events(app, producer, queue, publisher, chunk_size)
+        else:  # send_task sends its own task-sent events when they are configured
+            _publish_batched(app, producer, job_id, batches, queue, group_id, body, chunk_size)
+            sent_events = bool(app.conf.task_send_sent_event)
+    seconds = time.perf_counter() - start
+    log.info("job %s: published %d header tasks (%s) in %.3fs: %.0f tasks/s", job_id,
+             len(batches), used, seconds, len(batches) / max(seconds, 1e-9))
+    return PublishedChord(group_id, body_id, len(batches), used, seconds, sent_events)
+
+
+def _has_chord_size(app: Celery) -> bool:
+    """True when the result backend is Celery's Redis backend (chord counters in Redis)."""
+    try:
+        from celery.backends.redis import RedisBackend
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(app.backend, RedisBackend)
+
+
+def frozen_body(app: Celery, job_id: str, queue: str, group_id: str, body_id: str) -> Signature:
+    """The ``gather`` callback, frozen the way ``chord.run`` freezes a chord body."""
+    body = app.signature(GATHER, args=(job_id,), queue=queue)
+    body.freeze(body_id, group_id=group_id)
+    return body
+
+
+def _publish_canvas(
+    app: Celery, job_id: str, batches: Sequence[Batch], queue: str
+) -> tuple[str, str]:
+    """Celery's own chord publication (result backends without a chord size)."""
+    header = [
+        app.signature(RUN_BATCH, args=(job_id, b.key, b.indices), queue=queue) for b in batches
+    ]
+    result = chord(header, app.signature(GATHER, args=(job_id,), queue=queue)).apply_async()
+    parent = result.parent
+    return (parent.id if parent is not None else ""), result.id
+
+
+def _publish_batched(
+    app: Celery,
+    producer: Any,
+    job_id: str,
+    batches: Sequence[Batch],
+    queue: str,
+    group_id: str,
+    body: Signature,
+    chunk_size: int,
+) -> None:
+    """Option A: ``send_task`` per header on one producer inside ``Producer.batch()``."""
+    with producer.batch(max_size=chunk_size):
+        for index, batch in enumerate(batches):
+            app.send_task(
+                RUN_BATCH, args=(job_id, batch.key, batch.indices), queue=queue,
+                task_id=str(uuid.uuid4()), group_id=group_id, group_index=index,
+                chord=body, producer=producer,
+            )
+
+
+def fast_uuids(n: int) -> list[str]:
+    """``n`` random version-4 UUID strings (like ``str(uuid.uuid4())``, several times faster)."""
+    raw = os.urandom(16 * n).hex()
+    out = []
+    for k in range(0, 32 * n, 32):
+        h = raw[k : k + 32]
+        out.append(
+            f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+        )
+    return out
+
+
+def _ignore_result(app: Celery) -> bool | None:
+    """What Celery's own publish puts in the ``ignore_result`` header.
+
+    ``None`` when ``curator.run_batch`` is not registered in this process; the task's
+    setting when it is (tasks are shared across apps once ``curator_worker.tasks`` is
+    imported, as in a worker or a test process).
+    """
+    task = app.tasks.get(RUN_BATCH)
+    return task.ignore_result if task is not None else None
+
+
+class _TemplatePublisher:
+    """Header envelopes from a template captured from one real publish (see module doc)."""
+
+    def __init__(
+        self,
+        client: Any,
+        key: str,
+        parts: list[str],
+        slots: list[str],
+        body_suffix: str,
+        job_id: str,
+        argsrepr_max: int,
+        repr_levels: int,
+    ) -> None:
+        self.client = client
+        self.key = key
+        self.parts = parts
+        self.slots = slots
+        self.body_suffix = body_suffix
+        self.job_id = job_id
+        self.argsrepr_max = argsrepr_max
+        self.repr_levels = repr_levels
+        #: ``(task id, argsrepr)`` of each header published, when kept for task-sent events.
+        self.sent: list[tuple[str, str]] | None = None
+
+    @classmethod
+    def capture(
+        cls,
+        app: Celery,
+        producer: Any,
+        client: Any,
+        job_id: str,
+        first: Batch,
+        queue: str,
+        group_id: str,
+        body: Signature,
+    ) -> _TemplatePublisher:
+        """Publish one header message to a scratch list, read it back, make the template.
+
+        Raises
+        ------
+        TemplateUnavailable
+            When anything about the broker or the message is not what the template
+            method reproduces (then nothing was published to ``queue``).
+        """
+        conf = app.conf
+        if conf.task_protocol != 2 or conf.task_serializer != "json":
+            raise TemplateUnavailable("needs task protocol 2 and the json serializer")
+        if conf.task_compression:
+            raise TemplateUnavailable("message compression is on")
+        if conf.task_routes or conf.task_default_priority is not None or conf.task_always_eager:
+            raise TemplateUnavailable("task routes, a default priority or eager mode are set")
+        if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+            raise TemplateUnavailable("before/after_task_publish signal receivers are connected")
+        target = app.amqp.queues[queue]
+        if target.exchange.type != "direct" or target.max_priority or target.expires:
+            raise TemplateUnavailable(f"queue {queue!r} is not a plain direct queue")
+        scratch = f"curator.publish-template.{uuid.uuid4().hex}"
+        task_id = str(uuid.uuid4())
+        message = app.amqp.create_task_message(
+            task_id, RUN_BATCH, (job_id, first.key, first.indices), {},
+            group_id=group_id, group_index=0, chord=body, reply_to=app.thread_oid,
+            create_sent_event=False, ignore_result=_ignore_result(app),
+        )
+        scratch_queue = Queue(scratch, exchange=target.exchange, routing_key=scratch,
+                              no_declare=True)
+        try:
+            app.amqp.send_task_message(producer, RUN_BATCH, message, queue=scratch_queue,
+                                       declare=[])
+            raw = client.rpop(scratch)
+        finally:
+            client.delete(scratch)
+        if raw is None:
+            raise TemplateUnavailable("the published message is not in the list named after "
+                                      "its queue (key prefix or priority in use?)")
+        envelope = json.loads(raw)
+        headers, props = envelope["headers"], envelope["properties"]
+        info = props.get("delivery_info", {})
+        if (headers.get("id") != task_id or info.get("exchange") != ""
+                or info.get("routing_key") != scratch or props.get("priority") not in (0, None)
+                or props.get("body_encoding") != "base64"
+                or envelope.get("content-type") != "application/json"):
+            raise TemplateUnavailable("the published envelope has an unexpected layout")
+        decoded = json.loads(base64.b64decode(envelope["body"]))
+        if decoded[0] != [job_id, first.key, list(first.indices)] or len(decoded) != 3:
+            raise TemplateUnavailable("the published body has an unexpected layout")
+        body_suffix = ", " + json.dumps(decoded[1]) + ", " + json.dumps(decoded[2]) + "]"
+
+        # The real queue, as kombu routes it: anonymous exchange, routing key = queue name.
+        info["routing_key"] = queue
+        producer.maybe_declare(target)
+        old_tag = props["delivery_tag"]
+        envelope["body"] = _SENTINEL.format("body")
+        headers["argsrepr"] = _SENTINEL.format("argsrepr")
+        headers["group_index"] = _SENTINEL.format("group_index")
+        text = json.dumps(envelope)
+        for value, name in ((task_id, "id"), (old_tag, "tag")):
+            text = text.replace(json.dumps(value), json.dumps(_SENTINEL.format(name)))
+        parts, slots = _split_template(text)
+        return cls(client, queue, parts, slots, body_suffix, job_id,
+                   app.amqp.argsrepr_maxsize, conf.task_repr_maxlevels)
+
+    def argsrepr(self, args: tuple[str, str, list[int]]) -> str:
+        """The ``argsrepr`` header Celery writes for ``args`` (see :func:`header_argsrepr`)."""
+        return header_argsrepr(args, self.argsrepr_max, self.repr_levels)
+
+    def envelopes(self, batches: Sequence[Batch], first_index: int) -> Iterator[str]:
+        """The JSON envelope of each of ``batches`` (group indices from ``first_index``)."""
+        ids = fast_uuids(len(batches))
+        tags = fast_uuids(len(batches))
+        parts, slots, suffix, job_id = self.parts, self.slots, self.body_suffix, self.job_id
+        dumps, b64, sent = json.dumps, base64.b64encode, self.sent
+        for n, batch in enumerate(batches):
+            args = (job_id, batch.key, batch.indices)
+            body = "[" + dumps(args) + suffix
+            argsrepr = self.argsrepr(args)
+            if sent is not None:
+                sent.append((ids[n], argsrepr))
+            values = {
+                "body": '"' + b64(body.encode()).decode("ascii") + '"',
+                "argsrepr": dumps(argsrepr),
+                "group_index": str(first_index + n),
+                "id": '"' + ids[n] + '"',
+                "tag": '"' + tags[n] + '"',
+            }
+            out = [parts[0]]
+            for slot, part in zip(slots, parts[1:]):
+                out.append(values[slot])
+                out.append(part)
+            yield "".join(out)
+
+    def publish(self, batches: Sequence[Batch], chunk_size: int, keep: bool = False) -> None:
+        """LPUSH every header envelope, ``chunk_size`` per command, in header order.
+
+        ``keep`` records each header's task id and ``argsrepr`` in :attr:`sent`.
+        """
+        self.sent = [] if keep else None
+        with self.client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(batches), chunk_size):
+                chunk = batches[start : start + chunk_size]
+                pipe.lpush(self.key, *self.envelopes(chunk, start))
+                pipe.execute()
+
+
+_SIMPLE_TEXT = re.compile(r"[A-Za-z0-9_.:@+=-]*")
+
+
+def header_argsrepr(args: tuple[str, str, list[int]], maxlen: int, maxlevels: int = 3) -> str:
+    """``celery.utils.saferepr.saferepr(args, maxlen, maxlevels)``, fast for our arguments.
+
+    ``saferepr`` (what ``as_task_v2`` puts in the ``argsrepr`` header) walks a token stream
+    at about 2 µs per token: 0.7 ms for a batch of 1,000 indices. For
+    ``(job_id, batch_key, [int, ...])`` with plain ids this renders the same text
+    directly: tokens are consumed while ``maxlen`` is positive, a token at least as long as
+    what is left is cut with ``...``, then ``, ...`` and the closing brackets. Anything
+    else goes to ``saferepr`` itself.
+    """
+    job_id, key, indices = args
+    head = f"('{job_id}', '{key}', ["
+    if (maxlevels < 3 or len(head) + 8 > maxlen or not _SIMPLE_TEXT.fullmatch(job_id)
+            or not _SIMPLE_TEXT.fullmatch(key) or type(indices) is not list
+            or not all(type(i) is int for i in indices[: maxlen // 2])):
+        return saferepr(args, maxlen, maxlevels=maxlevels)
+    parts = [head]
+    left = maxlen - len(head)
+    last = len(indices) - 1
+    for n, index in enumerate(indices):
+        if left <= 0:
+            parts.append(", ...")
+            break
+        text = str(index)
+        if len(text) >= left:
+            text = text[:left] + "..."
+        parts.append(text)
+        left -= len(text)
+        if n < last:
+            if left <= 0:
+                parts.append(", ...")
+                break
+            parts.append(", ")
+            left -= 2
+    parts.append("])")
+    return "".join(parts)
+
+
+def _split_template(text: str) -> tuple[list[str], list[str]]:
+    """Split ``text`` at the quoted sentinels: static parts and the slot names between."""
+    parts: list[str] = []
+    slots: list[str] = []
+    rest = text
+    marker = '"' + _SENTINEL.format("")[:-2]
+    while True:
+        at = rest.find(marker)
+        if at < 0:
+            parts.append(rest)
+            return parts, slots
+        end = rest.index('@@"', at + len(marker))
+        parts.append(rest[:at])
+        slots.append(rest[at + len(marker) : end])
+        rest = rest[end + 3 :]
+
+
+@contextmanager
+def _redis_client(producer: Any) -> Iterator[Any]:
+    """A redis-py client of the broker, from kombu's own (synchronous) connection pool.
+
+    That is the client kombu's Redis channel publishes with (``conn_or_acquire``: same
+    URL, password, SSL and Sentinel handling). Not ``channel.client``: that one is on the
+    asynchronous pool a consumer's poller reads replies from.
+    """
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a dependency
+        raise TemplateUnavailable("redis-py is not installed") from None
+    transport = producer.connection.transport_cls
+    if transport not in ("redis", "rediss"):
+        raise TemplateUnavailable(f"broker transport {transport!r} is not Redis")
+    acquire = getattr(producer.channel, "conn_or_acquire", None)
+    if acquire is None:
+        raise TemplateUnavailable("the broker channel has no redis-py client")
+    with acquire() as client:
+        if not isinstance(client, redis.Redis):
+            raise TemplateUnavailable("the broker channel has no redis-py client")
+        yield client
+
+
+def _send_sent_events(
+    app: Celery,
+    producer: Any,
+    queue: str,
+    publisher: _TemplatePublisher,
+    chunk_size: int,
+) -> None:
+    """``task-sent`` events for template-published headers (``send_task`` sends its own)."""
+    if publisher.sent is None:
+        return
+    dispatcher = app.events.Dispatcher(enabled=False)  # publishes on ``producer`` only
+    with dispatcher, producer.batch(max_size=chunk_size):
+        for task_id, argsrepr in publisher.sent:
+            dispatcher.publish("task-sent", {
+                "uuid": task_id, "root_id": task_id, "parent_id": None, "name": RUN_BATCH,
+                "args": argsrepr, "kwargs": "{}", "retries": 0, "eta": None,
+                "expires": None, "queue": queue, "exchange": "", "routing_key": queue,
+            }, producer)

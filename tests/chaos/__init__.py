@@ -1,0 +1,1 @@
+"""Chaos suite: kill workers, restart Redis, purge queues mid-job; outputs stay exactly-once."""

@@ -1,0 +1,44 @@
+"""Components of the chaos suite, importable by worker subprocesses (``tests.chaos...``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from curator_worker import Param
+from curator_worker.atomic import atomic_path
+from curator_worker.components import NpzPerIndex
+
+
+class KillMidWriteNpz(NpzPerIndex):
+    """:class:`NpzPerIndex` whose process is SIGKILLed in the middle of writing ``kill_index``.
+
+    Only the first time (``marker`` records it), so the redelivered batch then succeeds: the
+    same thing as a worker killed while ``NpzPerIndex`` writes its temp file, made certain.
+    """
+
+    name = "KillMidWriteNpz"
+    description = "NpzPerIndex killed once half-way through one index's atomic write"
+
+    @classmethod
+    def params(cls) -> list[Param]:
+        return [*super().params(),
+                Param("kill_index", "Index whose first write is killed", type=int),
+                Param("marker", "File recording that the kill happened", type=str)]
+
+    def __init__(self, output_dir: str, kill_index: int, marker: str,
+                 prefix: str = "item") -> None:
+        super().__init__(output_dir=output_dir, prefix=prefix)
+        self.kill_index = kill_index
+        self.marker = marker
+
+    def __call__(self, items: Iterator[dict[str, Any]], index: int) -> list[str]:
+        if index == self.kill_index and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            with atomic_path(self.path_for(index)) as tmp:
+                tmp.write_bytes(b"half an npz")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(items, index)
