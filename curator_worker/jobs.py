@@ -10,6 +10,7 @@ One namespace per job::
     curator:job:<id>:attempts     hash: batch key -> deliveries so far
     curator:job:<id>:current      hash: batch key -> index running (redelivered batches only)
     curator:job:<id>:inflight     hash: batch key -> indices done so far (live progress)
+    curator:job:<id>:done         list: pushed when the job ends (wakes waiters at once)
     curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
@@ -189,7 +190,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
-                 "blame", "workers", "inflight")
+                 "blame", "workers", "inflight", "done")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -330,6 +331,7 @@ class JobStore:
         pipe.hdel(self.key(job_id), "finished")
         if clear_error:
             pipe.hdel(self.key(job_id), "error")
+        pipe.delete(self.key(job_id, "done"))
         for key in self._keys(job_id):
             pipe.persist(key)
         pipe.execute()
@@ -356,9 +358,14 @@ class JobStore:
         self.client.hset(self.key(job_id), mapping=mapping)
         if state in FINAL_STATES:
             pipe = self.client.pipeline(transaction=False)
+            pipe.rpush(self.key(job_id, "done"), state)  # wakes waiters (wait_for_change)
             for key in self._keys(job_id):
                 pipe.expire(key, self.ttl)
             pipe.execute()
+
+    def wait_for_change(self, job_id: str, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking early when the job reaches a final state."""
+        self.client.blpop([self.key(job_id, "done")], timeout=max(timeout, 0.01))
 
     def record_error(self, job_id: str, message: str) -> None:
         """Record a systemic error (e.g. the spec cannot be built on a worker); first one wins."""
@@ -430,7 +437,8 @@ class JobStore:
         key = self.key(job_id, "results")
         for start in range(0, len(indices), 10_000):
             chunk = [str(i) for i in indices[start : start + 10_000]]
-            out += [json.loads(v) if v is not None else None for v in self.client.hmget(key, chunk)]
+            values = self.client.hmget(key, chunk)
+            out += json.loads(b"[" + b",".join(b"null" if v is None else v for v in values) + b"]")
         return out
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:

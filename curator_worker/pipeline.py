@@ -450,11 +450,18 @@ class Pipeline:
 
     def partition_groups(self, indices: Sequence[int]) -> list[list[int]]:
         """The finest groups of ``indices`` that satisfy both source and sink partitions."""
+        groups = self.partition_groups_or_none(indices)
+        return [[i] for i in indices] if groups is None else groups
+
+    def partition_groups_or_none(self, indices: Sequence[int]) -> list[list[int]] | None:
+        """Like :meth:`partition_groups`, but ``None`` when neither side has partitions."""
         from curator_worker.planning import intersect_partitions
 
         source_groups = self._source.partition_indices(list(indices))
         sink = self._sink
         sink_groups = sink.partition_indices(list(indices)) if isinstance(sink, Sink) else None
+        if source_groups is None and sink_groups is None:
+            return None
         return intersect_partitions(source_groups, sink_groups, indices=indices)
 
     def to_spec(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from curator_worker.planning import (
     check_indices,
     parse_indices,
     plan_batches,
+    plan_independent_batches,
 )
 from curator_worker.spec import build_pipeline
 
@@ -54,7 +55,7 @@ class JobPlan:
     indices: list[int]
     batches: list[Batch]
     batch_size: int
-    groups: list[list[int]]
+    groups: list[list[int]] | None  # None: no partitions, batches are slices
 
 
 def plan_job(
@@ -87,8 +88,14 @@ def plan_job(
     ):
         raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
     size = batch_size or auto_batch_size(len(chosen), n_workers_hint)
-    groups = pipeline.partition_groups(chosen)
-    return JobPlan(pipeline, chosen, plan_batches(groups, size), size, groups)
+    groups = pipeline.partition_groups_or_none(chosen)
+    return JobPlan(pipeline, chosen, _batches(chosen, groups, size), size, groups)
+
+
+def _batches(indices: list[int], groups: list[list[int]] | None, size: int) -> list[Batch]:
+    if groups is None:
+        return plan_independent_batches(indices, size)
+    return plan_batches(groups, size)
 
 
 def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
@@ -171,8 +178,8 @@ def submit_job(
             live = live_processes(store.client, queue)
             if live and live != DEFAULT_WORKER_HINT:
                 size = auto_batch_size(len(plan.indices), live)
-                plan = JobPlan(plan.pipeline, plan.indices, plan_batches(plan.groups, size),
-                               size, plan.groups)
+                plan = JobPlan(plan.pipeline, plan.indices,
+                               _batches(plan.indices, plan.groups, size), size, plan.groups)
         job_id = new_job_id()
         stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
         job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),

@@ -84,4 +84,4 @@ def wait_for_job(
                     f"({status.processed}/{status.total} indices). It keeps running; "
                     f"`curator-jobs wait {job_id}` picks it up again."
                 )
-            time.sleep(poll)
+            store.wait_for_change(job_id, poll)
