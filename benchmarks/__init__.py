@@ -1,0 +1,1 @@
+"""Benchmarks of curator-worker against local pools, Dask and naive Celery (see README.md)."""

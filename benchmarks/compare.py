@@ -1,0 +1,552 @@
+"""Compare curator-worker's Celery backend with local pools, Dask and naive Celery.
+
+Workloads (``benchmarks/workloads.py``, issue 5): ``W_cpu`` (items of ~20 ms pure-Python
+CPU), ``W_tiny`` (no-op items: overhead per item) and ``W_io`` (a 20 ms sleep per item).
+
+Runners, each with ``--workers`` processes (default 2):
+
+==============  ===========================================================================
+``sequential``  ``run_pipeline(backend="sequential")`` in this process (1 process)
+``loop``        a plain ``for`` loop over ``pipeline.run_index`` (the *ideal* is its time /
+                workers)
+``ppe``         ``ProcessPoolExecutor.map(chunksize=n / (4 * workers))``
+``loky``        ``joblib.Parallel(backend="loky")`` (automatic batching)
+``dask``        ``distributed.LocalCluster`` (1 thread per worker process), ``client.map``
+                over chunks of ``n / (4 * workers)`` indices
+``naive``       a separate default-settings Celery app (``benchmarks/naive_celery.py``):
+                ``group`` of one task per item, ``GroupResult.get()``, own Redis and worker
+``ours``        ``run_pipeline(backend="celery")`` against a Redis and a prefork worker
+                node this script starts (``curator_worker.embedded.LocalCluster``)
+==============  ===========================================================================
+
+Pools and clusters are started once and reported separately ("start-up"); the timed runs
+use them warm. Runners are interleaved in rounds, in a rotating order (machine speed
+drifts), and the median of the rounds is reported: wall time, µs per item, overhead per
+item (``(wall - ideal) / n``), ratio to ``ppe`` and to the ideal. On a shared machine the
+CPU other programs used during each run is measured (``benchmarks/noise.py``); runs where
+it reached ``--noise-limit`` of the machine are left out of the medians (all runs are in
+the JSON) and counted in the ``noisy`` column; ``--wait-quiet`` waits for a quiet machine
+before each run. Ratios (``x PPE``, ``x ideal``) are medians of same-round ratios, so a
+slow round does not pair one runner's fast run with another's slow one. Every run's output is
+checked against the plain loop's. The embedded default (``curator-submit`` with no broker
+configured: start to first index done) is measured once.
+
+    .venv/bin/python benchmarks/compare.py --quick --out compare.json   # < 2 minutes
+
+Nothing here touches a Redis this script did not start; everything started is stopped by
+pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# Worker processes (loky, Dask, Celery) import the workload module by name.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+)
+
+from benchmarks.noise import CpuMeter, clean_median, wait_quiet  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
+    WORKLOADS,
+    calibrate,
+    make_pipeline,
+    noop,
+    pipeline_spec_json,
+    run_chunk,
+    run_item,
+)
+from curator_worker.pipeline import Pipeline  # noqa: E402
+
+RUNNERS = ("loop", "sequential", "ppe", "loky", "dask", "naive", "ours")
+
+
+class Workload:
+    """One workload: its pipeline, spec and the expected output."""
+
+    def __init__(self, name: str, pipeline: Pipeline) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.spec_json = pipeline_spec_json(pipeline)
+        self.indices = list(range(len(pipeline)))
+        self.expected: list[list[str]] | None = None
+
+    @property
+    def n(self) -> int:
+        """Number of items."""
+        return len(self.indices)
+
+
+class Runner:
+    """A way to run a workload; :meth:`start` returns its start-up seconds."""
+
+    name = ""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def start(self) -> float:
+        """Start pools or clusters (timed separately); return the seconds it took."""
+        return 0.0
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """Run every index of ``w``; return the outputs in index order."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop everything :meth:`start` started."""
+
+    def chunksize(self, w: Workload) -> int:
+        """``n / (4 * workers)``: the PPE chunk size of issue 5."""
+        return max(1, w.n // (4 * self.workers))
+
+
+class LoopRunner(Runner):
+    """A plain loop in this process: the work itself, with no framework around it."""
+
+    name = "loop"
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """Run in order."""
+        return [w.pipeline.run_index(i) for i in w.indices]
+
+
+class SequentialRunner(Runner):
+    """``run_pipeline(backend="sequential")``."""
+
+    name = "sequential"
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """Run through the project's sequential backend."""
+        from curator_worker.run import run_pipeline
+
+        return run_pipeline(w.pipeline, backend="sequential")
+
+
+class PPERunner(Runner):
+    """``ProcessPoolExecutor.map`` with the issue's chunk size (fork context)."""
+
+    name = "ppe"
+
+    def start(self) -> float:
+        """Create the pool and spawn every process."""
+        begin = time.perf_counter()
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context())
+        list(self.pool.map(time.sleep, [0.05] * self.workers))
+        return time.perf_counter() - begin
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """``map`` in chunks."""
+        return list(self.pool.map(partial(run_item, w.spec_json), w.indices,
+                                  chunksize=self.chunksize(w)))
+
+    def stop(self) -> None:
+        """Shut the pool down without waiting on a process that may never answer.
+
+        (If a pool process was killed from outside, ``shutdown(wait=True)`` can wait on
+        the others for ever on Python 3.11.)
+        """
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+
+
+class LokyRunner(Runner):
+    """joblib's default process backend (loky), automatic batching."""
+
+    name = "loky"
+
+    def start(self) -> float:
+        """Start joblib's reusable loky executor."""
+        from joblib import Parallel, delayed
+
+        begin = time.perf_counter()
+        self.parallel = Parallel(n_jobs=self.workers, backend="loky")
+        self.parallel(delayed(time.sleep)(0.05) for _ in range(self.workers))
+        return time.perf_counter() - begin
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """``Parallel(...)(delayed(run_item)(...) for each index)``."""
+        from joblib import delayed
+
+        return list(self.parallel(delayed(run_item)(w.spec_json, i) for i in w.indices))
+
+    def stop(self) -> None:
+        """Stop loky's workers."""
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+
+
+class DaskRunner(Runner):
+    """``distributed.LocalCluster``: one single-threaded worker process per worker."""
+
+    name = "dask"
+
+    def start(self) -> float:
+        """Start the scheduler and workers and connect a client."""
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+        begin = time.perf_counter()
+        self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                    processes=True, dashboard_address=None)
+        self.client = Client(self.cluster)
+        self.client.wait_for_workers(self.workers)
+        self.client.run(noop)
+        return time.perf_counter() - begin
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """``client.map(run_chunk, chunks)`` then gather."""
+        size = self.chunksize(w)
+        chunks = [w.indices[k : k + size] for k in range(0, w.n, size)]
+        futures = self.client.map(run_chunk, [w.spec_json] * len(chunks), chunks, pure=False)
+        return [paths for chunk in self.client.gather(futures) for paths in chunk]
+
+    def stop(self) -> None:
+        """Close the client and the cluster."""
+        self.client.close()
+        self.cluster.close()
+
+
+def _stop_proc(proc: subprocess.Popen[bytes]) -> None:
+    from curator_worker.embedded import stop_process
+
+    stop_process(proc, grace=20.0)
+
+
+class NaiveCeleryRunner(Runner):
+    """A default-settings Celery app, one task per item (``benchmarks/naive_celery.py``)."""
+
+    name = "naive"
+
+    def start(self) -> float:
+        """Start a Redis and a prefork worker of the naive app; wait for a first result."""
+        from curator_worker.embedded import RedisServer
+
+        begin = time.perf_counter()
+        self.folder = Path(tempfile.mkdtemp(prefix="curator-bench-naive-"))
+        self.redis = RedisServer(self.folder)
+        self.redis.start()
+        os.environ["BENCH_NAIVE_BROKER"] = self.redis.url
+        from benchmarks import naive_celery
+
+        naive_celery.app.conf.update(broker_url=self.redis.url, result_backend=self.redis.url)
+        self.app = naive_celery.app
+        self.task = naive_celery.naive_item
+        self.log = open(self.folder / "worker.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "benchmarks.naive_celery", "worker",
+             "--pool", "prefork", "--concurrency", str(self.workers), "--loglevel", "WARNING",
+             "--without-mingle", "--without-gossip"],
+            env=dict(os.environ), cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        spec = pipeline_spec_json(make_pipeline(1))
+        self.task.delay(spec, 0).get(timeout=60)
+        return time.perf_counter() - begin
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """``group(one task per item).apply_async().get()``."""
+        from celery import group
+
+        result = group(self.task.s(w.spec_json, i) for i in w.indices).apply_async()
+        return list(result.get(timeout=600))
+
+    def stop(self) -> None:
+        """Stop the worker and Redis by pid."""
+        _stop_proc(self.proc)
+        self.log.close()
+        self.app.close()
+        self.redis.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class OursRunner(Runner):
+    """``run_pipeline(backend="celery")`` on a Redis and a worker node started here."""
+
+    name = "ours"
+
+    def start(self) -> float:
+        """Start the local cluster and run a first one-index job (workers warm)."""
+        from curator_worker.embedded import LocalCluster
+        from curator_worker.run import run_pipeline
+
+        begin = time.perf_counter()
+        self.cluster = LocalCluster(workers=self.workers, queue="bench-ours").start()
+        settings = self.cluster.settings
+        self.kwargs = {"broker_url": settings.broker_url, "queue": settings.queue,
+                       "timeout": 600}
+        run_pipeline(make_pipeline(1), backend="celery", n_jobs=self.workers, **self.kwargs)
+        return time.perf_counter() - begin
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """One job through the Celery backend (submit, chord, wait on the job store)."""
+        from curator_worker.run import run_pipeline
+
+        return run_pipeline(w.pipeline, backend="celery", n_jobs=self.workers, **self.kwargs)
+
+    def stop(self) -> None:
+        """Stop the worker node and Redis."""
+        self.cluster.stop()
+
+
+RUNNER_CLASSES: dict[str, type[Runner]] = {
+    cls.name: cls
+    for cls in (LoopRunner, SequentialRunner, PPERunner, LokyRunner, DaskRunner,
+                NaiveCeleryRunner, OursRunner)
+}
+
+
+def embedded_start(timeout: float = 120.0) -> dict[str, float]:
+    """``curator-submit SPEC --wait`` with no broker: seconds to the first output, and total.
+
+    The first index's output file appearing is "first index done" (its commit follows
+    within milliseconds).
+    """
+    from curator_worker.components import NpzPerIndex, SyntheticArrays
+
+    folder = Path(tempfile.mkdtemp(prefix="curator-bench-embedded-"))
+    try:
+        spec_path = folder / "job.yaml"
+        (SyntheticArrays(count=4, seed=1).write(NpzPerIndex(output_dir=str(folder / "out")))
+         .save(spec_path))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CURATOR_")}
+        command = [str(Path(sys.executable).parent / "curator-submit"), str(spec_path), "--wait"]
+        begin = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, cwd=str(folder), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        first = None
+        while proc.poll() is None and time.perf_counter() - begin < timeout:
+            if first is None and any((folder / "out").glob("*.npz")):
+                first = time.perf_counter() - begin
+            time.sleep(0.005)
+        proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - begin)))
+        total = time.perf_counter() - begin
+        if first is None and any((folder / "out").glob("*.npz")):
+            first = total
+        return {"first_index_done_s": round(first or float("nan"), 3),
+                "command_total_s": round(total, 3), "exit_code": proc.returncode}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def paired_ratio(values: list[float], loads: list[float], ref: list[float],
+                 ref_loads: list[float], limit: float) -> float:
+    """Median over rounds of ``values[r] / ref[r]`` (same round: machine speed drifts),
+    over the rounds where both runs were quiet (all rounds when none was)."""
+    pairs = list(zip(values, loads, ref, ref_loads, strict=True))
+    quiet = [v / r for v, lv, r, lr in pairs if lv < limit and lr < limit and r > 0]
+    return statistics.median(quiet or [v / r for v, _, r, _ in pairs if r > 0])
+
+
+def summarise(walls: dict[str, dict[str, list[float]]],
+              foreign: dict[str, dict[str, list[float]]], workloads: dict[str, Workload],
+              workers: int, limit: float) -> dict[str, Any]:
+    """Per workload and runner: median wall (of quiet runs), overhead per item, and the
+    ratios to PPE and to the ideal, each the median of same-round ratios."""
+    out: dict[str, Any] = {}
+    for wname, by_runner in walls.items():
+        n = workloads[wname].n
+        loads = foreign[wname]
+        ideal_runs = [v / workers for v in by_runner.get("loop", [])]
+        ideal = clean_median(ideal_runs, loads["loop"], limit)[0] if ideal_runs else None
+        rows: dict[str, Any] = {}
+        for rname, values in by_runner.items():
+            wall, noisy = clean_median(values, loads[rname], limit)
+            row: dict[str, Any] = {
+                "walls_s": [round(v, 4) for v in values],
+                "foreign_load": [round(v, 3) for v in loads[rname]],
+                "noisy_runs": noisy,
+                "wall_s": round(wall, 4),
+                "us_per_item": round(wall / n * 1e6, 1),
+            }
+            if ideal_runs:
+                x_ideal = paired_ratio(values, loads[rname], ideal_runs, loads["loop"], limit)
+                row["x_ideal"] = round(x_ideal, 4)
+                # overhead from the same-round ratio: (x_ideal - 1) * ideal, per item
+                row["overhead_us_per_item"] = round((x_ideal - 1) * (ideal or 0) / n * 1e6, 1)
+            if "ppe" in by_runner:
+                row["x_ppe"] = round(paired_ratio(values, loads[rname], by_runner["ppe"],
+                                                  loads["ppe"], limit), 4)
+            rows[rname] = row
+        out[wname] = {"items": n, "ideal_s": round(ideal, 4) if ideal else None,
+                      "runners": rows}
+    return out
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    """Issue 5's targets for ``ours`` (None where a needed runner did not run)."""
+    def get(w: str, key: str) -> float | None:
+        return summary.get(w, {}).get("runners", {}).get("ours", {}).get(key)
+
+    checks = {
+        "W_cpu <= 1.03 x ideal": (get("W_cpu", "x_ideal"), 1.03),
+        "W_cpu <= 1.02 x PPE": (get("W_cpu", "x_ppe"), 1.02),
+        "W_io <= 1.01 x PPE": (get("W_io", "x_ppe"), 1.01),
+        "W_tiny <= 10 us/item end to end": (get("W_tiny", "us_per_item"), 10.0),
+    }
+    return {name: {"value": value, "limit": limit,
+                   "met": None if value is None else value <= limit}
+            for name, (value, limit) in checks.items()}
+
+
+def print_table(summary: dict[str, Any], startup: dict[str, float]) -> None:
+    """The results as text tables."""
+    print("\nStart-up (pools and clusters, once; not in the timed runs):")
+    for name, seconds in startup.items():
+        print(f"  {name:12s} {seconds:7.3f} s")
+    for wname, data in summary.items():
+        print(f"\n{wname}: {data['items']} items, ideal {data['ideal_s']} s "
+              "(loop / workers); medians of quiet runs, ratios "
+              "of same-round pairs")
+        print(f"  {'runner':12s} {'wall s':>9s} {'us/item':>10s} {'overhead us/item':>17s}"
+              f" {'x PPE':>7s} {'x ideal':>8s} {'noisy':>6s}")
+        nan = float("nan")
+        for rname, row in data["runners"].items():
+            print(f"  {rname:12s} {row['wall_s']:9.3f} {row['us_per_item']:10.1f} "
+                  f"{row.get('overhead_us_per_item', nan):17.1f} "
+                  f"{row.get('x_ppe', nan):7.3f} {row.get('x_ideal') or nan:8.3f} "
+                  f"{row['noisy_runs']:3d}/{len(row['walls_s'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, W_cpu and W_io of 200 items (under 2 minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; quick 2)")
+    parser.add_argument("--workers", type=int, default=2, help="processes per runner")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="comma-separated subset of " + ",".join(WORKLOADS))
+    parser.add_argument("--runners", default=",".join(RUNNERS),
+                        help="comma-separated subset of " + ",".join(RUNNERS))
+    parser.add_argument("--items", type=int, default=None,
+                        help="override the item count of W_cpu and W_io")
+    parser.add_argument("--no-embedded", action="store_true",
+                        help="skip the embedded-default start-up measurement")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each run wait up to SECONDS for other programs to "
+                             "use less than --noise-limit of the machine")
+    parser.add_argument("--noise-limit", type=float, default=0.05,
+                        help="runs during which other programs used at least this fraction "
+                             "of the machine are left out of the medians (default 0.05)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
+
+    rounds = args.rounds or (2 if args.quick else 5)
+    items = args.items or (200 if args.quick else None)
+    runner_names = [r for r in args.runners.split(",") if r]
+    if "loop" not in runner_names:
+        runner_names.insert(0, "loop")  # the ideal
+    unknown = set(runner_names) - set(RUNNER_CLASSES)
+    if unknown:
+        parser.error(f"unknown runners: {', '.join(sorted(unknown))}")
+    iterations = calibrate(WORKLOADS["W_cpu"]["cpu_ms"])
+    workloads: dict[str, Workload] = {}
+    for wname in [w for w in args.workloads.split(",") if w]:
+        params = WORKLOADS[wname]
+        count = items if items and wname in ("W_cpu", "W_io") else params["count"]
+        pipeline = make_pipeline(count, iterations if params["cpu_ms"] else 0,
+                                 params["sleep_ms"])
+        workloads[wname] = Workload(wname, pipeline)
+    print(f"{os.cpu_count()} CPUs, {args.workers} workers per runner, {rounds} rounds; "
+          f"W_cpu: {iterations} spin iterations per item (calibrated to "
+          f"{WORKLOADS['W_cpu']['cpu_ms']} ms)", flush=True)
+
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "config": {"workers": args.workers, "rounds": rounds, "quick": args.quick,
+                   "spin_iterations": iterations,
+                   "items": {w: wl.n for w, wl in workloads.items()}},
+    }
+    if not args.no_embedded:
+        results["embedded_default"] = embedded_start()
+        e = results["embedded_default"]
+        print(f"Embedded default (curator-submit, no broker): first index done after "
+              f"{e['first_index_done_s']} s; command total {e['command_total_s']} s", flush=True)
+
+    runners: list[Runner] = []
+    startup: dict[str, float] = {}
+    walls: dict[str, dict[str, list[float]]] = {w: {} for w in workloads}
+    foreign: dict[str, dict[str, list[float]]] = {w: {} for w in workloads}
+    try:
+        for name in runner_names:
+            runner = RUNNER_CLASSES[name](args.workers)
+            runners.append(runner)
+            startup[name] = round(runner.start(), 4)
+            print(f"started {name} in {startup[name]:.3f} s", flush=True)
+        for w in workloads.values():
+            w.expected = LoopRunner(1).run(w)
+        for r in range(rounds):
+            order = runners[r % len(runners):] + runners[: r % len(runners)]
+            for w in workloads.values():
+                for runner in order:
+                    gc.collect()
+                    if args.wait_quiet:
+                        wait_quiet(args.noise_limit, args.wait_quiet)
+                    with CpuMeter() as meter:
+                        begin = time.perf_counter()
+                        got = runner.run(w)
+                        wall = time.perf_counter() - begin
+                    if got != w.expected:
+                        raise RuntimeError(f"{runner.name} gave wrong results on {w.name}")
+                    walls[w.name].setdefault(runner.name, []).append(wall)
+                    foreign[w.name].setdefault(runner.name, []).append(meter.foreign)
+            done = ", ".join(f"{w}: " + " ".join(f"{k} {v[-1]:.2f}" for k, v in by.items())
+                             for w, by in walls.items())
+            print(f"round {r + 1}/{rounds}: {done}", flush=True)
+    finally:
+        for runner in reversed(runners):
+            try:
+                runner.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"stopping {runner.name}: {exc!r}", file=sys.stderr)
+
+    ordered = {w: {name: walls[w][name] for name in runner_names if name in walls[w]}
+               for w in walls}
+    summary = summarise(ordered, foreign, workloads, args.workers, args.noise_limit)
+    results.update(startup_s=startup, workloads=summary, targets=targets(summary))
+    print_table(summary, startup)
+    print("\nIssue 5 targets (ours):")
+    for name, check in results["targets"].items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
+        value = check["value"]
+        print(f"  {name:34s} {verdict:12s} ({value if value is not None else '-'})")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The naive Celery baseline: a tiny separate app, default settings, one task per item.
+
+This is what a user gets by wrapping the per-index function in ``@app.task`` and sending a
+``group`` of one task per item: default prefetching and acknowledgement, results in the
+Redis result backend, ``GroupResult.get()`` to wait. The broker (and result backend) URL
+comes from ``BENCH_NAIVE_BROKER``; without it the app uses the in-memory transport, so it
+can never reach a Redis the benchmark did not start.
+
+Worker: ``celery -A benchmarks.naive_celery worker`` with the repository root on
+``PYTHONPATH`` (``benchmarks/compare.py`` starts it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from benchmarks.workloads import run_item
+
+BROKER = os.environ.get("BENCH_NAIVE_BROKER") or "memory://"
+
+app = Celery(
+    "bench_naive",
+    broker=BROKER,
+    backend=BROKER if BROKER.startswith("redis") else "cache+memory://",
+)
+
+
+@app.task(name="bench.naive_item")
+def naive_item(spec_json: str, index: int) -> list[str]:
+    """Run one index of the pipeline of ``spec_json`` (built once per process)."""
+    return run_item(spec_json, index)
