@@ -81,14 +81,7 @@ class DaskBackend(LocalBackend):
                 for unit in run.units
             }
             try:
-                for future in as_completed(futures):
-                    unit = futures[future]
-                    try:
-                        report = future.result()
-                    except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker
-                        run.fail_unit(unit, exc)
-                    else:
-                        run.commit(unit, report)
+                run.collect(futures, as_completed)
             finally:
                 client.cancel(list(futures))
         finally:

@@ -45,7 +45,7 @@ import shutil
 import threading
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -422,6 +422,24 @@ class LocalRun:
         record = error_record(exc, kind="error")
         for index in unit.indices:
             self.fail(index, dict(record))
+
+    def collect(
+        self,
+        futures: Mapping[Any, WorkUnit],
+        completed: Callable[[Iterable[Any]], Iterable[Any]],
+    ) -> None:
+        """Commit each unit's report as its future completes; a raising future fails it.
+
+        ``completed`` is the executor's ``as_completed`` (concurrent.futures' or dask's).
+        """
+        for future in completed(futures):
+            unit = futures[future]
+            try:
+                report = future.result()
+            except Exception as exc:  # noqa: BLE001 - a lost worker (KilledWorker, ...)
+                self.fail_unit(unit, exc)
+            else:
+                self.commit(unit, report)
 
     # -- the end --------------------------------------------------------------------
 

@@ -69,14 +69,7 @@ class LokyBackend(LocalBackend):
                     run_unit_from_payload, payload, run.run_id, unit.key, list(unit.indices)
                 )
                 futures[future] = unit
-            for future in as_completed(futures):
-                unit = futures[future]
-                try:
-                    report = future.result()
-                except Exception as exc:  # noqa: BLE001 - e.g. TerminatedWorkerError
-                    run.fail_unit(unit, exc)
-                else:
-                    run.commit(unit, report)
+            run.collect(futures, as_completed)
         finally:
             for future in futures:
                 future.cancel()

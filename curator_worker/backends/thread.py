@@ -47,14 +47,7 @@ class ThreadBackend(LocalBackend):
                 for unit in run.units
             }
             try:
-                for future in as_completed(futures):
-                    unit = futures[future]
-                    try:
-                        report = future.result()
-                    except Exception as exc:  # noqa: BLE001 - a bug in run_unit, not an index
-                        run.fail_unit(unit, exc)
-                    else:
-                        run.commit(unit, report)
+                run.collect(futures, as_completed)
             except BaseException:
                 for future in futures:
                     future.cancel()
