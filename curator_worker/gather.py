@@ -79,7 +79,6 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
                 store.record_error(job_id, error)
                 break
 
-    status = store.status(job_id)
     if error is not None or pipeline is None:
         state = FAILED
     elif status.failed:

@@ -417,6 +417,11 @@ class JobStore:
             options=json.loads(v["options"] or b"{}"),
         )
 
+    def state(self, job_id: str) -> str | None:
+        """The job's state alone (one field; ``None`` if the job does not exist)."""
+        value = self.client.hget(self.key(job_id), "state")
+        return value.decode() if value is not None else None
+
     def is_committed(self, job_id: str, batch_key: str) -> bool:
         """True when ``batch_key`` is committed."""
         return bool(self.client.hexists(self.key(job_id, "committed"), batch_key))

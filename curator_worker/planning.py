@@ -278,10 +278,15 @@ class Batch:
     indices: list[int]
 
 
-def plan_batches(groups: Sequence[Sequence[int]], batch_size: int) -> list[Batch]:
-    """Batches with deterministic keys (``b000000``, ``b000001``, ...) from partition groups."""
+def plan_batches(
+    groups: Sequence[Sequence[int]], batch_size: int, prefix: str = "b"
+) -> list[Batch]:
+    """Batches with deterministic keys (``b000000``, ``b000001``, ...) from partition groups.
+
+    ``prefix`` starts every key (a retry round uses ``r1-b`` and so on).
+    """
     return [
-        Batch(key=f"b{number:06d}", indices=indices)
+        Batch(key=f"{prefix}{number:06d}", indices=indices)
         for number, indices in enumerate(batch_groups(groups, batch_size))
     ]
 

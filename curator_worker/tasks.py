@@ -165,7 +165,7 @@ def process_batch(
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
         return batch_key
     attempt = store.begin_attempt(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
-    if store.status(job_id).state == CANCELLED:
+    if store.state(job_id) == CANCELLED:
         return batch_key
     try:
         pipeline = pipeline_for_job(job_id)
@@ -190,7 +190,7 @@ def process_batch(
         if now - last_check[0] < CANCEL_CHECK_INTERVAL:
             return False
         last_check[0] = now
-        return store.status(job_id).state == CANCELLED
+        return store.state(job_id) == CANCELLED
 
     def stuck(index: int, kind: str) -> None:
         store.blame(job_id, batch_key, index, kind, count=BLAME_THRESHOLD)
@@ -211,7 +211,7 @@ def process_batch(
     if not store.commit_batch(job_id, batch_key, _rows(outcome.results), record):
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
         discard_files(list(shards.values()))
-        if store.status(job_id).state == SUCCEEDED:  # gather already removed the folders
+        if store.state(job_id) == SUCCEEDED:  # gather already removed the folders
             for shard in shards.values():
                 _remove_empty_dirs(os.path.dirname(shard), levels=2)
     if careful:

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import click
 import redis
 
+from curator_worker.backends.celery import cluster_for
 from curator_worker.config import Settings, redact_url
-from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
@@ -200,41 +200,34 @@ def submit_command(
         _fail(f"--workers must be a positive integer, got {workers}.")
     data = read_spec_file(spec)
     settings = Settings.from_env(broker_url=broker, queue=queue)
-    if settings.configured:
+    if settings.configured and not wait:
         job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size,
                          n_workers_hint=workers, options=options)
-        if not wait:
-            click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
-                                   "batches": job.n_batches}) if as_json else job.job_id)
-            return
-        store = _store(settings)
-        if not as_json:
-            click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
-                       err=True)
-        status = wait_for_job(store, job.job_id, settings=settings,
-                              progress=_progress_mode(as_json, quiet), timeout=timeout)
-        _summary(status, store, as_json)
-        sys.exit(status.exit_code())
+        click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
+                               "batches": job.n_batches}) if as_json else job.job_id)
+        return
 
-    n_workers = workers or os.cpu_count() or 1
-    plan_job(data, origin=spec, indices=indices, batch_size=batch_size, n_workers_hint=n_workers)
-    if not as_json:
-        click.echo(f"no broker configured: starting an embedded cluster with {n_workers} "
-                   "worker processes", err=True)
+    hint = workers
+    if not settings.configured:
+        hint = workers or os.cpu_count() or 1
+        # validate before starting anything: a bad spec must not cost a cluster start
+        plan_job(data, origin=spec, indices=indices, batch_size=batch_size, n_workers_hint=hint)
+        if not as_json:
+            click.echo(f"no broker configured: starting an embedded cluster with {hint} "
+                       "worker processes", err=True)
     started = time.monotonic()
-    with LocalCluster(workers=n_workers, queue=settings.queue) as cluster:
-        local = cluster.settings
-        job = submit_job(data, local, origin=spec, indices=indices, batch_size=batch_size,
-                         n_workers_hint=n_workers, options=options)
+    with cluster_for(settings, hint or 1) as (active, cluster):
+        job = submit_job(data, active, origin=spec, indices=indices, batch_size=batch_size,
+                         n_workers_hint=hint, options=options)
         if not as_json:
             click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
                        err=True)
-        store = _store(local)
-        status = wait_for_job(store, job.job_id, settings=local,
+        store = _store(active)
+        status = wait_for_job(store, job.job_id, settings=active,
                               progress=_progress_mode(as_json, quiet), timeout=timeout,
-                              watchdog=cluster.check_alive)
+                              watchdog=cluster.check_alive if cluster is not None else None)
         _summary(status, store, as_json)
-    if not as_json:
+    if cluster is not None and not as_json:
         click.echo(f"embedded cluster stopped ({time.monotonic() - started:.1f}s in all)",
                    err=True)
     sys.exit(status.exit_code())

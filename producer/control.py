@@ -12,7 +12,7 @@ from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore
-from curator_worker.planning import Batch, batch_groups
+from curator_worker.planning import Batch, plan_batches
 from curator_worker.spec import build_pipeline
 from producer.submit import publish_chord
 from producer.wait import resend_gather
@@ -86,10 +86,7 @@ def retry_job(settings: Settings, job_id: str) -> int:
     pipeline = build_pipeline(record["spec"], f"job {job_id}")
     size = int(record["options"].get("batch_size") or 1)
     round_number = int(record.get("retries") or 0) + 1
-    batches = [
-        Batch(f"r{round_number}-b{n:06d}", indices)
-        for n, indices in enumerate(batch_groups(pipeline.partition_groups(failed), size))
-    ]
+    batches = plan_batches(pipeline.partition_groups(failed), size, f"r{round_number}-b")
     store.reopen(job_id, clear_error=True)
     store.add_batches(job_id, [(b.key, b.indices) for b in batches])
     app = create_app(settings)
