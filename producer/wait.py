@@ -2,19 +2,22 @@
 
 Works from any machine and for a job submitted elsewhere. If every batch is committed but
 the job is not finished after a grace period (a lost chord callback), gather is sent again;
-it is idempotent.
+it is idempotent. Batches a Redis broker lost when a worker node died while receiving them
+are sent again (:mod:`producer.rescue`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing, nullcontext
 
 from curator_worker.app import GATHER, create_app
 from curator_worker.config import Settings
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.progress import ProgressReporter
+from producer.rescue import LostBatchRescue
 
 #: Seconds a fully committed job may wait for its chord callback before gather is re-sent.
 GATHER_GRACE = 15.0
@@ -48,7 +51,7 @@ def wait_for_job(
     job_id : str
         The job.
     settings : Settings, optional
-        The cluster, to re-send a lost gather; without it none is re-sent.
+        The cluster, to re-send a lost gather or lost batches; without it none is re-sent.
     progress : bool | "log"
         Bar on a TTY (log lines otherwise), ``"log"``, or ``False``.
     poll : float
@@ -61,8 +64,10 @@ def wait_for_job(
     status = store.status(job_id)
     started = time.monotonic()
     committed_since: float | None = None
+    rescue = LostBatchRescue(store, settings, job_id) if settings is not None else None
     with ProgressReporter(status.total, progress, label=f"job {job_id}",
-                          started=status.started or status.created) as bar:
+                          started=status.started or status.created) as bar, \
+            closing(rescue) if rescue is not None else nullcontext():
         while True:
             status = store.status(job_id)
             live = min(status.done + store.inflight(job_id), status.total - status.failed)
@@ -73,6 +78,8 @@ def wait_for_job(
             if watchdog is not None:
                 watchdog()
             now = time.monotonic()
+            if rescue is not None:
+                rescue.check(status)
             if status.all_committed and settings is not None:
                 committed_since = committed_since or now
                 if now - committed_since > GATHER_GRACE:
