@@ -35,7 +35,14 @@ HOSTNAME = socket.gethostname()
 SHARD_SUFFIX = ".shard"
 
 
-@dataclass
+#: Indices at least this long (seconds) always get per-stage timings.
+STAGE_TIMING_ALWAYS = 0.001
+#: After an index shorter than :data:`STAGE_TIMING_ALWAYS`, stages are timed on one index
+#: in this many: timing every stage of a microsecond index would cost more than the index.
+STAGE_TIMING_SAMPLE = 16
+
+
+@dataclass(slots=True)
 class IndexResult:
     """The outcome of one index: the sink's paths, or the error."""
 
@@ -55,8 +62,9 @@ class IndexResult:
         return self.error is None
 
     def as_record(self) -> dict[str, Any]:
-        """The JSON record stored in the job store."""
-        record: dict[str, Any] = {"seconds": round(self.seconds, 6), "attempt": self.attempt}
+        """The JSON record stored in the job store (seconds in whole µs, ``end`` in ms)."""
+        record: dict[str, Any] = {"index": self.index, "seconds": round(self.seconds * 1e6) / 1e6,
+                                  "attempt": self.attempt}
         if self.tries > 1:
             record["tries"] = self.tries
         if self.error is not None:
@@ -66,7 +74,7 @@ class IndexResult:
         if self.stages:
             record["stages"] = {k: round(v, 6) for k, v in self.stages.items()}
         if self.finished is not None:
-            record["end"] = round(self.finished, 3)
+            record["end"] = round(self.finished * 1e3) / 1e3
         if self.peak_mb is not None:
             record["peak_mb"] = round(self.peak_mb, 3)
         return record
@@ -175,7 +183,9 @@ def execute_batch(
         Called by the watchdog with an index stuck past its deadline in code that ignores
         signals, just before the process kills itself.
     timings : bool
-        Record per-stage seconds in each result.
+        Record per-stage seconds: on every index after one that took at least
+        :data:`STAGE_TIMING_ALWAYS`, and on one index in :data:`STAGE_TIMING_SAMPLE`
+        after faster ones (those results have no ``stages``).
     trace_memory : bool
         Record each index's peak Python memory (``tracemalloc``; slows Python code).
 
@@ -208,6 +218,11 @@ def execute_batch(
         if on_index is not None:
             on_index(result)
 
+    run_index = pipeline.run_index
+    perf_counter = time.perf_counter
+    memory_mb = policy.index_memory_mb
+    guarded = deadlines is not None or bool(memory_mb)
+    previous = float("inf")  # seconds of the previous index (stage timing sampling)
     try:
         for position, index in enumerate(indices):
             if should_stop is not None and should_stop():
@@ -223,13 +238,19 @@ def execute_batch(
                 on_start(index)
             tries = 1
             while True:
-                saved = [copy.deepcopy(filters[n]) for n in positions]
-                stages: dict[str, float] | None = {} if timings else None
-                start = time.perf_counter()
+                saved = [copy.deepcopy(filters[n]) for n in positions] if positions else ()
+                stages: dict[str, float] | None = None
+                if timings and (previous >= STAGE_TIMING_ALWAYS
+                                or position % STAGE_TIMING_SAMPLE == 0):
+                    stages = {}
+                start = perf_counter()
                 try:
-                    with deadlines.index(index) if deadlines else nullcontext(), \
-                            memory_limit(policy.index_memory_mb):
-                        paths = pipeline.run_index(index, filters, stages)
+                    if guarded:
+                        with deadlines.index(index) if deadlines else nullcontext(), \
+                                memory_limit(memory_mb):
+                            paths = run_index(index, filters, stages)
+                    else:
+                        paths = run_index(index, filters, stages)
                 except BatchTimeLimit:
                     for n, snapshot in zip(positions, saved, strict=True):
                         filters[n] = snapshot
@@ -250,12 +271,12 @@ def execute_batch(
                     log.warning("index %s failed: %s: %s", index, type(exc).__name__, exc)
                     record(IndexResult(
                         index, error=error_record(exc, attempt, kind=_kind_of(exc), tries=tries),
-                        seconds=time.perf_counter() - start, attempt=attempt, tries=tries,
+                        seconds=perf_counter() - start, attempt=attempt, tries=tries,
                     ))
                 else:
-                    record(IndexResult(index, paths=paths, seconds=time.perf_counter() - start,
-                                       attempt=attempt, tries=tries, stages=stages,
-                                       finished=time.time()))
+                    previous = perf_counter() - start
+                    record(IndexResult(index, paths, None, previous, attempt, tries, stages,
+                                       time.time()))
                 break
     finally:
         if deadlines is not None:

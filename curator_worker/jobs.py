@@ -5,8 +5,9 @@ One namespace per job::
     curator:job:<id>              hash: spec, options, state, timestamps, counters
     curator:job:<id>:batches      hash: batch key -> JSON index list
     curator:job:<id>:committed    hash: batch key -> commit record (shards, host, pid)
-    curator:job:<id>:results      hash: index -> {"paths": [...]} or {"error": {...}}
-    curator:job:<id>:failures     hash: index -> error, failed indices only
+    curator:job:<id>:results      hash: batch key -> JSON array of the batch's per-index
+                                  records ({"index", "paths", ...} or {"index", "error"})
+    curator:job:<id>:failures     hash: index -> record with the error, failed indices only
     curator:job:<id>:attempts     hash: batch key -> deliveries so far
     curator:job:<id>:current      hash: batch key -> index running (redelivered batches only)
     curator:job:<id>:inflight     hash: batch key -> indices done so far (live progress)
@@ -19,15 +20,18 @@ One namespace per job::
 
 Progress and completion are read from these counters, never from Celery's result
 objects. A batch commit is one Lua script (``lua/commit_batch.lua``), so a batch's results,
-its shards and the counters change together or not at all.
+its shards and the counters change together or not at all. A batch's per-index records are
+stored together, as one JSON array per batch: a commit then costs the worker one JSON
+encoding and Redis O(1) work per succeeded index, whatever the batch size.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -36,6 +40,8 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from curator_worker import batch_results
+from curator_worker.batch_results import EncodedResults
 from curator_worker.config import redact_url
 from curator_worker.errors import BrokerUnavailableError, JobNotFoundError
 
@@ -249,13 +255,18 @@ class JobStore:
         return sum(1 for t in seen if now - float(t) <= within)
 
     def commit_batch(
-        self,
-        job_id: str,
-        batch_key: str,
-        results: Iterable[tuple[int, bool, Mapping[str, Any]]],
-        record: Mapping[str, Any],
+        self, job_id: str, batch_key: str, results: EncodedResults, record: Mapping[str, Any]
     ) -> bool:
-        """Commit a batch: results ``(index, ok, result)``, shards and counters, atomically.
+        """Commit a batch: its per-index results, shards and counters, atomically.
+
+        Parameters
+        ----------
+        job_id, batch_key : str
+            The batch.
+        results : EncodedResults
+            The batch's per-index results (:func:`curator_worker.batch_results.encode`).
+        record : Mapping
+            The commit record (shards, node, host, pid, attempt, timings).
 
         Returns
         -------
@@ -263,11 +274,11 @@ class JobStore:
             True when this call committed it; False when it was already committed (the
             caller then discards its own shards).
         """
-        args: list[Any] = [batch_key, json.dumps(dict(record))]
-        triples: list[Any] = []
-        for index, ok, result in results:
-            triples += [index, "ok" if ok else "err", json.dumps(dict(result))]
-        args += [len(triples) // 3, *triples]
+        failed: list[Any] = []
+        for index, entry in results.failed.items():
+            failed += [index, entry]
+        args = [batch_key, json.dumps(dict(record)), results.blob, json.dumps(results.ok),
+                *failed]
         keys = self._keys(job_id)
         return bool(
             self._commit(keys=[keys[0], keys[2], keys[3], keys[4], keys[9]], args=args)
@@ -436,15 +447,52 @@ class JobStore:
         raw = self.client.hgetall(self.key(job_id, "committed"))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
-    def results(self, job_id: str, indices: Sequence[int]) -> list[dict[str, Any] | None]:
-        """Per-index results in the order of ``indices`` (``None`` where none is recorded)."""
-        out: list[dict[str, Any] | None] = []
-        key = self.key(job_id, "results")
-        for start in range(0, len(indices), 10_000):
-            chunk = [str(i) for i in indices[start : start + 10_000]]
-            values = self.client.hmget(key, chunk)
-            out += json.loads(b"[" + b",".join(b"null" if v is None else v for v in values) + b"]")
+    def _blobs(self, job_id: str) -> list[tuple[str, bytes]]:
+        """Committed batches' result blobs, planned batches first, then retry rounds."""
+        raw = self.client.hgetall(self.key(job_id, "results"))
+        blobs = [(k.decode(), v) for k, v in raw.items()]
+        blobs.sort(key=lambda kv: (_retry_round(kv[0]), kv[0]))
+        return blobs
+
+    def result_records(self, job_id: str) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Every committed per-index record: index -> (batch key, record).
+
+        An index run again by a retry round keeps its success if it ever succeeded, else
+        the latest round's error.
+        """
+        out: dict[int, tuple[str, dict[str, Any]]] = {}
+        for batch_key, blob in self._blobs(job_id):
+            for entry in batch_results.decode(blob):
+                index = entry["index"]
+                before = out.get(index)
+                if before is None or "error" in before[1]:
+                    out[index] = (batch_key, entry)
         return out
+
+    def results(self, job_id: str, indices: Sequence[int]) -> list[dict[str, Any] | None]:
+        """Per-index records in the order of ``indices`` (``None`` where none is committed).
+
+        Each record has ``index`` and ``paths`` (success) or ``error``, with ``seconds``,
+        ``attempt`` and, when recorded, ``stages``, ``end`` and ``peak_mb``.
+        """
+        merged = self.result_records(job_id)
+        out: list[dict[str, Any] | None] = []
+        for index in indices:
+            found = merged.get(index)
+            out.append(found[1] if found is not None else None)
+        return out
+
+    def paths(self, job_id: str, indices: Sequence[int]) -> list[list[str] | None]:
+        """The sink paths of ``indices``, in order (``None`` where the index has not succeeded).
+
+        The fast read behind ``run_pipeline(backend="celery")``: no per-index records built.
+        """
+        found: dict[int, list[str]] = {}
+        for _, blob in self._blobs(job_id):
+            for index, paths in batch_results.decode_paths(blob):
+                if paths is not None:
+                    found[index] = paths
+        return [found.get(i) for i in indices]
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
         """Failed indices: index -> error record (type, message, traceback, attempt, host)."""
@@ -457,6 +505,15 @@ class JobStore:
         ids = [i.decode() for i in self.client.zrevrange(JOBS_INDEX, 0, limit * 2)]
         alive = [i for i in ids if self.client.exists(self.key(i))]
         return alive[:limit]
+
+
+_RETRY_ROUND = re.compile(r"r(\d+)-")
+
+
+def _retry_round(batch_key: str) -> int:
+    """0 for a planned batch, N for a batch of retry round N (key ``rN-...``)."""
+    match = _RETRY_ROUND.match(batch_key)
+    return int(match.group(1)) if match else 0
 
 
 NODES_KEY = f"{PREFIX}:nodes"
@@ -534,19 +591,11 @@ class Job:
         ``batch``, ``node``, ``host`` and ``pid`` of the worker process that committed it,
         ``peak_mb`` when memory tracing was on, and ``error`` (type and message) if it failed.
         """
-        batches = self.store.batches(self.job_id)
         records = self.store.commit_records(self.job_id)
-        where: dict[int, str] = {}
-        for key, indices in sorted(batches.items()):  # retry batches (r...) after b...
-            if key in records:
-                for index in indices:
-                    where[index] = key  # retry batches come later in key order
-        indices = sorted(where)
+        merged = self.store.result_records(self.job_id)
         out = []
-        for index, result in zip(indices, self.store.results(self.job_id, indices), strict=True):
-            if result is None:
-                continue
-            batch = where[index]
+        for index in sorted(merged):
+            batch, result = merged[index]
             record = records.get(batch, {})
             entry: dict[str, Any] = {
                 "index": index,

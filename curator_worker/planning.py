@@ -18,6 +18,10 @@ from curator_worker.errors import IndexSelectionError, PartitionConflictError
 #: Batches a job is cut into per worker process when the batch size is automatic: enough
 #: for the last batches not to leave cores idle, few enough to keep per-task overhead low.
 BATCHES_PER_WORKER = 4
+#: Automatic batches come in rounds of one batch per worker process holding these shares
+#: of the indices, in queue order: later rounds are smaller, so when index costs vary the
+#: cores left idle at the end wait for at most an eighth of a worker's share.
+TAIL_ROUND_SHARES = (0.5, 0.25, 0.125, 0.125)
 #: Upper bound of an automatic batch size, so progress stays visible on huge jobs.
 MAX_AUTO_BATCH_SIZE = 1000
 
@@ -270,6 +274,39 @@ def auto_batch_size(n_indices: int, n_workers: int) -> int:
     return max(1, min(MAX_AUTO_BATCH_SIZE, math.ceil(n_indices / target)))
 
 
+def balanced_batch_sizes(
+    n_indices: int, n_workers: int, max_size: int = MAX_AUTO_BATCH_SIZE
+) -> list[int]:
+    """Automatic batch sizes, in queue order: full batches, then shrinking tail rounds.
+
+    Batches of ``max_size`` come first while more than two full rounds of indices are
+    left; the rest is cut into :data:`TAIL_ROUND_SHARES` rounds of ``n_workers`` batches
+    each (sizes within a round differ by at most one). Equal-cost indices keep every
+    worker busy until the end; uneven ones leave the last workers waiting for at most one
+    small batch.
+
+    Examples
+    --------
+    >>> balanced_batch_sizes(400, 2)
+    [100, 100, 50, 50, 25, 25, 25, 25]
+    """
+    workers = max(1, n_workers)
+    remaining = max(0, n_indices)
+    sizes: list[int] = []
+    while remaining > 2 * workers * max_size:
+        sizes.append(max_size)
+        remaining -= max_size
+    cut = 0
+    shares = 0.0
+    for share in TAIL_ROUND_SHARES:
+        shares += share
+        end = remaining if shares >= 1.0 else round(remaining * shares)
+        per, extra = divmod(end - cut, workers)
+        sizes += [per + 1] * extra + [per] * (workers - extra)
+        cut = end
+    return [size for size in sizes if size > 0]
+
+
 @dataclass(frozen=True)
 class Batch:
     """One unit of work: a deterministic key and the indices it runs, in order."""
@@ -289,6 +326,37 @@ def plan_batches(
         Batch(key=f"{prefix}{number:06d}", indices=indices)
         for number, indices in enumerate(batch_groups(groups, batch_size))
     ]
+
+
+def plan_sized_batches(
+    groups: Sequence[Sequence[int]], sizes: Sequence[int], prefix: str = "b"
+) -> list[Batch]:
+    """Batches of about ``sizes[k]`` indices each (groups packed in order, never split).
+
+    A batch closes once it holds at least its target; indices left when ``sizes`` runs
+    out go into batches of the last size.
+    """
+    batches: list[Batch] = []
+    current: list[int] = []
+    for group in groups:
+        current.extend(group)
+        target = sizes[min(len(batches), len(sizes) - 1)] if sizes else 1
+        if len(current) >= target:
+            batches.append(Batch(f"{prefix}{len(batches):06d}", current))
+            current = []
+    if current:
+        batches.append(Batch(f"{prefix}{len(batches):06d}", current))
+    return batches
+
+
+def plan_balanced_batches(indices: Sequence[int], n_workers: int) -> list[Batch]:
+    """Independent indices cut by :func:`balanced_batch_sizes` (slices: fast for 1M)."""
+    batches = []
+    start = 0
+    for number, size in enumerate(balanced_batch_sizes(len(indices), n_workers)):
+        batches.append(Batch(f"b{number:06d}", list(indices[start : start + size])))
+        start += size
+    return batches
 
 
 def plan_independent_batches(indices: Sequence[int], batch_size: int) -> list[Batch]:

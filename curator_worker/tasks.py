@@ -11,6 +11,7 @@ reaches gather. They return only the batch key: small and deterministic.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from curator_worker import log_context
+from curator_worker import batch_results, log_context
 from curator_worker.app import GATHER, RUN_BATCH, app
 from curator_worker.batch import (
     HOSTNAME,
@@ -102,8 +103,14 @@ def _node_store() -> JobStore:
 
 @worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
-    """Drop connections inherited from the parent: each prefork child opens its own."""
+    """Drop connections inherited from the parent: each prefork child opens its own.
+
+    Everything the child inherited (Celery, kombu, our modules) is moved out of the cyclic
+    garbage collector's reach (``gc.freeze``): full collections, which the many small
+    objects of a batch of fast indices trigger, then scan only what batches allocate.
+    """
     global _store
+    gc.freeze()
     _store = None
     _job_context.cache_clear()
     _node.clear()  # heartbeats belong to the main process
@@ -177,7 +184,7 @@ def process_batch(
         failure = error_record(exc, attempt, kind="systemic")
         results = [IndexResult(i, error=failure) for i in indices]
         store.commit_batch(
-            job_id, batch_key, _rows(results), _commit_record([], attempt, {}, node)
+            job_id, batch_key, batch_results.encode(results), _commit_record([], attempt, {}, node)
         )
         return batch_key
 
@@ -208,7 +215,7 @@ def process_batch(
         return batch_key
     shards = write_shards(pipeline, outcome, job_id, batch_key)
     record = _commit_record(outcome.results, attempt, shards, node, started)
-    if not store.commit_batch(job_id, batch_key, _rows(outcome.results), record):
+    if not store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results), record):
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
         discard_files(list(shards.values()))
         if store.state(job_id) == SUCCEEDED:  # gather already removed the folders
@@ -280,10 +287,6 @@ def _remove_empty_dirs(folder: str, levels: int) -> None:
         folder = os.path.dirname(folder)
 
 
-def _rows(results: list[IndexResult]) -> list[tuple[int, bool, dict[str, Any]]]:
-    return [(r.index, r.ok, r.as_record()) for r in results]
-
-
 def _commit_record(
     results: list[IndexResult], attempt: int, shards: dict[str, str], node: str,
     started: float | None = None,
@@ -298,16 +301,29 @@ def _commit_record(
         "finished": round(time.time(), 3),
         "n": len(results),
         "seconds": round(sum(r.seconds for r in results), 6),
-        "stages": _stage_totals(results),
+        **_stage_totals(results),
     }
 
 
-def _stage_totals(results: list[IndexResult]) -> dict[str, float]:
+def _stage_totals(results: list[IndexResult]) -> dict[str, Any]:
+    """Seconds per stage for the batch's succeeded indices, and how many were timed.
+
+    When stage timings were sampled (fast indices, see :func:`execute_batch`), the totals
+    of the timed indices are scaled to all succeeded ones: an estimate, marked by
+    ``stages_timed`` < ``stages_of``.
+    """
     totals: dict[str, float] = {}
+    timed = succeeded = 0
     for result in results:
-        for stage, seconds in (result.stages or {}).items():
-            totals[stage] = totals.get(stage, 0.0) + seconds
-    return {k: round(v, 6) for k, v in totals.items()}
+        if result.error is None:
+            succeeded += 1
+        if result.stages:
+            timed += 1
+            for stage, seconds in result.stages.items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+    scale = succeeded / timed if timed and succeeded > timed else 1.0
+    return {"stages": {k: round(v * scale, 6) for k, v in totals.items()},
+            "stages_timed": timed, "stages_of": succeeded}
 
 
 @app.task(name=RUN_BATCH, bind=True)

@@ -15,20 +15,22 @@ from typing import Any
 
 from celery import Celery
 
-from curator_worker.app import create_app
 from curator_worker.config import Settings, is_redis_url, redact_url
 from curator_worker.errors import BrokerUnavailableError
-from curator_worker.jobs import FAILED, JobStore, live_processes, new_job_id
+from curator_worker.jobs import FAILED, live_processes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
-    auto_batch_size,
+    balanced_batch_sizes,
     check_indices,
     parse_indices,
+    plan_balanced_batches,
     plan_batches,
     plan_independent_batches,
+    plan_sized_batches,
 )
 from curator_worker.spec import build_pipeline
+from producer.clients import clients_for
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,24 @@ def plan_job(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
-    size = batch_size or auto_batch_size(len(chosen), n_workers_hint)
     groups = pipeline.partition_groups_or_none(chosen)
-    return JobPlan(pipeline, chosen, _batches(chosen, groups, size), size, groups)
+    return _plan(pipeline, chosen, groups, batch_size, n_workers_hint)
 
 
-def _batches(indices: list[int], groups: list[list[int]] | None, size: int) -> list[Batch]:
-    if groups is None:
-        return plan_independent_batches(indices, size)
-    return plan_batches(groups, size)
+def _plan(
+    pipeline: Pipeline, indices: list[int], groups: list[list[int]] | None,
+    batch_size: int | None, workers: int,
+) -> JobPlan:
+    """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes."""
+    if batch_size is not None:
+        batches = (plan_independent_batches(indices, batch_size) if groups is None
+                   else plan_batches(groups, batch_size))
+    elif groups is None:
+        batches = plan_balanced_batches(indices, workers)
+    else:
+        batches = plan_sized_batches(groups, balanced_batch_sizes(len(indices), workers))
+    size = batch_size or max((len(b.indices) for b in batches), default=1)
+    return JobPlan(pipeline, indices, batches, size, groups)
 
 
 def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
@@ -170,39 +181,33 @@ def submit_job(
     )
     settings.require_cluster()
     queue = queue or settings.queue
-    store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
-    app = create_app(settings)
+    app, store = clients_for(settings)
+    check_broker(app, settings)
+    if batch_size is None and n_workers_hint is None:
+        live = live_processes(store.client, queue)
+        if live and live != DEFAULT_WORKER_HINT:
+            plan = _plan(plan.pipeline, plan.indices, plan.groups, None, live)
+    job_id = new_job_id()
+    stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
+    job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
+                   **(options or {})}
+    store.create_job(
+        job_id,
+        stored_spec,
+        job_options,
+        [(b.key, b.indices) for b in plan.batches],
+        total=len(plan.indices),
+        queue=queue,
+    )
     try:
-        check_broker(app, settings)
-        if batch_size is None and n_workers_hint is None:
-            live = live_processes(store.client, queue)
-            if live and live != DEFAULT_WORKER_HINT:
-                size = auto_batch_size(len(plan.indices), live)
-                plan = JobPlan(plan.pipeline, plan.indices,
-                               _batches(plan.indices, plan.groups, size), size, plan.groups)
-        job_id = new_job_id()
-        stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
-        job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
-                       **(options or {})}
-        store.create_job(
-            job_id,
-            stored_spec,
-            job_options,
-            [(b.key, b.indices) for b in plan.batches],
-            total=len(plan.indices),
-            queue=queue,
-        )
-        try:
-            publish_chord(app, job_id, plan.batches, queue)
-        except Exception as exc:
-            store.record_error(job_id, f"publishing the tasks failed: {type(exc).__name__}")
-            store.set_state(job_id, FAILED)
-            raise BrokerUnavailableError(
-                f"Publishing job {job_id} to {redact_url(settings.broker_url)} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-    finally:
-        app.close()
+        publish_chord(app, job_id, plan.batches, queue)
+    except Exception as exc:
+        store.record_error(job_id, f"publishing the tasks failed: {type(exc).__name__}")
+        store.set_state(job_id, FAILED)
+        raise BrokerUnavailableError(
+            f"Publishing job {job_id} to {redact_url(settings.broker_url)} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     log.info("submitted job %s: %d indices in %d batches", job_id, len(plan.indices),
              len(plan.batches))
     return SubmittedJob(job_id, len(plan.indices), len(plan.batches), plan.batch_size, queue)

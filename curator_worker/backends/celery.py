@@ -15,7 +15,7 @@ from typing import Any
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import JobFailedError
-from curator_worker.jobs import SUCCEEDED, JobStore
+from curator_worker.jobs import SUCCEEDED
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
@@ -33,8 +33,13 @@ def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, Lo
         settings.require_cluster()
         yield settings, None
         return
+    from producer.clients import forget
+
     with LocalCluster(workers=workers, queue=settings.queue) as cluster:
-        yield cluster.settings, cluster
+        try:
+            yield cluster.settings, cluster
+        finally:
+            forget(cluster.settings)
 
 
 def _job_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +66,7 @@ class CeleryBackend(RunBackend):
 
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Submit the run as a job, wait for it, return the sink paths in order."""
+        from producer.clients import clients_for
         from producer.submit import submit_job
         from producer.wait import wait_for_job
 
@@ -80,13 +86,13 @@ class CeleryBackend(RunBackend):
                 n_workers_hint=config.n_jobs if cluster is not None else None,
                 options=_job_options(kwargs),
             )
-            store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+            _, store = clients_for(settings)
             status = wait_for_job(
                 store, job.job_id, settings=settings, progress=config.progress,
                 timeout=kwargs.get("timeout"),
                 watchdog=cluster.check_alive if cluster is not None else None,
             )
-            results = store.results(job.job_id, config.indices)
+            paths = store.paths(job.job_id, config.indices)
             failures = store.failures(job.job_id) if status.state != SUCCEEDED else {}
         if status.state != SUCCEEDED:
             raise JobFailedError(
@@ -94,4 +100,4 @@ class CeleryBackend(RunBackend):
                 {i: f"{e['type']}: {e['message']}" for i, e in failures.items()},
                 status.error or "",
             )
-        return [list((r or {}).get("paths") or []) for r in results]
+        return [list(p or []) for p in paths]

@@ -392,8 +392,7 @@ def audit_job(store: JobStore, job_id: str, out: Path, reference: dict[str, Any]
     """
     status = store.status(job_id)
     ok_set = set(ok)
-    raw = store.client.hgetall(store.key(job_id, "results"))
-    results = {int(k): json.loads(v) for k, v in raw.items()}
+    results = {i: entry for i, (_, entry) in store.result_records(job_id).items()}
     ok_results = sum(1 for r in results.values() if "error" not in r)
     error_results = len(results) - ok_results
     missing = sorted(i for i in ok_set if i not in results or "error" in results[i])

@@ -189,11 +189,13 @@ def test_spec_the_workers_cannot_import_fails_the_job(tmp_path, store, cluster_s
 
 
 def test_automatic_batch_size_follows_the_live_workers(tmp_path, store, cluster_settings):
-    """Two nodes of two processes: about four batches per process."""
+    """Two nodes of two processes: four shrinking rounds of one batch per process."""
     job = submit_job(stats_spec(tmp_path, 160), cluster_settings)
-    assert (job.batch_size, job.n_batches) == (10, 16)
+    assert (job.batch_size, job.n_batches) == (20, 16)
+    planned = sorted(store.batches(job.job_id).items())
+    assert [len(ix) for _, ix in planned] == [20] * 4 + [10] * 4 + [5] * 8
     hinted = submit_job(stats_spec(tmp_path / "h", 160), cluster_settings, n_workers_hint=1)
-    assert (hinted.batch_size, hinted.n_batches) == (40, 4)
+    assert (hinted.batch_size, hinted.n_batches) == (80, 4)
     for submitted in (job, hinted):
         status = wait_for_job(store, submitted.job_id, settings=cluster_settings,
                               progress=False, timeout=120)

@@ -18,11 +18,14 @@ from curator_worker.planning import (
     MAX_AUTO_BATCH_SIZE,
     Batch,
     auto_batch_size,
+    balanced_batch_sizes,
     batch_groups,
     check_indices,
     intersect_partitions,
     parse_indices,
+    plan_balanced_batches,
     plan_batches,
+    plan_sized_batches,
 )
 
 
@@ -304,6 +307,56 @@ def test_auto_batch_size_gives_about_batches_per_worker() -> None:
         n_batches = len(batch_groups([[i] for i in range(1000)], size))
         assert n_batches <= BATCHES_PER_WORKER * workers
         assert n_batches >= BATCHES_PER_WORKER * workers - 1
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8, 14])
+@pytest.mark.parametrize("n", [0, 1, 5, 17, 200, 400, 5000, 123_457])
+def test_balanced_sizes_cover_every_index_in_shrinking_rounds(n: int, workers: int) -> None:
+    sizes = balanced_batch_sizes(n, workers)
+    assert sum(sizes) == n and all(s > 0 for s in sizes)
+    assert all(s <= MAX_AUTO_BATCH_SIZE for s in sizes)
+    assert sizes == sorted(sizes, reverse=True) or max(sizes) - min(sizes) <= 1 or \
+        all(a >= b - 1 for a, b in zip(sizes, sizes[1:], strict=False))
+    if n >= 8 * workers:
+        # the tail: the last round's batches hold at most an eighth of a worker's share
+        assert sizes[-1] <= max(1, -(-n // (8 * workers)))
+
+
+def _finish_time(sizes: list[int], workers: int, cost) -> float:
+    """When the last of ``workers`` greedy consumers of a FIFO queue of batches finishes."""
+    free = [0.0] * workers
+    start = 0
+    for size in sizes:
+        k = free.index(min(free))
+        free[k] += sum(cost(i) for i in range(start, start + size))
+        start += size
+    return max(free)
+
+
+def test_balanced_sizes_keep_workers_busy_to_the_end() -> None:
+    n, workers = 4000, 4
+    ideal = n / workers
+    # equal costs: every round divides evenly, no core waits
+    assert _finish_time(balanced_batch_sizes(n, workers), workers, lambda i: 1.0) == ideal
+    # a hot spot among the last indices: it lands in one big batch with uniform sizes, in
+    # smaller ones (spread over more workers) with shrinking rounds
+    def cost(i: int) -> float:
+        return 10.0 if i >= 3800 else 1.0
+    size = auto_batch_size(n, workers)
+    uniform_time = _finish_time([size] * (n // size), workers, cost)
+    balanced_time = _finish_time(balanced_batch_sizes(n, workers), workers, cost)
+    assert balanced_time < 0.8 * uniform_time
+
+
+def test_plan_balanced_and_sized_batches_keep_order_and_groups() -> None:
+    batches = plan_balanced_batches(list(range(400)), 2)
+    assert [len(b.indices) for b in batches] == balanced_batch_sizes(400, 2)
+    assert [i for b in batches for i in b.indices] == list(range(400))
+    assert [b.key for b in batches] == [f"b{n:06d}" for n in range(len(batches))]
+    groups = [[0, 1, 2], [3], [4, 5], [6], [7, 8, 9, 10], [11]]
+    sized = plan_sized_batches(groups, [4, 2, 2])
+    assert [b.indices for b in sized] == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9, 10], [11]]
+    assert plan_sized_batches([], [3]) == []
 
 
 def test_plan_batches_keys_are_deterministic() -> None:

@@ -1,0 +1,129 @@
+"""How a batch's per-index results are stored: one columnar JSON text per batch.
+
+A batch commits all its per-index records at once, so they are stored together: one field
+of the job's ``results`` hash per batch, holding columns (indices, paths, microseconds,
+finish times in milliseconds) plus a sparse map of what only some indices have (an error,
+retries, stage timings, peak memory). Encoding 1,000 records this way is one JSON call over
+lists of ints and strings (about 1 µs per index) instead of one dict per index (about
+5 µs), and Redis does O(1) work per succeeded index.
+
+``decode(encode(results).blob)`` gives exactly ``[r.as_record() for r in results]``.
+
+Blob layout (``v`` 2)::
+
+    {"v": 2, "attempt": 1, "index": [4, 5], "paths": [["a.npz"], null],
+     "us": [1203, 88], "end_ms": [1764486000123, null],
+     "more": {"1": {"error": {...}, "tries": 2}}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from curator_worker.batch import IndexResult
+
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class EncodedResults:
+    """A batch's results ready to commit.
+
+    Attributes
+    ----------
+    blob : str
+        The columnar JSON text stored for the batch.
+    ok : list[int]
+        Indices that succeeded.
+    failed : dict[int, str]
+        Failed index -> its record as JSON (the job's ``failures`` hash).
+    """
+
+    blob: str
+    ok: list[int]
+    failed: dict[int, str]
+
+
+def encode(results: Sequence[IndexResult]) -> EncodedResults:
+    """Encode a batch's :class:`~curator_worker.batch.IndexResult` list (see module doc)."""
+    attempt = results[0].attempt if results else 1
+    # Column by column: comprehensions are several times faster than one loop of appends.
+    index = [r.index for r in results]
+    micros = [round(r.seconds * 1e6) for r in results]
+    paths = [r.paths if r.error is None else None for r in results]
+    ends = [None if r.error is not None or r.finished is None else round(r.finished * 1e3)
+            for r in results]
+    ok = [r.index for r in results if r.error is None]
+    more: dict[str, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    for position, r in enumerate(results):
+        if (r.error is None and not r.stages and r.peak_mb is None and r.tries == 1
+                and r.attempt == attempt):
+            continue  # nothing beyond the columns
+        extra: dict[str, Any] = {}
+        if r.error is None:
+            if r.stages:
+                extra["stages"] = {k: round(v, 6) for k, v in r.stages.items()}
+            if r.peak_mb is not None:
+                extra["peak_mb"] = round(r.peak_mb, 3)
+        else:
+            extra["error"] = r.error
+            failed[r.index] = json.dumps(r.as_record())
+        if r.tries > 1:
+            extra["tries"] = r.tries
+        if r.attempt != attempt:
+            extra["attempt"] = r.attempt
+        more[str(position)] = extra
+    blob = json.dumps({"v": FORMAT_VERSION, "attempt": attempt, "index": index,
+                       "paths": paths, "us": micros, "end_ms": ends, "more": more})
+    return EncodedResults(blob, ok, failed)
+
+
+def _columns(blob: bytes | str) -> dict[str, Any]:
+    data = json.loads(blob)
+    if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
+        raise ValueError(
+            "This job's results were written in another format (an older or newer "
+            "curator-worker); read them with the version that ran the job."
+        )
+    return data
+
+
+def decode(blob: bytes | str) -> list[dict[str, Any]]:
+    """The per-index records of a blob, as :meth:`IndexResult.as_record` makes them."""
+    data = _columns(blob)
+    attempt, more = data["attempt"], data["more"]
+    out = []
+    for position, (index, paths, micros, end) in enumerate(
+        zip(data["index"], data["paths"], data["us"], data["end_ms"], strict=True)
+    ):
+        extra = more.get(str(position)) if more else None
+        record: dict[str, Any] = {
+            "index": index, "seconds": micros / 1e6,
+            "attempt": extra.get("attempt", attempt) if extra else attempt,
+        }
+        if extra and "tries" in extra:
+            record["tries"] = extra["tries"]
+        if paths is None:
+            record["error"] = extra["error"] if extra else {}
+            out.append(record)
+            continue
+        record["paths"] = paths
+        if extra and "stages" in extra:
+            record["stages"] = extra["stages"]
+        if end is not None:
+            record["end"] = end / 1e3
+        if extra and "peak_mb" in extra:
+            record["peak_mb"] = extra["peak_mb"]
+        out.append(record)
+    return out
+
+
+def decode_paths(blob: bytes | str) -> Iterator[tuple[int, list[str] | None]]:
+    """``(index, paths)`` of each record of a blob; ``None`` paths for a failed index."""
+    data = _columns(blob)
+    return zip(data["index"], data["paths"], strict=True)
