@@ -15,6 +15,9 @@ by building :class:`Settings` with explicit values.
 ``CURATOR_JOB_TTL``            Seconds job records are kept after a job ends (default 7 days).
 ``CURATOR_ALLOWED_MODULES``    Comma-separated module prefixes specs may import
                                (default: any; the project's components are always allowed).
+``CURATOR_TASK_EVENTS``        ``0`` turns off Celery task events (what Flower shows);
+                               default on. The embedded private cluster, which no Flower
+                               can reach, runs without them.
 =============================  ==========================================================
 """
 
@@ -70,6 +73,17 @@ def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _bool_env(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={raw!r}: use 1 or 0.")
+
+
 def is_redis_url(url: str | None) -> bool:
     """True for ``redis://``, ``rediss://``, ``redis+socket://`` and ``unix://`` URLs."""
     return bool(url) and url.split("://", 1)[0] in {"redis", "rediss", "redis+socket", "unix"}
@@ -93,6 +107,8 @@ class Settings:
         Seconds before an unacknowledged message is redelivered.
     job_ttl : int
         Seconds job records live after the job ends.
+    task_events : bool
+        Workers send task events and producers ``task-sent`` events (for Flower).
     """
 
     broker_url: str | None = None
@@ -101,6 +117,7 @@ class Settings:
     queue: str = DEFAULT_QUEUE
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     job_ttl: int = DEFAULT_JOB_TTL
+    task_events: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -115,6 +132,7 @@ class Settings:
                 env, "CURATOR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
             ),
             job_ttl=_int_env(env, "CURATOR_JOB_TTL", DEFAULT_JOB_TTL),
+            task_events=_bool_env(env, "CURATOR_TASK_EVENTS", True),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(settings, **given) if given else settings
@@ -157,6 +175,8 @@ class Settings:
             "CURATOR_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
             "CURATOR_JOB_TTL": str(self.job_ttl),
         }
+        if not self.task_events:
+            env["CURATOR_TASK_EVENTS"] = "0"
         for name, value in (
             ("CURATOR_BROKER_URL", self.broker_url),
             ("CURATOR_RESULT_BACKEND", self.result_backend),
@@ -196,8 +216,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.queue,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
+        "task_send_sent_event": settings.task_events,
+        "worker_send_task_events": settings.task_events,
         "result_expires": settings.job_ttl,
         "task_track_started": True,
         "task_allow_error_cb_on_chord_header": False,

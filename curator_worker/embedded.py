@@ -132,13 +132,18 @@ class RedisServer:
 
 
 def worker_command(
-    concurrency: int, hostname: str, queue: str, loglevel: str = "WARNING"
+    concurrency: int, hostname: str, queue: str, loglevel: str = "WARNING",
+    task_events: bool = True,
 ) -> list[str]:
-    """The command line of one prefork worker node of this project's app."""
+    """The command line of one prefork worker node of this project's app.
+
+    Without ``task_events`` the node must also get ``CURATOR_TASK_EVENTS=0`` (the app's
+    configuration turns them on otherwise).
+    """
     return [
         sys.executable, "-m", "celery", "-A", "curator_worker.app", "worker",
         "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", hostname,
-        "--queues", queue, "--loglevel", loglevel, "--task-events",
+        "--queues", queue, "--loglevel", loglevel, *(["--task-events"] if task_events else []),
         "--without-mingle", "--without-gossip",
     ]
 
@@ -169,8 +174,11 @@ class LocalCluster:
 
     @property
     def settings(self) -> Settings:
-        """Settings that point at this cluster."""
-        return Settings(broker_url=self.redis.url, queue=self.queue)
+        """Settings that point at this cluster.
+
+        No task events: they are for Flower, and no Flower can reach a private cluster.
+        """
+        return Settings(broker_url=self.redis.url, queue=self.queue, task_events=False)
 
     def start(self) -> LocalCluster:
         """Start Redis, then the worker node."""
@@ -182,7 +190,7 @@ class LocalCluster:
         hostname = f"embedded-{os.getpid()}@{socket.gethostname()}"
         with open(self.worker_log, "wb") as out:
             self.worker = subprocess.Popen(
-                worker_command(self.workers, hostname, self.queue),
+                worker_command(self.workers, hostname, self.queue, task_events=False),
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

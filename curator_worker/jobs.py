@@ -487,12 +487,12 @@ class JobStore:
 
         The fast read behind ``run_pipeline(backend="celery")``: no per-index records built.
         """
-        found: dict[int, list[str]] = {}
+        found: dict[int, list[str] | None] = {}
         for _, blob in self._blobs(job_id):
-            for index, paths in batch_results.decode_paths(blob):
-                if paths is not None:
-                    found[index] = paths
-        return [found.get(i) for i in indices]
+            # Later retry rounds hold only indices that failed before, so the last round's
+            # record of an index is its outcome: a plain update, no per-index check.
+            found.update(batch_results.decode_paths(blob))
+        return list(map(found.get, indices))
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
         """Failed indices: index -> error record (type, message, traceback, attempt, host)."""
@@ -521,9 +521,12 @@ NODES_KEY = f"{PREFIX}:nodes"
 NODE_TTL = 15.0
 
 
-def announce_node(client: redis.Redis, node: str, concurrency: int, queues: list[str]) -> None:
+def announce_node(
+    client: redis.Redis, node: str, concurrency: int, queues: list[str], task_events: bool = True
+) -> None:
     """Record that worker ``node`` is alive with ``concurrency`` processes on ``queues``."""
-    entry = {"concurrency": concurrency, "queues": queues, "ts": time.time()}
+    entry = {"concurrency": concurrency, "queues": queues, "ts": time.time(),
+             "task_events": task_events}
     client.hset(NODES_KEY, node, json.dumps(entry))
 
 
@@ -532,15 +535,12 @@ def forget_node(client: redis.Redis, node: str) -> None:
     client.hdel(NODES_KEY, node)
 
 
-def live_processes(client: redis.Redis, queue: str) -> int:
-    """Worker processes of the nodes consuming ``queue`` that sent a heartbeat recently."""
+def live_nodes(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The nodes consuming ``queue`` that sent a heartbeat recently (their entries)."""
     now = time.time()
-    total = 0
-    for raw in client.hvals(NODES_KEY):
-        entry = json.loads(raw)
-        if now - entry.get("ts", 0) <= NODE_TTL and queue in entry.get("queues", []):
-            total += int(entry.get("concurrency") or 0)
-    return total
+    entries = (json.loads(raw) for raw in client.hvals(NODES_KEY))
+    return [e for e in entries
+            if now - e.get("ts", 0) <= NODE_TTL and queue in e.get("queues", [])]
 
 
 class Job:

@@ -2,7 +2,7 @@
 
 A batch task follows one path a reader can trace::
 
-    load job (cached) -> skip if committed -> build pipeline (cached per spec hash)
+    load job (cached) -> skip if committed -> build pipeline (cached per job)
     -> execute_batch -> write_shards -> commit (one Lua script) -> return the batch key
 
 Header tasks never raise for item errors (they are recorded as data), so the chord always
@@ -70,6 +70,7 @@ def _node_ready(sender: Any, **_: Any) -> None:
         name=sender.hostname,
         concurrency=int(getattr(sender.pool, "num_processes", 0) or sender.controller.concurrency),
         queues=[q.name for q in sender.task_consumer.queues] if sender.task_consumer else [],
+        task_events=bool(getattr(sender.controller, "task_events", True)),
     )
     _heartbeat()
 
@@ -80,7 +81,8 @@ def _heartbeat(**_: Any) -> None:
     if not _node:
         return
     try:
-        announce_node(_node_store().client, _node["name"], _node["concurrency"], _node["queues"])
+        announce_node(_node_store().client, _node["name"], _node["concurrency"], _node["queues"],
+                      _node["task_events"])
     except Exception:  # noqa: BLE001 - sizing hints must never disturb the worker
         log.debug("could not announce node", exc_info=True)
 
@@ -113,6 +115,7 @@ def _reset_after_fork(**_: Any) -> None:
     gc.freeze()
     _store = None
     _job_context.cache_clear()
+    pipeline_for_job.cache_clear()
     _node.clear()  # heartbeats belong to the main process
 
 
@@ -138,15 +141,15 @@ def _job_context(job_id: str) -> tuple[str, str, BatchPolicy, dict[str, bool]]:
 
 
 @lru_cache(maxsize=16)
-def _built_pipeline(digest: str, spec_json: str) -> Pipeline:
-    """The pipeline of a spec, built once per process per spec hash."""
-    return build_pipeline(json.loads(spec_json), f"spec {digest}")
-
-
 def pipeline_for_job(job_id: str) -> Pipeline:
-    """The (cached) pipeline of ``job_id``; :class:`SpecError` if it cannot be built here."""
+    """The pipeline of ``job_id``, built once per process; :class:`SpecError` if it cannot be.
+
+    Cached per job, not per spec: components may read the world when they are built (a
+    ``FileGlob`` lists its files then), so a later job with the same spec gets a fresh
+    pipeline, as its producer planned it.
+    """
     spec_json, digest, _, _ = _job_context(job_id)
-    return _built_pipeline(digest, spec_json)
+    return build_pipeline(json.loads(spec_json), f"spec {digest}")
 
 
 #: Deaths of a worker while one index was running before that index is blamed and skipped.
@@ -326,9 +329,13 @@ def _stage_totals(results: list[IndexResult]) -> dict[str, Any]:
             "stages_timed": timed, "stages_of": succeeded}
 
 
-@app.task(name=RUN_BATCH, bind=True)
+@app.task(name=RUN_BATCH, bind=True, ignore_result=True)
 def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str:
     """Chord header: run one batch of a job. Returns the batch key.
+
+    Its outcome lives in the job store, so Celery keeps no result of its own for it (no
+    result key, no "started" state): the chord still counts it and hands ``gather`` the
+    batch keys.
 
     If the job store stays unreachable (beyond the client's retries), the message is
     rejected and requeued instead of acknowledged, so the batch is not lost.

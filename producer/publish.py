@@ -334,6 +334,9 @@ class _TemplatePublisher:
             raise TemplateUnavailable(f"queue {queue!r} is not a plain direct queue")
         scratch = f"curator.publish-template.{uuid.uuid4().hex}"
         task_id = str(uuid.uuid4())
+        # one index is enough to learn the layout; Celery's saferepr of a long index list
+        # (the argsrepr header) would cost more than publishing the whole chord
+        first = Batch(first.key, list(first.indices[:1]))
         message = app.amqp.create_task_message(
             task_id, RUN_BATCH, (job_id, first.key, first.indices), {},
             group_id=group_id, group_index=0, chord=body, reply_to=app.thread_oid,

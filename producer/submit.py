@@ -17,7 +17,7 @@ from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
 from curator_worker.errors import BrokerUnavailableError
-from curator_worker.jobs import FAILED, live_processes, new_job_id
+from curator_worker.jobs import FAILED, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
@@ -123,16 +123,20 @@ def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
         ) from None
 
 
-def publish_chord(app: Celery, job_id: str, batches: Sequence[Batch], queue: str) -> None:
+def publish_chord(
+    app: Celery, job_id: str, batches: Sequence[Batch], queue: str,
+    sent_events: bool | None = None,
+) -> None:
     """Send ``chord([run_batch per batch], gather)`` for ``job_id``.
 
     Bulk publishing (:mod:`producer.publish`): standard Celery messages pipelined to a
     Redis broker, the chord size set before the first header; kombu's producer batch or
-    Celery's canvas on other brokers and result backends.
+    Celery's canvas on other brokers and result backends. ``sent_events``: send
+    ``task-sent`` events (default: as the app is configured).
     """
     from producer.publish import publish_chord as publish_chord_bulk
 
-    publish_chord_bulk(app, job_id, batches, queue)
+    publish_chord_bulk(app, job_id, batches, queue, sent_events=sent_events)
 
 
 def submit_job(
@@ -183,8 +187,12 @@ def submit_job(
     queue = queue or settings.queue
     app, store = clients_for(settings)
     check_broker(app, settings)
+    nodes = live_nodes(store.client, queue)
+    # task-sent events only serve a Flower that also sees the workers' task events
+    sent_events = None if not nodes or any(n.get("task_events", True) for n in nodes) \
+        else False
     if batch_size is None and n_workers_hint is None:
-        live = live_processes(store.client, queue)
+        live = sum(int(n.get("concurrency") or 0) for n in nodes)
         if live and live != DEFAULT_WORKER_HINT:
             plan = _plan(plan.pipeline, plan.indices, plan.groups, None, live)
     job_id = new_job_id()
@@ -200,7 +208,7 @@ def submit_job(
         queue=queue,
     )
     try:
-        publish_chord(app, job_id, plan.batches, queue)
+        publish_chord(app, job_id, plan.batches, queue, sent_events)
     except Exception as exc:
         store.record_error(job_id, f"publishing the tasks failed: {type(exc).__name__}")
         store.set_state(job_id, FAILED)

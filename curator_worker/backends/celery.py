@@ -100,4 +100,4 @@ class CeleryBackend(RunBackend):
                 {i: f"{e['type']}: {e['message']}" for i, e in failures.items()},
                 status.error or "",
             )
-        return [list(p or []) for p in paths]
+        return [p if p is not None else [] for p in paths]
