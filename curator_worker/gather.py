@@ -1,10 +1,13 @@
 """Gather: merge committed filter shards into final outputs and finish the job.
 
-Gather is the chord callback of every Celery job. It merges only *committed* shards (so a
-killed attempt can never double-count), writes each final file atomically, removes the
+Gather is the chord callback of every Celery job; the batch whose commit completes the job
+runs it at once too, in its own process, so a job ends without waiting for the callback's
+delivery (the callback then finds the job finished). It merges only *committed* shards (so
+a killed attempt can never double-count), writes each final file atomically, removes the
 job's shard folders and sets the job's final state. It is idempotent: running it twice,
-or after a crash half-way, gives the same result. A ``partial`` or ``failed`` job keeps its
-shards so that ``curator-jobs retry`` can merge them again with the retried indices'.
+or after a crash half-way, gives the same result; a lock keeps two from overlapping. A
+``partial`` or ``failed`` job keeps its shards so that ``curator-jobs retry`` can merge
+them again with the retried indices'.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from curator_worker.atomic import remove_stale_temps, temp_path_for
 from curator_worker.batch import SHARD_SUFFIX, output_path_of, shard_dir
-from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, SUCCEEDED, JobStore
+from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,18 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
         The job.
     pipeline : Pipeline | None
         The job's pipeline, or ``None`` when it could not be built (systemic failure).
+
+    One gather runs at a time per job (:meth:`JobStore.gather_lock`); a gather that finds
+    another one running returns the current state and leaves the job to it.
     """
+    with store.gather_lock(job_id) as held:
+        if not held:
+            log.info("job %s: another gather is running; it finishes the job", job_id)
+            return store.state(job_id) or RUNNING
+        return _gather_locked(store, job_id, pipeline)
+
+
+def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
     status = store.status(job_id)
     stateful = (
         [(n, f) for n, f in enumerate(pipeline.filters) if is_stateful(f)] if pipeline else []

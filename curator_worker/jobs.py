@@ -15,6 +15,7 @@ One namespace per job::
     curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
+    curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:jobs                  sorted set: job id by creation time
     curator:nodes                 hash: worker node -> {concurrency, queues, ts} (heartbeats)
 
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -55,6 +58,23 @@ PARTIAL = "partial"
 FAILED = "failed"
 CANCELLED = "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, PARTIAL, FAILED, CANCELLED})
+
+#: :meth:`JobStore.commit_batch` outcomes.
+ALREADY_COMMITTED = 0
+COMMITTED = 1
+COMMITTED_LAST = 2  # committed, and every planned batch of the job is now committed
+
+#: Seconds a gather lock lives without renewal (its holder renews it while it runs).
+GATHER_LOCK_TTL = 30.0
+
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 
 _COMMIT_SCRIPT = resources.files("curator_worker").joinpath("lua/commit_batch.lua").read_text()
 
@@ -270,9 +290,10 @@ class JobStore:
 
         Returns
         -------
-        bool
-            True when this call committed it; False when it was already committed (the
-            caller then discards its own shards).
+        int
+            :data:`COMMITTED`; :data:`COMMITTED_LAST` when every planned batch is now
+            committed; :data:`ALREADY_COMMITTED` (0, false) when another attempt committed it
+            first (the caller then discards its own shards).
         """
         failed: list[Any] = []
         for index, entry in results.failed.items():
@@ -280,9 +301,37 @@ class JobStore:
         args = [batch_key, json.dumps(dict(record)), results.blob, json.dumps(results.ok),
                 *failed]
         keys = self._keys(job_id)
-        return bool(
-            self._commit(keys=[keys[0], keys[2], keys[3], keys[4], keys[9]], args=args)
-        )
+        return int(self._commit(keys=[keys[0], keys[2], keys[3], keys[4], keys[9]], args=args))
+
+    @contextmanager
+    def gather_lock(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[bool]:
+        """Hold the job's gather lock within the block; yields False if another holds it.
+
+        Only one gather merges a job's shards at a time (the last batch's own and the chord
+        callback can overlap). The lock expires ``ttl`` seconds after its holder died; a
+        live holder renews it from a thread every ``ttl / 3`` seconds.
+        """
+        key, token = self.key(job_id, "gathering"), uuid.uuid4().hex
+        if not self.client.set(key, token, nx=True, px=int(ttl * 1000)):
+            yield False
+            return
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(ttl / 3):
+                try:
+                    self.client.eval(_RENEW_SCRIPT, 1, key, token, int(ttl * 1000))
+                except redis.RedisError:
+                    pass  # retried at the next period; the lock outlives a short outage
+
+        renewer = threading.Thread(target=renew, name=f"gather-lock-{job_id}", daemon=True)
+        renewer.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            renewer.join()
+            self.client.eval(_RELEASE_SCRIPT, 1, key, token)
 
     def report_inflight(self, job_id: str, batch_key: str, processed: int) -> None:
         """Live progress of a running batch: ``processed`` of its indices so far."""

@@ -43,7 +43,15 @@ from curator_worker.batch import (
 from curator_worker.config import Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job
-from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore, announce_node, forget_node
+from curator_worker.jobs import (
+    ALREADY_COMMITTED,
+    CANCELLED,
+    COMMITTED_LAST,
+    SUCCEEDED,
+    JobStore,
+    announce_node,
+    forget_node,
+)
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
@@ -218,7 +226,11 @@ def process_batch(
         return batch_key
     shards = write_shards(pipeline, outcome, job_id, batch_key)
     record = _commit_record(outcome.results, attempt, shards, node, started)
-    if not store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results), record):
+    committed = store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results),
+                                   record)
+    if committed == COMMITTED_LAST:
+        _gather_now(store, job_id, pipeline)
+    elif committed == ALREADY_COMMITTED:
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
         discard_files(list(shards.values()))
         if store.state(job_id) == SUCCEEDED:  # gather already removed the folders
@@ -227,6 +239,18 @@ def process_batch(
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+def _gather_now(store: JobStore, job_id: str, pipeline: Pipeline) -> None:
+    """Gather right after the job's last commit (the chord callback comes later, a no-op).
+
+    A failure here is left to the chord callback, which gathers again.
+    """
+    try:
+        gather_job(store, job_id, pipeline)
+    except Exception:  # noqa: BLE001 - the batch is committed; gather is retried by the chord
+        log.warning("job %s: gathering after the last batch failed; the chord callback "
+                    "gathers again", job_id, exc_info=True)
 
 
 class _InflightProgress:

@@ -15,7 +15,8 @@
 -- ARGV[3] result blob JSON (stored as is)
 -- ARGV[4] JSON array of the indices that succeeded
 -- ARGV[5..] pairs: failed index, its record JSON
--- Returns 1 when this call committed the batch, 0 when it was already committed.
+-- Returns 0 when the batch was already committed, 1 when this call committed it, 2 when it
+-- committed it and every planned batch of the job is now committed (the caller may gather).
 --
 -- Counters: a succeeded index counts as done; if it had failed before (a retry batch), it
 -- leaves the failures and the failed count. A failed index counts as failed once, however
@@ -39,6 +40,9 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'done', n_ok)
 redis.call('HINCRBY', KEYS[1], 'failed', failed)
-redis.call('HINCRBY', KEYS[1], 'committed_batches', 1)
+local committed = redis.call('HINCRBY', KEYS[1], 'committed_batches', 1)
 redis.call('HDEL', KEYS[5], ARGV[1])
+if committed >= tonumber(redis.call('HGET', KEYS[1], 'n_batches') or '0') then
+  return 2
+end
 return 1

@@ -9,7 +9,7 @@ import pytest
 
 from curator_worker.batch import IndexResult, error_record, execute_batch
 from curator_worker.batch_results import decode, decode_paths, encode
-from curator_worker.jobs import Job, JobStore
+from curator_worker.jobs import ALREADY_COMMITTED, COMMITTED, COMMITTED_LAST, Job, JobStore
 from curator_worker.pipeline import Pipeline, Sink, Source
 from curator_worker.policy import BatchPolicy
 
@@ -26,7 +26,7 @@ class _Numbers(Source[int]):
 
     def __getitem__(self, index: int):
         if index in self.slow:
-            time.sleep(0.002)
+            time.sleep(0.11)
         yield index
 
 
@@ -107,8 +107,8 @@ def test_commit_counts_once_and_a_second_commit_is_refused(job_store: JobStore) 
     job = "unit-commit-once"
     _new_job(job_store, job, [("b000000", [0, 1, 2])])
     results = encode([_ok(0), _err(1), _ok(2)])
-    assert job_store.commit_batch(job, "b000000", results, {"shards": {}}) is True
-    assert job_store.commit_batch(job, "b000000", results, {"shards": {}}) is False
+    assert job_store.commit_batch(job, "b000000", results, {"shards": {}}) == COMMITTED_LAST
+    assert job_store.commit_batch(job, "b000000", results, {"shards": {}}) == ALREADY_COMMITTED
     status = job_store.status(job)
     assert (status.done, status.failed, status.committed_batches) == (2, 1, 1)
     assert job_store.paths(job, [2, 1, 0]) == [["/out/2"], None, ["/out/0"]]
@@ -117,23 +117,26 @@ def test_commit_counts_once_and_a_second_commit_is_refused(job_store: JobStore) 
 
 def test_retry_rounds_move_indices_from_failed_to_done(job_store: JobStore) -> None:
     job = "unit-commit-retry"
-    _new_job(job_store, job, [("b000000", [0, 1, 2, 3])])
-    job_store.commit_batch(job, "b000000", encode([_ok(0), _err(1), _err(2), _err(3)]), {})
+    _new_job(job_store, job, [("b000000", [0, 1, 2, 3]), ("b000001", [4])])
+    assert job_store.commit_batch(
+        job, "b000000", encode([_ok(0), _err(1), _err(2), _err(3)]), {}) == COMMITTED
+    assert job_store.commit_batch(job, "b000001", encode([_ok(4)]), {}) == COMMITTED_LAST
     job_store.add_batches(job, [("r1-b000000", [1, 2, 3])])
     job_store.commit_batch(job, "r1-b000000", encode([_ok(1), _err(2), _err(3)]), {})
     status = job_store.status(job)
-    assert (status.done, status.failed) == (2, 2)
+    assert (status.done, status.failed) == (3, 2)
     job_store.add_batches(job, [("r2-b000000", [2, 3])])
     job_store.commit_batch(job, "r2-b000000", encode([_err(2, 3), _ok(3)]), {})
     status = job_store.status(job)
-    assert (status.done, status.failed) == (3, 1)
+    assert (status.done, status.failed) == (4, 1)
     assert sorted(job_store.failures(job)) == [2]
     records = job_store.results(job, [0, 1, 2, 3])
     assert [("error" in r) for r in records] == [False, False, True, False]
     assert records[2]["attempt"] == 3, "the latest round's error is kept"
     metrics = Job(job, job_store).metrics()
     assert [(m["index"], m["batch"]) for m in metrics] == [
-        (0, "b000000"), (1, "r1-b000000"), (2, "r2-b000000"), (3, "r2-b000000")]
+        (0, "b000000"), (1, "r1-b000000"), (2, "r2-b000000"), (3, "r2-b000000"),
+        (4, "b000001")]
 
 
 def test_retry_round_ten_sorts_after_round_nine(job_store: JobStore) -> None:
@@ -146,3 +149,25 @@ def test_retry_round_ten_sorts_after_round_nine(job_store: JobStore) -> None:
         job_store.commit_batch(job, key, encode([_err(0, attempt=round_number + 1)]), {})
     assert job_store.results(job, [0])[0]["attempt"] == 11
     assert job_store.status(job).failed == 1
+
+
+def test_only_one_gather_holds_the_lock_and_a_dead_holders_lock_expires(
+    job_store: JobStore,
+) -> None:
+    job = "unit-gather-lock"
+    with job_store.gather_lock(job, ttl=0.6) as first:
+        assert first is True
+        with job_store.gather_lock(job) as second:
+            assert second is False
+        time.sleep(0.5)  # renewed every 0.2 s: still held past its first ttl
+        with job_store.gather_lock(job) as third:
+            assert third is False
+    with job_store.gather_lock(job) as after_release:
+        assert after_release is True
+    # a holder that died: the key is left behind, without renewal it expires
+    job_store.client.set(job_store.key(job, "gathering"), "dead-holder", px=300)
+    with job_store.gather_lock(job) as while_dead:
+        assert while_dead is False
+    time.sleep(0.4)
+    with job_store.gather_lock(job) as after_expiry:
+        assert after_expiry is True
