@@ -220,7 +220,11 @@ def execute_batch(
         if on_index is not None:
             on_index(result)
 
-    run_index = pipeline.run_index
+    n = len(pipeline)
+    valid = all(type(i) is int for i in indices) and (
+        not indices or (min(indices) >= 0 and max(indices) < n))
+    # a bad index (out of range, not an int) fails alone, through run_index's own check
+    run_index = pipeline.run_valid_index if valid else pipeline.run_index
     perf_counter = time.perf_counter
     memory_mb = policy.index_memory_mb
     guarded = deadlines is not None or bool(memory_mb)

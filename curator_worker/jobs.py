@@ -67,6 +67,13 @@ COMMITTED_LAST = 2  # committed, and every planned batch of the job is now commi
 #: Seconds a gather lock lives without renewal (its holder renews it while it runs).
 GATHER_LOCK_TTL = 30.0
 
+_BEGIN_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0, ''} end
+local attempt = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSETNX', KEYS[3], 'started', ARGV[3])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[3]) end
+return {attempt, redis.call('HGET', KEYS[3], 'state') or ''}
+"""
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -183,6 +190,14 @@ class JobStatus:
         }
 
 
+@dataclass(frozen=True)
+class BatchStart:
+    """A batch delivery that may run: its attempt number and the job's state then."""
+
+    attempt: int
+    state: str | None
+
+
 def _float(value: bytes | None) -> float | None:
     return float(value) if value not in (None, b"") else None
 
@@ -202,6 +217,7 @@ class JobStore:
         self.client = client
         self.ttl = ttl
         self._commit = client.register_script(_COMMIT_SCRIPT)
+        self._begin = client.register_script(_BEGIN_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, ttl: int = 7 * 24 * 3600, timeout: float = 5.0) -> JobStore:
@@ -256,17 +272,21 @@ class JobStore:
         pipe.zadd(JOBS_INDEX, {job_id: now})
         pipe.execute()
 
-    def begin_attempt(self, job_id: str, batch_key: str, worker: str = "") -> int:
-        """Count one more delivery of ``batch_key``; return its attempt number (1, 2, ...).
+    def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
+        """Start a delivery of ``batch_key``: ``None`` if it is committed, else its start.
 
-        ``worker`` (node/pid) is recorded as seen now, for the count of active workers.
+        One round trip: checks the commit, counts the delivery (attempt 1, 2, ...), sets
+        the job's ``started`` time once, records ``worker`` (node/pid) as seen now for the
+        count of active workers, and reads the job's state.
         """
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(self.key(job_id, "attempts"), batch_key, 1)
-        pipe.hsetnx(self.key(job_id), "started", time.time())
-        if worker:
-            pipe.hset(self.key(job_id, "workers"), worker, time.time())
-        return int(pipe.execute()[0])
+        attempt, state = self._begin(
+            keys=[self.key(job_id, "committed"), self.key(job_id, "attempts"), self.key(job_id),
+                  self.key(job_id, "workers")],
+            args=[batch_key, worker, time.time()],
+        )
+        if not attempt:
+            return None
+        return BatchStart(int(attempt), state.decode() if state else None)
 
     def active_workers(self, job_id: str, within: float = 60.0) -> int:
         """Worker processes that started a batch of this job in the last ``within`` seconds."""

@@ -17,6 +17,7 @@ import operator
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from curator_worker.errors import PipelineError
@@ -237,7 +238,7 @@ def source_items(source: Source[Any], index: int) -> Iterator[Any]:
     other value is a single item.
     """
     produced = source[index]
-    if isinstance(produced, Iterator):
+    if type(produced) is GeneratorType or isinstance(produced, Iterator):  # fast path first
         return produced
     if isinstance(produced, list | tuple):
         return iter(produced)
@@ -415,8 +416,19 @@ class Pipeline:
             If given, filled with seconds spent in each stage, exclusive of the stages
             upstream: ``source``, ``filter[0]:<Name>``, ..., ``sink``.
         """
+        return self.run_valid_index(self.check_index(index), filters, timings)
+
+    def run_valid_index(
+        self,
+        index: int,
+        filters: Sequence[Filter[Any]] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[str]:
+        """:meth:`run_index` for an index that :meth:`check_index` already accepted.
+
+        Batch runners check all their indices at once and skip the per-index check.
+        """
         sink = self.require_sink()
-        index = self.check_index(index)
         chain = self._filters if filters is None else filters
         if timings is None:
             items: Iterator[Any] = source_items(self._source, index)

@@ -179,11 +179,12 @@ def process_batch(
     when the watchdog killed it), and after ``max_attempts`` deliveries every index is
     recorded failed, so a batch that always kills its worker cannot loop forever.
     """
-    if store.is_committed(job_id, batch_key):
+    start = store.begin_batch(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
+    if start is None:
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
         return batch_key
-    attempt = store.begin_attempt(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
-    if store.state(job_id) == CANCELLED:
+    attempt = start.attempt
+    if start.state == CANCELLED:
         return batch_key
     try:
         pipeline = pipeline_for_job(job_id)

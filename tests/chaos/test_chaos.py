@@ -22,7 +22,7 @@ import pytest
 
 from curator_worker import tasks
 from curator_worker.gather import gather_job
-from curator_worker.jobs import PARTIAL, SUCCEEDED, JobStore
+from curator_worker.jobs import PARTIAL, SUCCEEDED, BatchStart, JobStore
 from curator_worker.policy import BatchPolicy
 from curator_worker.tasks import process_batch
 from producer.submit import submit_job
@@ -276,7 +276,7 @@ def test_temp_file_of_a_write_killed_mid_way_is_removed(chaos: ChaosCluster, out
 
 
 class _StaleCommitCheckStore(JobStore):
-    """A job store whose first ``is_committed`` answer is stale (False).
+    """A job store whose first commit check is stale (not committed yet).
 
     That is what a duplicate delivery of a batch sees when it checks just before the winning
     attempt commits: the interleaving is made certain instead of left to chance.
@@ -284,11 +284,12 @@ class _StaleCommitCheckStore(JobStore):
 
     stale = True
 
-    def is_committed(self, job_id: str, batch_key: str) -> bool:
+    def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
         if self.stale:
             self.stale = False
-            return False
-        return super().is_committed(job_id, batch_key)
+            attempts = self.client.hincrby(self.key(job_id, "attempts"), batch_key, 1)
+            return BatchStart(int(attempts), self.state(job_id))
+        return super().begin_batch(job_id, batch_key, worker)
 
 
 def test_losing_duplicate_attempt_leaves_no_shard_folder(

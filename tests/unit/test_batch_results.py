@@ -62,6 +62,16 @@ def test_decode_of_encode_is_each_record_as_stored() -> None:
                                                 4: ["x", "y"], 5: ["z"]}
 
 
+def test_consecutive_indices_are_stored_as_a_range() -> None:
+    results = [IndexResult(i, paths=[f"/out/{i}"], seconds=0.001, finished=1764486000.0 + i)
+               for i in range(10, 20)]
+    encoded = encode(results)
+    assert json.loads(encoded.blob)["index"] == {"start": 10, "count": 10}
+    assert decode(encoded.blob) == [r.as_record() for r in results]
+    assert [i for i, _ in decode_paths(encoded.blob)] == list(range(10, 20))
+    assert json.loads(encode(results[::-1]).blob)["index"] == list(range(19, 9, -1))
+
+
 def test_empty_paths_survive_the_round_trip() -> None:
     record = decode(encode([IndexResult(0, paths=[], seconds=0.1)]).blob)[0]
     assert record["paths"] == []
