@@ -1,6 +1,7 @@
 """``curator-worker``: a Celery worker node of this project's app, and ``curator-worker flower``.
 
-The worker runs a prefork pool with task events on (Flower sees tasks), late
+The worker runs a prefork pool with task events on (Flower sees tasks; off with
+``CURATOR_TASK_EVENTS=0``), late
 acknowledgement and one task per process at a time (from the app's settings), and recycles
 its processes after ``--max-tasks-per-child`` tasks or ``--max-memory-per-child`` of
 resident memory. Options it does not know are passed on to ``celery worker`` unchanged.
@@ -94,7 +95,9 @@ def worker_command(
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
     if max_tasks_per_child < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--max-tasks-per-child")
-    argv = ["worker", "--pool", "prefork", "--task-events", "--loglevel", loglevel]
+    argv = ["worker", "--pool", "prefork", "--loglevel", loglevel]
+    if settings.task_events:  # CURATOR_TASK_EVENTS=0 turns them off
+        argv.append("--task-events")
     argv += ["--hostname", hostname or f"curator@{socket.gethostname()}"]
     argv += ["--queues", queues or settings.queue]
     argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
