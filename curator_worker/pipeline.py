@@ -12,6 +12,7 @@ spec (:meth:`Pipeline.save`) and rebuilt on another machine (:meth:`Pipeline.loa
 
 from __future__ import annotations
 
+import functools
 import inspect
 import operator
 import time
@@ -100,10 +101,20 @@ class Param:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def init_signature(cls: type) -> inspect.Signature:
+    """``inspect.signature(cls.__init__)``, cached per class.
+
+    Building a component reads it, and for a class without its own ``__init__`` it is
+    parsed from ``object.__init__``'s text signature: ~0.2 ms, most of a spec's build time.
+    """
+    return inspect.signature(cls.__init__)
+
+
 def _bound_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """The arguments of ``cls(*args, **kwargs)`` by parameter name (``{}`` if they don't bind)."""
     try:
-        signature = inspect.signature(cls.__init__)
+        signature = init_signature(cls)
         bound = signature.bind(None, *args, **kwargs)
     except (TypeError, ValueError):
         return {}

@@ -31,7 +31,15 @@ from typing import Any
 import yaml
 
 from curator_worker.errors import SpecError
-from curator_worker.pipeline import REQUIRED, Filter, Param, Pipeline, Sink, Source
+from curator_worker.pipeline import (
+    REQUIRED,
+    Filter,
+    Param,
+    Pipeline,
+    Sink,
+    Source,
+    init_signature,
+)
 
 SPEC_VERSION = 1
 #: Module prefixes always allowed: the project's own components.
@@ -257,7 +265,7 @@ def _coerce(value: Any, param: Param, label: str) -> Any:
 def _signature_params(cls: type) -> list[Param]:
     """Params derived from ``__init__`` for components that declare no :meth:`params`."""
     out = []
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+    for p in list(init_signature(cls).parameters.values())[1:]:
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
         default = REQUIRED if p.default is inspect.Parameter.empty else p.default
@@ -273,7 +281,7 @@ def _check_params(cls: type, given: Mapping[str, Any], label: str) -> dict[str, 
     by_name = {p.name: p for p in declared}
     accepts_any = any(
         p.kind is inspect.Parameter.VAR_KEYWORD
-        for p in inspect.signature(cls.__init__).parameters.values()
+        for p in init_signature(cls).parameters.values()
     )
     out: dict[str, Any] = {}
     for key, value in given.items():
