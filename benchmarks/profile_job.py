@@ -8,6 +8,8 @@ started here) and reports:
   process, each pool process and Redis;
 - with ``--py-spy``, the functions the worker's main and pool processes spend their samples
   in (inclusive and own), from ``py-spy record`` attached to them while the jobs run.
+  Samples are wall time of non-idle threads: waiting on Redis shows as ``send``/``recv``.
+  Sampling slows the processes down; compare CPU figures from runs without ``--py-spy``.
 
     .venv/bin/python benchmarks/profile_job.py --items 5000 --seconds 8 --py-spy
 
@@ -66,9 +68,10 @@ def summarize(raw: Path, top: int) -> str:
         own[frames[-1]] += n
     if not total:
         return "  (no samples)"
-    lines = [f"  {total} samples; inclusive:"]
-    lines += [f"    {100 * n / total:5.1f}%  {name[:110]}"
-              for name, n in inclusive.most_common(top)]
+    # frames in (nearly) every sample are the process's main loop: not news
+    below_loop = [(name, n) for name, n in inclusive.most_common() if n < 0.9 * total]
+    lines = [f"  {total} samples; inclusive (below the main loop):"]
+    lines += [f"    {100 * n / total:5.1f}%  {name[:110]}" for name, n in below_loop[:top]]
     lines.append("  own:")
     lines += [f"    {100 * n / total:5.1f}%  {name[:110]}" for name, n in own.most_common(top)]
     return "\n".join(lines)
@@ -84,6 +87,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to run jobs")
     parser.add_argument("--py-spy", action="store_true", help="profile the worker processes")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
+    parser.add_argument("--rate", type=int, default=250,
+                        help="py-spy samples per second (sampling costs CPU too)")
     args = parser.parse_args()
     if args.py_spy and not shutil.which("py-spy", path=os.path.dirname(sys.executable)) \
             and not shutil.which("py-spy"):
@@ -112,7 +117,7 @@ def main() -> int:
                     continue
                 out = folder / f"{name.replace(' ', '-')}.txt"
                 spies.append((name, out, subprocess.Popen(
-                    [py_spy, "record", "--rate", "1000", "--pid", str(proc.pid), "--format",
+                    [py_spy, "record", "--rate", str(args.rate), "--pid", str(proc.pid), "--format",
                      "raw", "--output", str(out), "--duration", str(int(args.seconds) + 1),
                      "--nonblocking"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
