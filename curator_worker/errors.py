@@ -53,9 +53,14 @@ class JobFailedError(CuratorError):
         The job's final state (``partial`` or ``failed``).
     failures : dict[int, str]
         Failed index to a one-line error description.
+
+    ``in_job_store=False`` (local backends) leaves out the hint to ``curator-jobs status``.
     """
 
-    def __init__(self, job_id: str, state: str, failures: dict[int, str], detail: str = "") -> None:
+    def __init__(
+        self, job_id: str, state: str, failures: dict[int, str], detail: str = "",
+        in_job_store: bool = True,
+    ) -> None:
         self.job_id = job_id
         self.state = state
         self.failures = failures
@@ -66,4 +71,6 @@ class JobFailedError(CuratorError):
             text += f"; {len(failures)} failed indices: {shown}{more}"
         if detail:
             text += f"; {detail}"
-        super().__init__(text + f". Inspect with `curator-jobs status {job_id}`.")
+        # local backends' runs are not in the job store: nothing for curator-jobs to show
+        hint = f" Inspect with `curator-jobs status {job_id}`." if in_job_store else ""
+        super().__init__(text + "." + hint)

@@ -471,16 +471,31 @@ class JobStore:
         out["options"] = json.loads(out.get("options", "{}"))
         return out
 
+    _STATUS_FIELDS = (
+        "state", "total", "done", "failed", "n_batches", "committed_batches", "created",
+        "started", "finished", "error", "queue", "options",
+    )
+
     def status(self, job_id: str) -> JobStatus:
         """A :class:`JobStatus` snapshot (one round trip)."""
-        fields = (
-            "state", "total", "done", "failed", "n_batches", "committed_batches", "created",
-            "started", "finished", "error", "queue", "options",
-        )
-        values = self.client.hmget(self.key(job_id), fields)
+        return self._status(job_id, self.client.hmget(self.key(job_id), self._STATUS_FIELDS))
+
+    def progress(self, job_id: str, within: float = 60.0) -> tuple[JobStatus, int, int]:
+        """Status, indices processed by running batches (:meth:`inflight`) and active worker
+        processes (:meth:`active_workers`), in one round trip: what a waiter polls."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(self.key(job_id), self._STATUS_FIELDS)
+        pipe.hvals(self.key(job_id, "inflight"))
+        pipe.hvals(self.key(job_id, "workers"))
+        values, inflight, seen = pipe.execute()
+        now = time.time()
+        return (self._status(job_id, values), sum(int(v) for v in inflight),
+                sum(1 for t in seen if now - float(t) <= within))
+
+    def _status(self, job_id: str, values: Sequence[bytes | None]) -> JobStatus:
         if values[0] is None:
             self.record(job_id)  # raises JobNotFoundError
-        v = dict(zip(fields, values, strict=True))
+        v = dict(zip(self._STATUS_FIELDS, values, strict=True))
         return JobStatus(
             job_id=job_id,
             state=v["state"].decode(),

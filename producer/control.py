@@ -87,8 +87,11 @@ def retry_job(settings: Settings, job_id: str) -> int:
     size = int(record["options"].get("batch_size") or 1)
     round_number = int(record.get("retries") or 0) + 1
     batches = plan_batches(pipeline.partition_groups(failed), size, f"r{round_number}-b")
-    store.reopen(job_id, clear_error=True)
+    # Plan the new batches before reopening: a late gather (the previous chord's callback
+    # arrives after the last batch already gathered) then never sees a running job whose
+    # planned batches are all committed, and cannot finish it before the retry round runs.
     store.add_batches(job_id, [(b.key, b.indices) for b in batches])
+    store.reopen(job_id, clear_error=True)
     app = create_app(settings)
     try:
         publish_chord(app, job_id, batches, status.queue or settings.queue)

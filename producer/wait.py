@@ -69,9 +69,9 @@ def wait_for_job(
                           started=status.started or status.created) as bar, \
             closing(rescue) if rescue is not None else nullcontext():
         while True:
-            status = store.status(job_id)
-            live = min(status.done + store.inflight(job_id), status.total - status.failed)
-            bar.update(live, status.failed, note=f"workers {store.active_workers(job_id)}")
+            status, inflight, workers = store.progress(job_id)
+            live = min(status.done + inflight, status.total - status.failed)
+            bar.update(live, status.failed, note=f"workers {workers}")
             if status.is_final:
                 bar.update(status.done, status.failed, note=status.state, force=True)
                 return status

@@ -515,7 +515,7 @@ class LocalRun:
             raise JobFailedError(
                 self.run_id, "partial", result.failures,
                 f"local {self.backend} run; pass on_error='collect' to get the results "
-                "with the failures instead",
+                "with the failures instead", in_job_store=False,
             )
         return result
 

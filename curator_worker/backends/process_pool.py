@@ -234,6 +234,7 @@ class _Supervisor:
                 self.run.run_id, "failed", {},
                 f"process_pool worker processes die before they are ready (the last one "
                 f"{how}); is the main module guarded by `if __name__ == '__main__':`?",
+                in_job_store=False,
             )
 
     def _wait(self) -> None:
@@ -294,7 +295,7 @@ class _Supervisor:
                 self.run.run_id, "failed", {},
                 f"a process_pool worker could not start ({record['type']}: "
                 f"{record['message']}); check the initializer and that the pipeline can be "
-                "unpickled in a fresh process",
+                "unpickled in a fresh process", in_job_store=False,
             )
 
     def _died(self, worker: _Worker) -> None:

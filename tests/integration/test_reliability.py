@@ -179,3 +179,50 @@ def test_run_pipeline_celery_forwards_the_job_policy(tmp_path, cluster_settings,
     with pytest.raises(TypeError, match="index_timout"):
         run_pipeline(pipeline, backend="celery", broker_url=cluster_settings.broker_url,
                      index_timout=1.0)
+
+
+def test_a_late_chord_gather_cannot_finish_a_retried_job_early(
+        tmp_path, store, cluster_settings, monkeypatch):
+    """The last batch gathers at once; the chord's own gather may arrive after a retry.
+
+    Batches run in this process (no worker consumes the queue), so the order is certain:
+    job ends partial, retry is sent, the first chord's gather arrives, then the retry batch.
+    """
+    from dataclasses import replace
+    from uuid import uuid4
+
+    from curator_worker import tasks
+    from curator_worker.gather import gather_job
+    from curator_worker.jobs import RUNNING, JobStore
+
+    settings = replace(cluster_settings, queue=f"late-gather-{uuid4().hex[:8]}")
+    flag = tmp_path / "fixed"
+    spec = faulty_spec(tmp_path, 8, "BrokenUntilFixed", broken="3", fixed_flag=str(flag))
+    job = submit_job(spec, settings, batch_size=4)
+    monkeypatch.setattr(tasks, "_store", store)  # this process plays the workers
+    tasks._job_context.cache_clear()
+    tasks.pipeline_for_job.cache_clear()
+    try:
+        for key, indices in sorted(store.batches(job.job_id).items()):
+            tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+        assert store.status(job.job_id).state == PARTIAL, "the last batch gathered"
+        flag.write_text("fixed")
+        pipeline = tasks.pipeline_for_job(job.job_id)
+        real_add_batches = JobStore.add_batches
+
+        def late_callback_first(self, job_id, batches):  # it arrives during the retry
+            gather_job(store, job_id, pipeline)
+            real_add_batches(self, job_id, batches)
+
+        monkeypatch.setattr(JobStore, "add_batches", late_callback_first)
+        assert retry_job(settings, job.job_id) == 1
+        gather_job(store, job.job_id, pipeline)  # or after it
+        assert store.status(job.job_id).state == RUNNING
+        (key, indices), = store.uncommitted(job.job_id).items()
+        tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+        status = store.status(job.job_id)
+        assert status.state == SUCCEEDED and (status.done, status.failed) == (8, 0)
+    finally:
+        tasks._job_context.cache_clear()
+        tasks.pipeline_for_job.cache_clear()
+        store.client.delete(settings.queue)
