@@ -7,10 +7,7 @@ not start.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +15,7 @@ from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
 from curator_worker.jobs import JobStore
-from tests.support.cluster import WorkerNode, wait_until_ready
+from tests.support.cluster import WorkerNode, private_redis, wait_until_ready
 
 TEST_QUEUE = "curator-test"
 NODE_NAMES = ["w1@test-host-a", "w2@test-host-b"]
@@ -27,14 +24,8 @@ NODE_NAMES = ["w1@test-host-a", "w2@test-host-b"]
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A Redis server of the test session's own, on a free port, with a password."""
-    folder = Path(tempfile.mkdtemp(prefix="curator-test-redis-"))
-    server = RedisServer(folder)
-    server.start()
-    try:
+    with private_redis() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,18 +11,14 @@ from curator_worker.embedded import RedisServer
 from curator_worker.errors import BrokerUnavailableError
 from producer import clients
 from producer.clients import clients_for, forget
+from tests.support.cluster import private_redis
 
 
 @pytest.fixture()
 def own_redis():
-    folder = Path(tempfile.mkdtemp(prefix="curator-test-clients-"))
-    server = RedisServer(folder)
-    server.start()
-    try:
+    """A server this test may stop and start again."""
+    with private_redis("curator-test-clients-") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_same_cluster_gets_the_same_clients(own_redis: RedisServer) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from celery import Celery
 
-from curator_worker.embedded import stop_process, worker_command
+from curator_worker.embedded import RedisServer, stop_process, worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,3 +64,16 @@ def wait_until_ready(app: Celery, names: list[str], nodes: list[WorkerNode],
 def python() -> str:
     """The interpreter running the tests (the project's venv)."""
     return sys.executable
+
+
+@contextmanager
+def private_redis(prefix: str = "curator-test-redis-") -> Iterator[RedisServer]:
+    """A Redis server of the test's own, on a free port with a password; stopped by pid."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = RedisServer(folder)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
