@@ -67,10 +67,11 @@ def encode(results: Sequence[IndexResult]) -> EncodedResults:
     ok = [r.index for r in results if r.error is None]
     more: dict[str, dict[str, Any]] = {}
     failed: dict[int, str] = {}
-    for position, r in enumerate(results):
-        if (r.error is None and not r.stages and r.peak_mb is None and r.tries == 1
-                and r.attempt == attempt):
-            continue  # nothing beyond the columns
+    special = [position for position, r in enumerate(results)  # more than the columns
+               if r.error is not None or r.stages or r.peak_mb is not None or r.tries != 1
+               or r.attempt != attempt]
+    for position in special:
+        r = results[position]
         extra: dict[str, Any] = {}
         if r.error is None:
             if r.stages:

@@ -23,6 +23,7 @@ from curator_worker.atomic import remove_stale_temps, temp_path_for
 from curator_worker.batch import SHARD_SUFFIX, output_path_of, shard_dir
 from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
+from curator_worker.spec import spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
         state = PARTIAL
     else:
         state = SUCCEEDED
+    if state in (SUCCEEDED, PARTIAL):
+        _remember_cost(store, job_id)  # before the state: a waiter's next job may use it
     store.set_state(job_id, state)
     if pipeline is not None:
         _remove_abandoned_temps(pipeline)
@@ -108,6 +111,15 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
         _remove_shard_dirs(stateful, job_id)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state
+
+
+def _remember_cost(store: JobStore, job_id: str) -> None:
+    """Keep the job's seconds per index for the next job of its spec (batch sizes)."""
+    try:
+        spec = store.record(job_id)["spec"]
+        store.remember_index_cost(job_id, spec_hash(spec))
+    except Exception:  # noqa: BLE001 - a sizing hint must never fail a finished job
+        log.debug("job %s: could not record its cost per index", job_id, exc_info=True)
 
 
 def _remove_abandoned_temps(pipeline: Pipeline) -> None:

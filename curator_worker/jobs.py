@@ -17,6 +17,8 @@ One namespace per job::
                                   that were running when their worker died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:jobs                  sorted set: job id by creation time
+    curator:spec:<hash>:cost      the last finished job of that spec: seconds per index
+                                  (batch wall time / indices), for automatic batch sizes
     curator:nodes                 hash: worker node -> {concurrency, queues, ts} (heartbeats)
 
 Progress and completion are read from these counters, never from Celery's result
@@ -450,6 +452,33 @@ class JobStore:
     def record_error(self, job_id: str, message: str) -> None:
         """Record a systemic error (e.g. the spec cannot be built on a worker); first one wins."""
         self.client.hsetnx(self.key(job_id), "error", message)
+
+    # -- cost per index, per spec (automatic batch sizes of the next job of that spec)
+    def remember_index_cost(self, job_id: str, digest: str) -> float | None:
+        """Store the seconds per index of finished job ``job_id`` for spec hash ``digest``.
+
+        Measured from its committed batches (wall time of each, per-index overhead
+        included, divided by their indices); kept for the job TTL. Returns it.
+        """
+        seconds = indices = 0.0
+        for record in self.commit_records(job_id).values():
+            started, finished, n = record.get("started"), record.get("finished"), record.get("n")
+            if started is not None and finished is not None and n:
+                seconds += max(0.0, float(finished) - float(started))
+                indices += int(n)
+        if not indices:
+            return None
+        cost = seconds / indices
+        self.client.set(f"{PREFIX}:spec:{digest}:cost", repr(cost), ex=self.ttl)
+        return cost
+
+    def index_cost(self, digest: str) -> float | None:
+        """Seconds per index of the last finished job of spec hash ``digest``, if known."""
+        raw = self.client.get(f"{PREFIX}:spec:{digest}:cost")
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
 
     # -- reading
     def record(self, job_id: str) -> dict[str, Any]:

@@ -22,6 +22,15 @@ BATCHES_PER_WORKER = 4
 #: of the indices, in queue order: later rounds are smaller, so when index costs vary the
 #: cores left idle at the end wait for at most an eighth of a worker's share.
 TAIL_ROUND_SHARES = (0.5, 0.25, 0.125, 0.125)
+#: Fewer rounds, used when the indices are known to be so cheap that the smallest batches of
+#: :data:`TAIL_ROUND_SHARES` would take less than :data:`MIN_BATCH_SECONDS`.
+COARSER_ROUND_SHARES = ((0.5, 0.25, 0.25), (0.5, 0.5), (1.0,))
+#: Least work (seconds) an automatic batch is cut to when the cost per index is known:
+#: each batch costs a few milliseconds of Celery and broker bookkeeping.
+MIN_BATCH_SECONDS = 0.02
+#: Upper bound of an automatic batch size when the cost per index is known (messages stay
+#: below ~100 KB).
+MAX_KNOWN_COST_BATCH_SIZE = 10_000
 #: Upper bound of an automatic batch size, so progress stays visible on huge jobs.
 MAX_AUTO_BATCH_SIZE = 1000
 
@@ -279,7 +288,8 @@ def auto_batch_size(n_indices: int, n_workers: int) -> int:
 
 
 def balanced_batch_sizes(
-    n_indices: int, n_workers: int, max_size: int = MAX_AUTO_BATCH_SIZE
+    n_indices: int, n_workers: int, max_size: int = MAX_AUTO_BATCH_SIZE,
+    index_seconds: float | None = None,
 ) -> list[int]:
     """Automatic batch sizes, in queue order: full batches, then shrinking tail rounds.
 
@@ -289,20 +299,36 @@ def balanced_batch_sizes(
     worker busy until the end; uneven ones leave the last workers waiting for at most one
     small batch.
 
+    ``index_seconds``, the cost of an index when it is known (a previous run of the same
+    spec), coarsens the plan for cheap indices: the rounds of :data:`COARSER_ROUND_SHARES`
+    whose smallest batch still takes :data:`MIN_BATCH_SECONDS`, down to one batch per
+    worker, and batches of up to :data:`MAX_KNOWN_COST_BATCH_SIZE` indices.
+
     Examples
     --------
     >>> balanced_batch_sizes(400, 2)
     [100, 100, 50, 50, 25, 25, 25, 25]
+    >>> balanced_batch_sizes(5000, 2, index_seconds=5e-6)
+    [2500, 2500]
     """
     workers = max(1, n_workers)
     remaining = max(0, n_indices)
+    rounds = TAIL_ROUND_SHARES
+    if index_seconds is not None and index_seconds > 0:
+        max_size = max(max_size, min(MAX_KNOWN_COST_BATCH_SIZE,
+                                     int(MIN_BATCH_SECONDS * 50 / index_seconds)))
     sizes: list[int] = []
     while remaining > 2 * workers * max_size:
         sizes.append(max_size)
         remaining -= max_size
+    if index_seconds is not None and index_seconds > 0:
+        for shares in (TAIL_ROUND_SHARES, *COARSER_ROUND_SHARES):
+            rounds = shares
+            if remaining * min(shares) / workers * index_seconds >= MIN_BATCH_SECONDS:
+                break
     cut = 0
     shares = 0.0
-    for share in TAIL_ROUND_SHARES:
+    for share in rounds:
         shares += share
         end = remaining if shares >= 1.0 else round(remaining * shares)
         per, extra = divmod(end - cut, workers)
@@ -353,11 +379,14 @@ def plan_sized_batches(
     return batches
 
 
-def plan_balanced_batches(indices: Sequence[int], n_workers: int) -> list[Batch]:
+def plan_balanced_batches(
+    indices: Sequence[int], n_workers: int, index_seconds: float | None = None
+) -> list[Batch]:
     """Independent indices cut by :func:`balanced_batch_sizes` (slices: fast for 1M)."""
     batches = []
     start = 0
-    for number, size in enumerate(balanced_batch_sizes(len(indices), n_workers)):
+    sizes = balanced_batch_sizes(len(indices), n_workers, index_seconds=index_seconds)
+    for number, size in enumerate(sizes):
         batches.append(Batch(f"b{number:06d}", list(indices[start : start + size])))
         start += size
     return batches

@@ -29,7 +29,7 @@ from curator_worker.planning import (
     plan_independent_batches,
     plan_sized_batches,
 )
-from curator_worker.spec import build_pipeline
+from curator_worker.spec import build_pipeline, spec_hash
 from producer.clients import clients_for
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class JobPlan:
     batches: list[Batch]
     batch_size: int
     groups: list[list[int]] | None  # None: no partitions, batches are slices
+    workers: int  # worker processes the automatic batch sizes were cut for
 
 
 def plan_job(
@@ -95,18 +96,23 @@ def plan_job(
 
 def _plan(
     pipeline: Pipeline, indices: list[int], groups: list[list[int]] | None,
-    batch_size: int | None, workers: int,
+    batch_size: int | None, workers: int, index_seconds: float | None = None,
 ) -> JobPlan:
-    """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes."""
+    """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes.
+
+    ``index_seconds`` (the last run of the spec) coarsens automatic batches of cheap
+    indices (:func:`~curator_worker.planning.balanced_batch_sizes`).
+    """
     if batch_size is not None:
         batches = (plan_independent_batches(indices, batch_size) if groups is None
                    else plan_batches(groups, batch_size))
     elif groups is None:
-        batches = plan_balanced_batches(indices, workers)
+        batches = plan_balanced_batches(indices, workers, index_seconds)
     else:
-        batches = plan_sized_batches(groups, balanced_batch_sizes(len(indices), workers))
+        sizes = balanced_batch_sizes(len(indices), workers, index_seconds=index_seconds)
+        batches = plan_sized_batches(groups, sizes)
     size = batch_size or max((len(b.indices) for b in batches), default=1)
-    return JobPlan(pipeline, indices, batches, size, groups)
+    return JobPlan(pipeline, indices, batches, size, groups, workers)
 
 
 def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
@@ -191,12 +197,14 @@ def submit_job(
     # task-sent events only serve a Flower that also sees the workers' task events
     sent_events = None if not nodes or any(n.get("task_events", True) for n in nodes) \
         else False
-    if batch_size is None and n_workers_hint is None:
-        live = sum(int(n.get("concurrency") or 0) for n in nodes)
-        if live and live != DEFAULT_WORKER_HINT:
-            plan = _plan(plan.pipeline, plan.indices, plan.groups, None, live)
-    job_id = new_job_id()
     stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
+    if batch_size is None:
+        workers = n_workers_hint or sum(int(n.get("concurrency") or 0) for n in nodes) \
+            or DEFAULT_WORKER_HINT
+        cost = store.index_cost(spec_hash(stored_spec))
+        if cost is not None or workers != plan.workers:
+            plan = _plan(plan.pipeline, plan.indices, plan.groups, None, workers, cost)
+    job_id = new_job_id()
     job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
                    **(options or {})}
     store.create_job(

@@ -11,6 +11,7 @@ sequential run's, and no shard or temp file is left. Each prints one line of fig
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -111,14 +112,30 @@ def _restart_mid_job(chaos: ChaosCluster, out_dir: Path) -> tuple[dict, str, str
 
 
 def test_redis_restarted_mid_job_finishes_by_itself(chaos: ChaosCluster, out_dir: Path,
-                                                    chaos_report: Report) -> None:
-    """3. Redis stops (AOF written) and restarts on the same port; the job just carries on."""
+                                                    chaos_report: Report,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """3. Redis stops (AOF written) and restarts on the same port; the job just carries on.
+
+    kombu can lose a message whose delivery meets the outage (popped by a worker, never
+    recorded as unacknowledged: celery/kombu#305); the producer's wait finds such a batch
+    and sends it again, so a waited-on job still ends exactly once with no one's help.
+    """
     started = time.monotonic()
-    spec, job_id, fault, lost = _restart_mid_job(chaos, out_dir)
-    chaos_report(faults_injected=fault, batches_lost=len(lost),
-                 items_lost=20 * len(lost), seconds=round(time.monotonic() - started, 1))
-    assert not lost, f"batches neither committed nor queued after the restart: {lost}"
-    audit = audit_job(chaos.store, job_id, out_dir, clean_spec(spec), range(COUNT))
+    chaos.start_nodes(2)
+    spec = chaos_spec(out_dir)
+    job = submit_job(spec, chaos.settings, batch_size=BATCH_SIZE)
+    wait_until(progress_at_least(chaos.store, job.job_id, 0.3), 60, "30% of the job")
+    before = chaos.store.status(job.job_id)
+    outage = chaos.restart_redis(down_for=1.5)
+    with caplog.at_level(logging.WARNING, logger="producer.rescue"):
+        _wait(chaos, job.job_id)
+    resent = sum(int(r.args[1]) for r in caplog.records  # type: ignore[index]
+                 if r.name == "producer.rescue" and r.args)
+    audit = audit_job(chaos.store, job.job_id, out_dir, clean_spec(spec), range(COUNT))
+    chaos_report(faults_injected=f"Redis down {outage:.1f}s at {before.processed}/{COUNT}",
+                 batches_resent_by_waiter=resent, seconds=round(time.monotonic() - started, 1),
+                 **audit.figures())
+    assert not before.is_final
     assert_exactly_once(audit, SUCCEEDED)
 
 

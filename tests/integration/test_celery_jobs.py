@@ -200,3 +200,31 @@ def test_automatic_batch_size_follows_the_live_workers(tmp_path, store, cluster_
         status = wait_for_job(store, submitted.job_id, settings=cluster_settings,
                               progress=False, timeout=120)
         assert status.state == SUCCEEDED
+
+
+def test_the_next_job_of_a_spec_sizes_batches_from_its_cost_per_index(
+        tmp_path, store, cluster_settings):
+    """A finished job leaves its seconds per index; cheap indices then get fewer batches."""
+    from curator_worker.spec import spec_hash
+
+    spec = stats_spec(tmp_path, 160)
+    digest = spec_hash(spec)
+    assert store.index_cost(digest) is None
+    first = submit_job(spec, cluster_settings)
+    status = wait_for_job(store, first.job_id, settings=cluster_settings, progress=False,
+                          timeout=120)
+    assert status.state == SUCCEEDED and first.n_batches == 16
+    measured = store.index_cost(digest)
+    assert measured is not None and 0 < measured < 5.0
+    # As if its indices took a microsecond each: one batch per live worker process (4).
+    store.client.set(f"curator:spec:{digest}:cost", "1e-06")
+    second = submit_job(spec, cluster_settings)
+    assert (second.n_batches, second.batch_size) == (4, 40)
+    # As if they took a second each: the usual four shrinking rounds.
+    store.client.set(f"curator:spec:{digest}:cost", "1.0")
+    third = submit_job(spec, cluster_settings)
+    assert third.n_batches == 16
+    for job in (second, third):
+        status = wait_for_job(store, job.job_id, settings=cluster_settings, progress=False,
+                              timeout=120)
+        assert status.state == SUCCEEDED

@@ -348,6 +348,32 @@ def test_balanced_sizes_keep_workers_busy_to_the_end() -> None:
     assert balanced_time < 0.8 * uniform_time
 
 
+@pytest.mark.parametrize(
+    ("n", "workers", "index_seconds", "expected"),
+    [
+        (5000, 2, 5e-6, [2500, 2500]),  # microsecond indices: one batch per worker
+        (400, 2, 0.02, [100, 100, 50, 50, 25, 25, 25, 25]),  # slow ones: four rounds
+        (400, 2, None, [100, 100, 50, 50, 25, 25, 25, 25]),  # unknown cost: four rounds
+        (400, 2, 0.0016, [100, 100, 50, 50, 25, 25, 25, 25]),  # smallest batch 40 ms: fine
+        (400, 2, 0.0006, [100, 100, 50, 50, 50, 50]),  # it would be 15 ms: three rounds
+        (400, 2, 0.0003, [100, 100, 100, 100]),  # 7.5 ms, then 15 ms: two rounds
+        (3, 4, 1e-6, [1, 1, 1]),
+    ],
+    ids=str,
+)
+def test_a_known_cost_per_index_coarsens_cheap_batches(
+    n: int, workers: int, index_seconds: float | None, expected: list[int]
+) -> None:
+    sizes = balanced_batch_sizes(n, workers, index_seconds=index_seconds)
+    assert sizes == expected and sum(sizes) == n
+
+
+def test_a_known_cost_allows_bigger_batches_but_bounded() -> None:
+    sizes = balanced_batch_sizes(10**6, 8, index_seconds=3e-6)
+    assert max(sizes) == 10_000 and sum(sizes) == 10**6
+    assert balanced_batch_sizes(10**6, 8, index_seconds=0.5)[0] == MAX_AUTO_BATCH_SIZE
+
+
 def test_plan_balanced_and_sized_batches_keep_order_and_groups() -> None:
     batches = plan_balanced_batches(list(range(400)), 2)
     assert [len(b.indices) for b in batches] == balanced_batch_sizes(400, 2)
