@@ -39,6 +39,9 @@ CONFIRM_SECONDS = 5.0
 SCAN_LIMIT = 20_000
 #: kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
 UNACKED_KEY = "unacked"
+#: kombu's Redis transport keeps messages of priority step N (other than 0) in the list
+#: named after the queue, this separator and N.
+PRIORITY_LISTS = ("\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def _batch_of(envelope: Any, job_id: str) -> str | None:
@@ -59,15 +62,18 @@ def missing_batches(
 ) -> set[str] | None:
     """Batches of ``uncommitted`` that are neither queued on ``queue`` nor unacknowledged.
 
-    ``None`` when the broker holds more than :data:`SCAN_LIMIT` messages to read.
+    The queue's priority lists count as queued. ``None`` when the broker holds more than
+    :data:`SCAN_LIMIT` messages to read.
     """
-    if broker.llen(queue) + broker.hlen(UNACKED_KEY) > SCAN_LIMIT:
+    lists = [queue, *(queue + suffix for suffix in PRIORITY_LISTS)]
+    if sum(broker.llen(name) for name in lists) + broker.hlen(UNACKED_KEY) > SCAN_LIMIT:
         return None
     present: set[str] = set()
-    for raw in broker.lrange(queue, 0, -1):
-        key = _batch_of(json.loads(raw), job_id)
-        if key is not None:
-            present.add(key)
+    for name in lists:
+        for raw in broker.lrange(name, 0, -1):
+            key = _batch_of(json.loads(raw), job_id)
+            if key is not None:
+                present.add(key)
     for raw in broker.hvals(UNACKED_KEY):
         try:
             envelope = json.loads(raw)[0]  # [message, exchange, routing key]

@@ -84,11 +84,13 @@ def test_unacknowledged_and_queued_batches_are_not_lost(
         # a worker holds a delivered message in kombu's unacked hash: [message, exchange, key]
         client.hset("unacked", tag, json.dumps([envelope, "", settings.queue]))
         client.rpop(settings.queue)
+        # and a message waits in the queue's list of priority step 3
+        client.rpoplpush(settings.queue, settings.queue + "\x06\x163")
         assert missing_batches(client, job_id, settings.queue,
                                set(store.uncommitted(job_id))) == {lost}
     finally:
         client.hdel("unacked", tag)
-        client.delete(settings.queue)
+        client.delete(settings.queue, settings.queue + "\x06\x163")
         client.close()
 
 
