@@ -174,7 +174,8 @@ def submit_child(url: str, count: int, queue: str) -> None:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return wrapper
 
-    submit.plan_job = timed("plan", submit.plan_job)
+    submit.check_job = timed("plan", submit.check_job)  # validation, then batch planning
+    submit._plan = timed("plan", submit._plan)
     submit.publish_chord = timed("publish", submit.publish_chord)
     JobStore.create_job = timed("write job", JobStore.create_job)
     spec = pipeline_to_spec(make_pipeline(count))

@@ -220,9 +220,9 @@ def execute_batch(
         if on_index is not None:
             on_index(result)
 
-    n = len(pipeline)
+    length = len(pipeline)
     valid = all(type(i) is int for i in indices) and (
-        not indices or (min(indices) >= 0 and max(indices) < n))
+        not indices or (min(indices) >= 0 and max(indices) < length))
     # a bad index (out of range, not an int) fails alone, through run_index's own check
     run_index = pipeline.run_valid_index if valid else pipeline.run_index
     perf_counter = time.perf_counter

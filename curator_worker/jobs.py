@@ -290,15 +290,9 @@ class JobStore:
             return None
         return BatchStart(int(attempt), state.decode() if state else None)
 
-    def active_workers(self, job_id: str, within: float = 60.0) -> int:
-        """Worker processes that started a batch of this job in the last ``within`` seconds."""
-        seen = self.client.hvals(self.key(job_id, "workers"))
-        now = time.time()
-        return sum(1 for t in seen if now - float(t) <= within)
-
     def commit_batch(
         self, job_id: str, batch_key: str, results: EncodedResults, record: Mapping[str, Any]
-    ) -> bool:
+    ) -> int:
         """Commit a batch: its per-index results, shards and counters, atomically.
 
         Parameters
@@ -358,10 +352,6 @@ class JobStore:
     def report_inflight(self, job_id: str, batch_key: str, processed: int) -> None:
         """Live progress of a running batch: ``processed`` of its indices so far."""
         self.client.hset(self.key(job_id, "inflight"), batch_key, processed)
-
-    def inflight(self, job_id: str) -> int:
-        """Indices processed by running batches but not committed yet."""
-        return sum(int(v) for v in self.client.hvals(self.key(job_id, "inflight")))
 
     # -- crash attribution: which index was running when a worker died
     def set_current(self, job_id: str, batch_key: str, index: int | None) -> None:
@@ -510,8 +500,9 @@ class JobStore:
         return self._status(job_id, self.client.hmget(self.key(job_id), self._STATUS_FIELDS))
 
     def progress(self, job_id: str, within: float = 60.0) -> tuple[JobStatus, int, int]:
-        """Status, indices processed by running batches (:meth:`inflight`) and active worker
-        processes (:meth:`active_workers`), in one round trip: what a waiter polls."""
+        """Status, indices processed by running batches but not committed yet, and worker
+        processes that started a batch of the job in the last ``within`` seconds, in one
+        round trip: what a waiter polls."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.key(job_id), self._STATUS_FIELDS)
         pipe.hvals(self.key(job_id, "inflight"))
@@ -545,10 +536,6 @@ class JobStore:
         """The job's state alone (one field; ``None`` if the job does not exist)."""
         value = self.client.hget(self.key(job_id), "state")
         return value.decode() if value is not None else None
-
-    def is_committed(self, job_id: str, batch_key: str) -> bool:
-        """True when ``batch_key`` is committed."""
-        return bool(self.client.hexists(self.key(job_id, "committed"), batch_key))
 
     def batches(self, job_id: str) -> dict[str, list[int]]:
         """Every planned batch: key -> indices."""

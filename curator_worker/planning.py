@@ -314,14 +314,15 @@ def balanced_batch_sizes(
     workers = max(1, n_workers)
     remaining = max(0, n_indices)
     rounds = TAIL_ROUND_SHARES
-    if index_seconds is not None and index_seconds > 0:
+    known = index_seconds is not None and index_seconds > 0
+    if known:
         max_size = max(max_size, min(MAX_KNOWN_COST_BATCH_SIZE,
                                      int(MIN_BATCH_SECONDS * 50 / index_seconds)))
     sizes: list[int] = []
     while remaining > 2 * workers * max_size:
         sizes.append(max_size)
         remaining -= max_size
-    if index_seconds is not None and index_seconds > 0:
+    if known:
         for shares in (TAIL_ROUND_SHARES, *COARSER_ROUND_SHARES):
             rounds = shares
             if remaining * min(shares) / workers * index_seconds >= MIN_BATCH_SECONDS:

@@ -24,7 +24,7 @@ from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
 from producer.control import cancel_job, resume_job, retry_job
-from producer.submit import plan_job, submit_job
+from producer.submit import check_job, submit_job
 from producer.wait import wait_for_job
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -211,7 +211,7 @@ def submit_command(
     if not settings.configured:
         hint = workers or os.cpu_count() or 1
         # validate before starting anything: a bad spec must not cost a cluster start
-        plan_job(data, origin=spec, indices=indices, batch_size=batch_size, n_workers_hint=hint)
+        check_job(data, origin=spec, indices=indices, batch_size=batch_size)
         if not as_json:
             click.echo(f"no broker configured: starting an embedded cluster with {hint} "
                        "worker processes", err=True)

@@ -50,6 +50,15 @@ class SubmittedJob:
 
 
 @dataclass(frozen=True)
+class CheckedJob:
+    """A job's input, validated: its pipeline, index selection and partition groups."""
+
+    pipeline: Pipeline
+    indices: list[int]
+    groups: list[list[int]] | None  # None: no partitions, batches are slices
+
+
+@dataclass(frozen=True)
 class JobPlan:
     """A validated job, ready to be written and sent."""
 
@@ -58,18 +67,16 @@ class JobPlan:
     batches: list[Batch]
     batch_size: int
     groups: list[list[int]] | None  # None: no partitions, batches are slices
-    workers: int  # worker processes the automatic batch sizes were cut for
 
 
-def plan_job(
+def check_job(
     spec: Mapping[str, Any],
     *,
     origin: str = "<spec>",
     indices: str | Sequence[int] | None = None,
     batch_size: int | None = None,
-    n_workers_hint: int = DEFAULT_WORKER_HINT,
-) -> JobPlan:
-    """Validate ``spec`` and plan its batches, touching no server.
+) -> CheckedJob:
+    """Validate ``spec``, the index selection and the batch size, touching no server.
 
     Raises
     ------
@@ -90,19 +97,38 @@ def plan_job(
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
-    groups = pipeline.partition_groups_or_none(chosen)
-    return _plan(pipeline, chosen, groups, batch_size, n_workers_hint)
+    return CheckedJob(pipeline, chosen, pipeline.partition_groups_or_none(chosen))
+
+
+def plan_job(
+    spec: Mapping[str, Any],
+    *,
+    origin: str = "<spec>",
+    indices: str | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    n_workers_hint: int = DEFAULT_WORKER_HINT,
+) -> JobPlan:
+    """Validate ``spec`` (:func:`check_job`) and plan its batches, touching no server.
+
+    Raises
+    ------
+    SpecError, IndexSelectionError, PartitionConflictError, ValueError
+        For every mistake in the input, before anything is enqueued.
+    """
+    checked = check_job(spec, origin=origin, indices=indices, batch_size=batch_size)
+    return _plan(checked, batch_size, n_workers_hint)
 
 
 def _plan(
-    pipeline: Pipeline, indices: list[int], groups: list[list[int]] | None,
-    batch_size: int | None, workers: int, index_seconds: float | None = None,
+    checked: CheckedJob, batch_size: int | None, workers: int,
+    index_seconds: float | None = None,
 ) -> JobPlan:
     """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes.
 
     ``index_seconds`` (the last run of the spec) coarsens automatic batches of cheap
     indices (:func:`~curator_worker.planning.balanced_batch_sizes`).
     """
+    pipeline, indices, groups = checked.pipeline, checked.indices, checked.groups
     if batch_size is not None:
         batches = (plan_independent_batches(indices, batch_size) if groups is None
                    else plan_batches(groups, batch_size))
@@ -112,7 +138,7 @@ def _plan(
         sizes = balanced_batch_sizes(len(indices), workers, index_seconds=index_seconds)
         batches = plan_sized_batches(groups, sizes)
     size = batch_size or max((len(b.indices) for b in batches), default=1)
-    return JobPlan(pipeline, indices, batches, size, groups, workers)
+    return JobPlan(pipeline, indices, batches, size, groups)
 
 
 def check_broker(app: Celery, settings: Settings, timeout: float = 5.0) -> None:
@@ -185,10 +211,7 @@ def submit_job(
     ConfigurationError, BrokerUnavailableError
         No reachable cluster; nothing was written or sent.
     """
-    plan = plan_job(
-        spec, origin=origin, indices=indices, batch_size=batch_size,
-        n_workers_hint=n_workers_hint or DEFAULT_WORKER_HINT,
-    )
+    checked = check_job(spec, origin=origin, indices=indices, batch_size=batch_size)
     settings.require_cluster()
     queue = queue or settings.queue
     app, store = clients_for(settings)
@@ -198,12 +221,10 @@ def submit_job(
     sent_events = None if not nodes or any(n.get("task_events", True) for n in nodes) \
         else False
     stored_spec = {k: v for k, v in spec.items() if k != "metadata"}
-    if batch_size is None:
-        workers = n_workers_hint or sum(int(n.get("concurrency") or 0) for n in nodes) \
-            or DEFAULT_WORKER_HINT
-        cost = store.index_cost(spec_hash(stored_spec))
-        if cost is not None or workers != plan.workers:
-            plan = _plan(plan.pipeline, plan.indices, plan.groups, None, workers, cost)
+    workers = n_workers_hint or sum(int(n.get("concurrency") or 0) for n in nodes) \
+        or DEFAULT_WORKER_HINT
+    cost = store.index_cost(spec_hash(stored_spec)) if batch_size is None else None
+    plan = _plan(checked, batch_size, workers, cost)
     job_id = new_job_id()
     job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
                    **(options or {})}
