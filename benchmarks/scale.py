@@ -10,6 +10,13 @@ same process count for comparison. On a machine with 16+ cores run it as is; her
 cores)::
 
     .venv/bin/python benchmarks/scale.py --max-workers 2 --out scale.json
+
+``--workload W_io`` runs the sleeping workload instead (400 x 20 ms sleeps). Sleeping
+processes need no core, so on a small machine it measures what the framework itself costs
+at 14 processes (planning, hand-off to the pool, commits, the tail, gather), which is the
+part of the 16-core goal this machine can check::
+
+    .venv/bin/python benchmarks/scale.py --workload W_io --out scale-io.json
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import redis
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -45,9 +54,9 @@ from benchmarks.workloads import (  # noqa: E402
     pipeline_spec_json,
     run_item,
 )
-from curator_worker.app import create_app  # noqa: E402
 from curator_worker.config import Settings  # noqa: E402
 from curator_worker.embedded import RedisServer, stop_process, worker_command  # noqa: E402
+from curator_worker.jobs import NODES_KEY  # noqa: E402
 from curator_worker.run import run_pipeline  # noqa: E402
 
 COUNTS = (1, 2, 4, 8, 14)
@@ -64,17 +73,21 @@ def start_node(settings: Settings, workers: int, folder: Path) -> Any:
         worker_command(workers, name, settings.queue), env=env, cwd=str(REPO), stdout=log,
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    app = create_app(settings)
+    # Ready once it is in the live-node registry (what producers size batches by). Not
+    # app.control.ping: a ping that times out leaves a BRPOP pending on a pooled connection,
+    # and kombu's after-fork clean-up then blocks every forked child (the PPE pool) on it.
+    client = redis.Redis.from_url(settings.broker_url)
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker node exited; see {folder}")
-            if any(name in reply for reply in app.control.ping(timeout=0.5) or []):
+            if client.hexists(NODES_KEY, name):  # written when the node is ready
                 return proc, log
+            time.sleep(0.1)
         raise RuntimeError(f"worker node not ready after 60 s; see {folder}")
     finally:
-        app.close()
+        client.close()
 
 
 class _PPE:
@@ -115,12 +128,16 @@ class _PPE:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1,
-                        help="largest worker count to run (default: CPU count)")
+    parser.add_argument("--workload", choices=("W_cpu", "W_io"), default="W_cpu",
+                        help="W_cpu (default: needs a core per process) or W_io (sleeps: "
+                             "measures the framework's own cost at any process count)")
+    parser.add_argument("--max-workers", type=int,
+                        help="largest worker count to run (default: CPU count for W_cpu, "
+                             "no limit for W_io)")
     parser.add_argument("--counts", default=",".join(map(str, COUNTS)),
                         help="worker counts to try (default 1,2,4,8,14)")
     parser.add_argument("--items", type=int, default=WORKLOADS["W_cpu"]["count"],
-                        help="W_cpu items (default 400)")
+                        help="items (default 400)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per count (median)")
     parser.add_argument("--ppe", action="store_true", help="also run ProcessPoolExecutor")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -133,14 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
 
+    if args.max_workers is None:
+        args.max_workers = (os.cpu_count() or 1) if args.workload == "W_cpu" else max(COUNTS)
     counts = [c for c in (int(x) for x in args.counts.split(",")) if c <= args.max_workers]
     skipped = [c for c in (int(x) for x in args.counts.split(",")) if c > args.max_workers]
-    iterations = calibrate(WORKLOADS["W_cpu"]["cpu_ms"])
-    pipeline = make_pipeline(args.items, iterations)
+    workload = WORKLOADS[args.workload]
+    iterations = calibrate(workload["cpu_ms"]) if workload["cpu_ms"] else 0
+    sleep_ms = workload["sleep_ms"]
+    pipeline = make_pipeline(args.items, iterations, sleep_ms)
     spec_json = pipeline_spec_json(pipeline)
     indices = list(range(args.items))
     sample = max(1, args.items // 4)
-    print(f"W_cpu: {args.items} items x ~{WORKLOADS['W_cpu']['cpu_ms']} ms; "
+    cost = f"{workload['cpu_ms']} ms CPU" if iterations else f"a {sleep_ms} ms sleep"
+    print(f"{args.workload}: {args.items} items x {cost}; "
           f"{os.cpu_count()} CPUs; worker counts {counts}"
           + (f" (skipped, more than --max-workers: {skipped})" if skipped else ""), flush=True)
 
@@ -155,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             proc, log = start_node(settings, workers, folder)
             kwargs = {"broker_url": settings.broker_url, "queue": settings.queue,
                       "timeout": 3600, "n_jobs": workers}
-            run_pipeline(make_pipeline(workers, iterations), backend="celery", **kwargs)
+            run_pipeline(make_pipeline(workers, iterations, sleep_ms), backend="celery",
+                         **kwargs)
             startup = time.perf_counter() - begin
             loops: list[float] = []
             walls: list[float] = []
@@ -218,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "items": args.items, "spin_iterations": iterations, "skipped_counts": skipped,
+            "workload": args.workload, "sleep_ms": sleep_ms, "items": args.items,
+            "spin_iterations": iterations, "skipped_counts": skipped,
             "rows": rows,
         }, indent=2) + "\n")
         print(f"wrote {args.out}")
