@@ -49,6 +49,7 @@ from curator_worker import batch_results
 from curator_worker.batch_results import EncodedResults
 from curator_worker.config import redact_url
 from curator_worker.errors import BrokerUnavailableError, JobNotFoundError
+from curator_worker.planning import IndexCost
 
 PREFIX = "curator"
 JOBS_INDEX = f"{PREFIX}:jobs"
@@ -444,30 +445,44 @@ class JobStore:
         self.client.hsetnx(self.key(job_id), "error", message)
 
     # -- cost per index, per spec (automatic batch sizes of the next job of that spec)
-    def remember_index_cost(self, job_id: str, digest: str) -> float | None:
-        """Store the seconds per index of finished job ``job_id`` for spec hash ``digest``.
+    def remember_index_cost(self, job_id: str, digest: str) -> IndexCost | None:
+        """Store what finished job ``job_id`` measured per index, for spec hash ``digest``.
 
-        Measured from its committed batches (wall time of each, per-index overhead
-        included, divided by their indices); kept for the job TTL. Returns it.
+        From its committed batches: seconds per index (wall time of each batch, per-index
+        overhead included, over all their indices) and the spread of the batches' seconds
+        per index; kept for the job TTL. Returns it.
         """
-        seconds = indices = 0.0
+        timed: list[tuple[float, int]] = []
         for record in self.commit_records(job_id).values():
             started, finished, n = record.get("started"), record.get("finished"), record.get("n")
             if started is not None and finished is not None and n:
-                seconds += max(0.0, float(finished) - float(started))
-                indices += int(n)
+                timed.append((max(0.0, float(finished) - float(started)), int(n)))
+        indices = sum(n for _, n in timed)
         if not indices:
             return None
-        cost = seconds / indices
-        self.client.set(f"{PREFIX}:spec:{digest}:cost", repr(cost), ex=self.ttl)
+        seconds = sum(d for d, _ in timed) / indices
+        spread = None
+        if len(timed) > 1 and seconds > 0:
+            variance = sum(n * (d / n - seconds) ** 2 for d, n in timed) / indices
+            spread = variance ** 0.5 / seconds
+        cost = IndexCost(seconds, spread)
+        self.client.set(f"{PREFIX}:spec:{digest}:cost",
+                        json.dumps({"seconds": seconds, "spread": spread}), ex=self.ttl)
         return cost
 
-    def index_cost(self, digest: str) -> float | None:
-        """Seconds per index of the last finished job of spec hash ``digest``, if known."""
+    def index_cost(self, digest: str) -> IndexCost | None:
+        """What the last finished job of spec hash ``digest`` measured per index, if known."""
         raw = self.client.get(f"{PREFIX}:spec:{digest}:cost")
+        if raw is None:
+            return None
         try:
-            return float(raw) if raw is not None else None
-        except ValueError:
+            value = json.loads(raw)
+            if isinstance(value, dict):
+                spread = value.get("spread")
+                return IndexCost(float(value["seconds"]),
+                                 None if spread is None else float(spread))
+            return IndexCost(float(value))  # a bare number: seconds only
+        except (ValueError, TypeError, KeyError):
             return None
 
     # -- reading

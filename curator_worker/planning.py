@@ -12,6 +12,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from curator_worker.errors import IndexSelectionError, PartitionConflictError
 
@@ -28,11 +29,33 @@ COARSER_ROUND_SHARES = ((0.5, 0.25, 0.25), (0.5, 0.5), (1.0,))
 #: Least work (seconds) an automatic batch is cut to when the cost per index is known:
 #: each batch costs a few milliseconds of Celery and broker bookkeeping.
 MIN_BATCH_SECONDS = 0.02
+#: Relative spread of the previous run's per-batch seconds per index at or under which its
+#: costs count as uniform: those jobs get :data:`UNIFORM_ROUND_SHARES` (two rounds), since
+#: each round boundary makes every process wait on its node's main process (acks, hand-off)
+#: and uniform costs leave no tail to balance.
+UNIFORM_SPREAD = 0.05
+UNIFORM_ROUND_SHARES = (0.5, 0.5)
 #: Upper bound of an automatic batch size when the cost per index is known (messages stay
 #: below ~100 KB).
 MAX_KNOWN_COST_BATCH_SIZE = 10_000
 #: Upper bound of an automatic batch size, so progress stays visible on huge jobs.
 MAX_AUTO_BATCH_SIZE = 1000
+
+
+class IndexCost(NamedTuple):
+    """What the previous finished job of a spec measured about its indices.
+
+    Attributes
+    ----------
+    seconds : float
+        Wall seconds per index (batch wall time over its indices, overhead included).
+    spread : float or None
+        Relative standard deviation of its batches' seconds per index (weighted by their
+        indices); None when it had fewer than two timed batches.
+    """
+
+    seconds: float
+    spread: float | None = None
 
 
 def parse_indices(text: str, length: int) -> list[int]:
@@ -289,7 +312,7 @@ def auto_batch_size(n_indices: int, n_workers: int) -> int:
 
 def balanced_batch_sizes(
     n_indices: int, n_workers: int, max_size: int = MAX_AUTO_BATCH_SIZE,
-    index_seconds: float | None = None,
+    index_seconds: float | None = None, spread: float | None = None,
 ) -> list[int]:
     """Automatic batch sizes, in queue order: full batches, then shrinking tail rounds.
 
@@ -302,12 +325,16 @@ def balanced_batch_sizes(
     ``index_seconds``, the cost of an index when it is known (a previous run of the same
     spec), coarsens the plan for cheap indices: the rounds of :data:`COARSER_ROUND_SHARES`
     whose smallest batch still takes :data:`MIN_BATCH_SECONDS`, down to one batch per
-    worker, and batches of up to :data:`MAX_KNOWN_COST_BATCH_SIZE` indices.
+    worker, and batches of up to :data:`MAX_KNOWN_COST_BATCH_SIZE` indices. ``spread``
+    (that run's :attr:`IndexCost.spread`) at or under :data:`UNIFORM_SPREAD` means costs
+    were uniform: then at most :data:`UNIFORM_ROUND_SHARES` rounds.
 
     Examples
     --------
     >>> balanced_batch_sizes(400, 2)
     [100, 100, 50, 50, 25, 25, 25, 25]
+    >>> balanced_batch_sizes(400, 2, index_seconds=0.02, spread=0.01)
+    [100, 100, 100, 100]
     >>> balanced_batch_sizes(5000, 2, index_seconds=5e-6)
     [2500, 2500]
     """
@@ -323,7 +350,10 @@ def balanced_batch_sizes(
         sizes.append(max_size)
         remaining -= max_size
     if known:
-        for shares in (TAIL_ROUND_SHARES, *COARSER_ROUND_SHARES):
+        candidates = [TAIL_ROUND_SHARES, *COARSER_ROUND_SHARES]
+        if spread is not None and spread <= UNIFORM_SPREAD:
+            candidates = candidates[candidates.index(UNIFORM_ROUND_SHARES):]
+        for shares in candidates:
             rounds = shares
             if remaining * min(shares) / workers * index_seconds >= MIN_BATCH_SECONDS:
                 break
@@ -381,12 +411,14 @@ def plan_sized_batches(
 
 
 def plan_balanced_batches(
-    indices: Sequence[int], n_workers: int, index_seconds: float | None = None
+    indices: Sequence[int], n_workers: int, index_seconds: float | None = None,
+    spread: float | None = None,
 ) -> list[Batch]:
     """Independent indices cut by :func:`balanced_batch_sizes` (slices: fast for 1M)."""
     batches = []
     start = 0
-    sizes = balanced_batch_sizes(len(indices), n_workers, index_seconds=index_seconds)
+    sizes = balanced_batch_sizes(len(indices), n_workers, index_seconds=index_seconds,
+                                 spread=spread)
     for number, size in enumerate(sizes):
         batches.append(Batch(f"b{number:06d}", list(indices[start : start + size])))
         start += size

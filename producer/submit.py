@@ -21,6 +21,7 @@ from curator_worker.jobs import FAILED, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
+    IndexCost,
     balanced_batch_sizes,
     check_indices,
     parse_indices,
@@ -121,21 +122,23 @@ def plan_job(
 
 def _plan(
     checked: CheckedJob, batch_size: int | None, workers: int,
-    index_seconds: float | None = None,
+    cost: IndexCost | None = None,
 ) -> JobPlan:
     """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes.
 
-    ``index_seconds`` (the last run of the spec) coarsens automatic batches of cheap
-    indices (:func:`~curator_worker.planning.balanced_batch_sizes`).
+    ``cost`` (what the last run of the spec measured) coarsens automatic batches of cheap
+    or uniform indices (:func:`~curator_worker.planning.balanced_batch_sizes`).
     """
     pipeline, indices, groups = checked.pipeline, checked.indices, checked.groups
+    seconds, spread = cost if cost is not None else (None, None)
     if batch_size is not None:
         batches = (plan_independent_batches(indices, batch_size) if groups is None
                    else plan_batches(groups, batch_size))
     elif groups is None:
-        batches = plan_balanced_batches(indices, workers, index_seconds)
+        batches = plan_balanced_batches(indices, workers, seconds, spread)
     else:
-        sizes = balanced_batch_sizes(len(indices), workers, index_seconds=index_seconds)
+        sizes = balanced_batch_sizes(len(indices), workers, index_seconds=seconds,
+                                     spread=spread)
         batches = plan_sized_batches(groups, sizes)
     size = batch_size or max((len(b.indices) for b in batches), default=1)
     return JobPlan(pipeline, indices, batches, size, groups)

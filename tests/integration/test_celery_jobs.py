@@ -202,6 +202,32 @@ def test_automatic_batch_size_follows_the_live_workers(tmp_path, store, cluster_
         assert status.state == SUCCEEDED
 
 
+def test_a_finished_job_leaves_its_cost_and_spread_per_index(store) -> None:
+    """Seconds per index over all batches, and how much the batches' rates differ."""
+    job_id = "cost-spread-test"
+    committed = store.key(job_id, "committed")
+    store.client.delete(committed)
+    store.client.hset(committed, mapping={
+        "b0": json.dumps({"started": 10.0, "finished": 11.0, "n": 10}),  # 0.1 s per index
+        "b1": json.dumps({"started": 10.0, "finished": 13.0, "n": 10}),  # 0.3 s per index
+        "b2": json.dumps({"started": 10.0, "n": 5}),  # never finished: not timed
+    })
+    try:
+        cost = store.remember_index_cost(job_id, "spread-digest")
+        assert cost is not None and cost.seconds == pytest.approx(0.2)
+        assert cost.spread == pytest.approx(0.5)  # rates 0.1 and 0.3 around 0.2
+        assert store.index_cost("spread-digest") == cost
+        store.client.hset(committed, "b1", json.dumps({"started": 10.0, "finished": 11.0,
+                                                       "n": 10}))
+        assert store.remember_index_cost(job_id, "spread-digest").spread == pytest.approx(0)
+        store.client.set("curator:spec:spread-digest:cost", "0.25")  # seconds only
+        assert store.index_cost("spread-digest") == (0.25, None)
+        store.client.set("curator:spec:spread-digest:cost", "garbage")
+        assert store.index_cost("spread-digest") is None
+    finally:
+        store.client.delete(committed, "curator:spec:spread-digest:cost")
+
+
 def test_the_next_job_of_a_spec_sizes_batches_from_its_cost_per_index(
         tmp_path, store, cluster_settings):
     """A finished job leaves its seconds per index; cheap indices then get fewer batches."""
@@ -215,16 +241,21 @@ def test_the_next_job_of_a_spec_sizes_batches_from_its_cost_per_index(
                           timeout=120)
     assert status.state == SUCCEEDED and first.n_batches == 16
     measured = store.index_cost(digest)
-    assert measured is not None and 0 < measured < 5.0
+    assert measured is not None and 0 < measured.seconds < 5.0
+    assert measured.spread is not None and measured.spread >= 0
     # As if its indices took a microsecond each: one batch per live worker process (4).
     store.client.set(f"curator:spec:{digest}:cost", "1e-06")
     second = submit_job(spec, cluster_settings)
     assert (second.n_batches, second.batch_size) == (4, 40)
     # As if they took a second each: the usual four shrinking rounds.
-    store.client.set(f"curator:spec:{digest}:cost", "1.0")
+    store.client.set(f"curator:spec:{digest}:cost", json.dumps({"seconds": 1.0, "spread": 0.3}))
     third = submit_job(spec, cluster_settings)
     assert third.n_batches == 16
-    for job in (second, third):
+    # A second each, all alike: two rounds.
+    store.client.set(f"curator:spec:{digest}:cost", json.dumps({"seconds": 1.0, "spread": 0.01}))
+    fourth = submit_job(spec, cluster_settings)
+    assert (fourth.n_batches, fourth.batch_size) == (8, 20)
+    for job in (second, third, fourth):
         status = wait_for_job(store, job.job_id, settings=cluster_settings, progress=False,
                               timeout=120)
         assert status.state == SUCCEEDED

@@ -368,6 +368,33 @@ def test_a_known_cost_per_index_coarsens_cheap_batches(
     assert sizes == expected and sum(sizes) == n
 
 
+@pytest.mark.parametrize(
+    ("spread", "expected"),
+    [
+        (None, [100, 100, 50, 50, 25, 25, 25, 25]),  # one batch timed: no spread known
+        (0.3, [100, 100, 50, 50, 25, 25, 25, 25]),  # uneven: the tail rounds stay
+        (0.05, [100, 100, 100, 100]),  # uniform: two rounds
+        (0.0, [100, 100, 100, 100]),
+    ],
+    ids=str,
+)
+def test_uniform_costs_get_two_rounds(spread: float | None, expected: list[int]) -> None:
+    assert balanced_batch_sizes(400, 2, index_seconds=0.02, spread=spread) == expected
+    # cheap and uniform: still down to one batch per worker
+    assert balanced_batch_sizes(5000, 2, index_seconds=5e-6, spread=0.0) == [2500, 2500]
+    # a spread without a cost changes nothing (unknown cost: count-based rounds)
+    assert balanced_batch_sizes(400, 2, spread=0.0) == balanced_batch_sizes(400, 2)
+
+
+def test_two_rounds_of_uniform_costs_still_finish_together() -> None:
+    """Equal-cost indices: the coarser plan ends when the four-round plan does."""
+    n, workers, cost = 1000, 7, 1.0
+    uniform = balanced_batch_sizes(n, workers, index_seconds=cost, spread=0.0)
+    assert len(uniform) == 2 * workers
+    assert _finish_time(uniform, workers, lambda _: cost) <= _finish_time(
+        balanced_batch_sizes(n, workers), workers, lambda _: cost) + cost
+
+
 def test_a_known_cost_allows_bigger_batches_but_bounded() -> None:
     sizes = balanced_batch_sizes(10**6, 8, index_seconds=3e-6)
     assert max(sizes) == 10_000 and sum(sizes) == 10**6
