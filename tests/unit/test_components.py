@@ -216,6 +216,49 @@ def test_field_stats_sharded_merge_is_byte_identical(tmp_path: Path) -> None:
     assert not _tmp_files(tmp_path)
 
 
+def _sum_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal(3000) * 10.0 ** rng.integers(-320, 300, 3000)
+    return [
+        rng.standard_normal(1000),
+        rng.standard_normal(2000) * 1e300,  # near overflow
+        rng.standard_normal(2000) * 1e-310,  # subnormals
+        wide[np.isfinite(wide)],  # every exponent range at once
+        np.array([1e308, 1e308, -1e308] * 100),  # intermediate overflow, finite total
+        np.array([1e308] * 300),  # the total overflows: kept exact
+        np.array([0.0, -0.0] * 200),
+        rng.integers(-2**40, 2**40, 4000).astype(np.float64),
+        np.full(1000, 0.1),  # rounding
+        np.array([2.0**-1074] * 1000),  # the smallest subnormal
+        np.array([2.0**52 + 1, -2.0**52, 0.5, 0.25] * 100),  # ties and cancellation
+    ]
+
+
+@pytest.mark.parametrize("chunk", [7, 1000, 1 << 16])
+def test_vectorised_exact_sum_equals_fsum_to_the_bit(monkeypatch, chunk: int) -> None:
+    """FieldStats sums big arrays vectorised; the result must be fsum's, exactly."""
+    from curator_worker.components import filters
+
+    monkeypatch.setattr(filters, "_EXACT_SUM_CHUNK", chunk)
+    for values in _sum_cases():
+        expected = filters._exact_sum(values.tolist())
+        assert filters._exact_array_sum(values) == expected
+    assert filters._exact_array_sum(np.array([], dtype=np.float64)) == 0
+
+
+def test_field_stats_of_a_big_array(tmp_path: Path) -> None:
+    """A field big enough for the vectorised sums: the summary numpy computes."""
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal(20_000) * 1e3
+    whole = FieldStats(output=str(tmp_path / "whole.json"))
+    list(whole(iter([{"index": 0, "fields": {"x": big}}])))
+    summary = json.loads(Path(whole.flush()).read_text())["fields"]["x"]
+    assert summary["count"] == 20_000
+    assert summary["mean"] == pytest.approx(float(np.mean(big)), rel=1e-12)
+    assert summary["std"] == pytest.approx(float(np.std(big)), rel=1e-9)
+    assert summary["min"] == float(big.min()) and summary["max"] == float(big.max())
+
+
 def test_field_stats_passes_items_through_and_selects_fields(tmp_path: Path) -> None:
     items = [
         {"index": 0, "fields": {"a": np.array([1, 2, 3]), "b": np.array([10.0]),
