@@ -62,23 +62,34 @@ def free_port() -> int:
 
 
 def stop_process(
-    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15.0
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15.0,
+    *, leader_first: bool = False,
 ) -> None:
-    """Stop ``proc`` (which we started in its own session) and its children, by its pid."""
+    """Stop ``proc`` (which we started in its own session) and its children, by its pid.
+
+    ``sig`` goes to the whole process group, or with ``leader_first`` to ``proc`` alone:
+    a Celery worker then shuts down warm, finishing the tasks its pool processes are
+    running (a pool process that gets SIGTERM itself dies at once). Whatever is left of
+    the group after ``grace`` seconds, or after ``proc`` exited, is killed.
+    """
     if proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, sig)
+        if leader_first:
+            os.kill(proc.pid, sig)
+        else:
+            os.killpg(proc.pid, sig)
     except ProcessLookupError:
         return
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 class RedisServer:
@@ -208,8 +219,8 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop the worker node (warm shutdown), then Redis; remove the temp folder."""
-        if self.worker is not None:
-            stop_process(self.worker, signal.SIGTERM, grace=20.0)
+        if self.worker is not None:  # warm: a gather still removing shards finishes
+            stop_process(self.worker, signal.SIGTERM, grace=20.0, leader_first=True)
         self.redis.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -52,6 +52,8 @@ def test_embedded_quickstart(workdir: Path) -> None:
     assert stats["items"] == 2000
     assert len(list((workdir / "demo-out" / "arrays").glob("*.npz"))) == 2000
     assert "embedded cluster stopped" in done.stderr
+    # the gather that finished the job also removed its shards before the cluster stopped
+    assert not list((workdir / "demo-out").glob("*.shards")), "shards left behind"
 
 
 def test_cluster_quickstart(workdir: Path, redis_server) -> None:
@@ -75,3 +77,4 @@ def test_python_quickstart(workdir: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((workdir / "demo-out" / "py-stats.json").read_text())["items"] == 100
+    assert not list((workdir / "demo-out").glob("*.shards")), "shards left behind"
