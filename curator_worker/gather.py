@@ -79,7 +79,8 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
         return status.state
 
     error = status.error
-    if pipeline is not None and error is None:
+    # merged: an earlier gather merged and removed the shards, then died before the state
+    if pipeline is not None and error is None and stateful and not store.is_merged(job_id):
         records = store.commit_records(job_id)
         for n, f in stateful:
             shards = sorted(
@@ -102,13 +103,15 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
         state = SUCCEEDED
     if state in (SUCCEEDED, PARTIAL):
         _remember_cost(store, job_id)  # before the state: a waiter's next job may use it
+    if state == SUCCEEDED and stateful:
+        # Before the state, so whoever waits on the job never sees the shards. Partial,
+        # failed and cancelled jobs keep theirs: `curator-jobs retry` or `resume` merges
+        # them again.
+        store.mark_merged(job_id)
+        _remove_shard_dirs(stateful, job_id)
     store.set_state(job_id, state)
     if pipeline is not None:
         _remove_abandoned_temps(pipeline)
-    if state == SUCCEEDED:
-        # partial, failed and cancelled jobs keep their committed shards: `curator-jobs
-        # retry` or `resume` merges them again
-        _remove_shard_dirs(stateful, job_id)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state
 

@@ -2,7 +2,9 @@
 
 One namespace per job::
 
-    curator:job:<id>              hash: spec, options, state, timestamps, counters
+    curator:job:<id>              hash: spec, options, state, timestamps, counters,
+                                  ``merged`` once gather merged the shards of a job
+                                  that succeeds
     curator:job:<id>:batches      hash: batch key -> JSON index list
     curator:job:<id>:committed    hash: batch key -> commit record (shards, host, pid)
     curator:job:<id>:results      hash: batch key -> JSON array of the batch's per-index
@@ -17,8 +19,9 @@ One namespace per job::
                                   that were running when their worker died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:jobs                  sorted set: job id by creation time
-    curator:spec:<hash>:cost      the last finished job of that spec: seconds per index
-                                  (batch wall time / indices), for automatic batch sizes
+    curator:spec:<hash>:cost      the last finished job of that spec: JSON {"seconds"
+                                  per index (batch wall time / indices), "spread" of
+                                  its batches' rates}, for automatic batch sizes
     curator:nodes                 hash: worker node -> {concurrency, queues, ts} (heartbeats)
 
 Progress and completion are read from these counters, never from Celery's result
@@ -439,6 +442,15 @@ class JobStore:
     def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Sleep up to ``timeout`` seconds, waking early when the job reaches a final state."""
         self.client.blpop([self.key(job_id, "done")], timeout=max(timeout, 0.01))
+
+    def mark_merged(self, job_id: str) -> None:
+        """Record that gather merged the job's shards into its final outputs (and will
+        remove them): a gather running again after that must not merge again."""
+        self.client.hset(self.key(job_id), "merged", time.time())
+
+    def is_merged(self, job_id: str) -> bool:
+        """Whether :meth:`mark_merged` was called for the job."""
+        return bool(self.client.hexists(self.key(job_id), "merged"))
 
     def record_error(self, job_id: str, message: str) -> None:
         """Record a systemic error (e.g. the spec cannot be built on a worker); first one wins."""

@@ -226,3 +226,49 @@ def test_a_late_chord_gather_cannot_finish_a_retried_job_early(
         tasks._job_context.cache_clear()
         tasks.pipeline_for_job.cache_clear()
         store.client.delete(settings.queue)
+
+
+def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
+        tmp_path, store, cluster_settings, monkeypatch):
+    """Gather removes a succeeded job's shards before its state says so; a gather that
+    runs again (the first died between the two) does not merge the missing shards.
+
+    Batches run in this process (no worker consumes the queue), as in the test above.
+    """
+    from dataclasses import replace
+    from uuid import uuid4
+
+    from curator_worker import tasks
+    from curator_worker.gather import gather_job
+    from curator_worker.jobs import RUNNING, JobStore
+
+    settings = replace(cluster_settings, queue=f"shards-first-{uuid4().hex[:8]}")
+    spec = stats_spec(tmp_path, 8)
+    job = submit_job(spec, settings, batch_size=4)
+    shards = tmp_path / "stats.json.shards"
+    seen: list[tuple[str, bool]] = []
+    real_set_state = JobStore.set_state
+
+    def recording_set_state(self, job_id, state, **fields):
+        seen.append((state, shards.exists()))
+        real_set_state(self, job_id, state, **fields)
+
+    monkeypatch.setattr(JobStore, "set_state", recording_set_state)
+    monkeypatch.setattr(tasks, "_store", store)  # this process plays the workers
+    tasks._job_context.cache_clear()
+    tasks.pipeline_for_job.cache_clear()
+    try:
+        for key, indices in sorted(store.batches(job.job_id).items()):
+            tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+        assert seen == [(SUCCEEDED, False)], "shards removed before the state is set"
+        merged = (tmp_path / "stats.json").read_bytes()
+        assert merged == sequential_stats(tmp_path, stats_spec(tmp_path, 8))
+        # as if that gather died after removing the shards, before setting the state
+        store.client.hset(store.key(job.job_id), "state", RUNNING)
+        assert gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id)) == SUCCEEDED
+        assert (tmp_path / "stats.json").read_bytes() == merged
+        assert store.status(job.job_id).error is None
+    finally:
+        tasks._job_context.cache_clear()
+        tasks.pipeline_for_job.cache_clear()
+        store.client.delete(settings.queue)
