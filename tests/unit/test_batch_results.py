@@ -181,3 +181,24 @@ def test_only_one_gather_holds_the_lock_and_a_dead_holders_lock_expires(
     time.sleep(0.4)
     with job_store.gather_lock(job) as after_expiry:
         assert after_expiry is True
+
+
+def test_the_collector_is_paused_while_blobs_are_decoded_and_restored_after() -> None:
+    import gc
+
+    from curator_worker.jobs import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ValueError), collector_paused():
+        decode_paths(b'{"v": 1}')  # an unknown format raises inside
+    assert gc.isenabled(), "re-enabled after an error"
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "left off when it was off"
+    finally:
+        gc.enable()
