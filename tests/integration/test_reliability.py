@@ -14,6 +14,7 @@ from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.integration.test_celery_jobs import cli, sequential_stats
 from tests.support.specs import stats_spec, write_spec
+from tests.support.worker import as_worker_process
 
 pytestmark = pytest.mark.usefixtures("worker_nodes")
 
@@ -28,6 +29,19 @@ def faulty_spec(tmp, count, name, **params):
 
 def wait(store, settings, job_id, timeout=120):
     return wait_for_job(store, job_id, settings=settings, progress=False, timeout=timeout)
+
+
+@pytest.fixture()
+def inline_settings(store, cluster_settings, monkeypatch):
+    """Settings of a queue no worker consumes: this process plays the workers
+    (``tasks.process_batch``), so the order of events is certain."""
+    from dataclasses import replace
+    from uuid import uuid4
+
+    settings = replace(cluster_settings, queue=f"inline-{uuid4().hex[:8]}")
+    with as_worker_process(store, monkeypatch):
+        yield settings
+    store.client.delete(settings.queue)
 
 
 def test_hung_index_times_out_and_the_batch_goes_on(tmp_path, store, cluster_settings):
@@ -182,69 +196,49 @@ def test_run_pipeline_celery_forwards_the_job_policy(tmp_path, cluster_settings,
 
 
 def test_a_late_chord_gather_cannot_finish_a_retried_job_early(
-        tmp_path, store, cluster_settings, monkeypatch):
+        tmp_path, store, inline_settings, monkeypatch):
     """The last batch gathers at once; the chord's own gather may arrive after a retry.
 
-    Batches run in this process (no worker consumes the queue), so the order is certain:
-    job ends partial, retry is sent, the first chord's gather arrives, then the retry batch.
+    Batches run in this process, so the order is certain: job ends partial, retry is
+    sent, the first chord's gather arrives, then the retry batch.
     """
-    from dataclasses import replace
-    from uuid import uuid4
-
     from curator_worker import tasks
     from curator_worker.gather import gather_job
     from curator_worker.jobs import RUNNING, JobStore
 
-    settings = replace(cluster_settings, queue=f"late-gather-{uuid4().hex[:8]}")
     flag = tmp_path / "fixed"
     spec = faulty_spec(tmp_path, 8, "BrokenUntilFixed", broken="3", fixed_flag=str(flag))
-    job = submit_job(spec, settings, batch_size=4)
-    monkeypatch.setattr(tasks, "_store", store)  # this process plays the workers
-    tasks._job_context.cache_clear()
-    tasks.pipeline_for_job.cache_clear()
-    try:
-        for key, indices in sorted(store.batches(job.job_id).items()):
-            tasks.process_batch(store, job.job_id, key, indices, "inline@test")
-        assert store.status(job.job_id).state == PARTIAL, "the last batch gathered"
-        flag.write_text("fixed")
-        pipeline = tasks.pipeline_for_job(job.job_id)
-        real_add_batches = JobStore.add_batches
-
-        def late_callback_first(self, job_id, batches):  # it arrives during the retry
-            gather_job(store, job_id, pipeline)
-            real_add_batches(self, job_id, batches)
-
-        monkeypatch.setattr(JobStore, "add_batches", late_callback_first)
-        assert retry_job(settings, job.job_id) == 1
-        gather_job(store, job.job_id, pipeline)  # or after it
-        assert store.status(job.job_id).state == RUNNING
-        (key, indices), = store.uncommitted(job.job_id).items()
+    job = submit_job(spec, inline_settings, batch_size=4)
+    for key, indices in sorted(store.batches(job.job_id).items()):
         tasks.process_batch(store, job.job_id, key, indices, "inline@test")
-        status = store.status(job.job_id)
-        assert status.state == SUCCEEDED and (status.done, status.failed) == (8, 0)
-    finally:
-        tasks._job_context.cache_clear()
-        tasks.pipeline_for_job.cache_clear()
-        store.client.delete(settings.queue)
+    assert store.status(job.job_id).state == PARTIAL, "the last batch gathered"
+    flag.write_text("fixed")
+    pipeline = tasks.pipeline_for_job(job.job_id)
+    real_add_batches = JobStore.add_batches
+
+    def late_callback_first(self, job_id, batches):  # it arrives during the retry
+        gather_job(store, job_id, pipeline)
+        real_add_batches(self, job_id, batches)
+
+    monkeypatch.setattr(JobStore, "add_batches", late_callback_first)
+    assert retry_job(inline_settings, job.job_id) == 1
+    gather_job(store, job.job_id, pipeline)  # or after it
+    assert store.status(job.job_id).state == RUNNING
+    (key, indices), = store.uncommitted(job.job_id).items()
+    tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+    status = store.status(job.job_id)
+    assert status.state == SUCCEEDED and (status.done, status.failed) == (8, 0)
 
 
 def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
-        tmp_path, store, cluster_settings, monkeypatch):
+        tmp_path, store, inline_settings, monkeypatch):
     """Gather removes a succeeded job's shards before its state says so; a gather that
-    runs again (the first died between the two) does not merge the missing shards.
-
-    Batches run in this process (no worker consumes the queue), as in the test above.
-    """
-    from dataclasses import replace
-    from uuid import uuid4
-
+    runs again (the first died between the two) does not merge the missing shards."""
     from curator_worker import tasks
     from curator_worker.gather import gather_job
     from curator_worker.jobs import RUNNING, JobStore
 
-    settings = replace(cluster_settings, queue=f"shards-first-{uuid4().hex[:8]}")
-    spec = stats_spec(tmp_path, 8)
-    job = submit_job(spec, settings, batch_size=4)
+    job = submit_job(stats_spec(tmp_path, 8), inline_settings, batch_size=4)
     shards = tmp_path / "stats.json.shards"
     seen: list[tuple[str, bool]] = []
     real_set_state = JobStore.set_state
@@ -254,21 +248,13 @@ def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
         real_set_state(self, job_id, state, **fields)
 
     monkeypatch.setattr(JobStore, "set_state", recording_set_state)
-    monkeypatch.setattr(tasks, "_store", store)  # this process plays the workers
-    tasks._job_context.cache_clear()
-    tasks.pipeline_for_job.cache_clear()
-    try:
-        for key, indices in sorted(store.batches(job.job_id).items()):
-            tasks.process_batch(store, job.job_id, key, indices, "inline@test")
-        assert seen == [(SUCCEEDED, False)], "shards removed before the state is set"
-        merged = (tmp_path / "stats.json").read_bytes()
-        assert merged == sequential_stats(tmp_path, stats_spec(tmp_path, 8))
-        # as if that gather died after removing the shards, before setting the state
-        store.client.hset(store.key(job.job_id), "state", RUNNING)
-        assert gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id)) == SUCCEEDED
-        assert (tmp_path / "stats.json").read_bytes() == merged
-        assert store.status(job.job_id).error is None
-    finally:
-        tasks._job_context.cache_clear()
-        tasks.pipeline_for_job.cache_clear()
-        store.client.delete(settings.queue)
+    for key, indices in sorted(store.batches(job.job_id).items()):
+        tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+    assert seen == [(SUCCEEDED, False)], "shards removed before the state is set"
+    merged = (tmp_path / "stats.json").read_bytes()
+    assert merged == sequential_stats(tmp_path, stats_spec(tmp_path, 8))
+    # as if that gather died after removing the shards, before setting the state
+    store.client.hset(store.key(job.job_id), "state", RUNNING)
+    assert gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id)) == SUCCEEDED
+    assert (tmp_path / "stats.json").read_bytes() == merged
+    assert store.status(job.job_id).error is None

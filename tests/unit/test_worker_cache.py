@@ -11,18 +11,14 @@ from curator_worker import tasks
 from curator_worker.components import FileGlob, NpzPerIndex
 from curator_worker.jobs import JobStore
 from curator_worker.spec import pipeline_to_spec
+from tests.support.worker import as_worker_process
 
 
 @pytest.fixture()
 def worker_process(redis_server, monkeypatch: pytest.MonkeyPatch) -> JobStore:
     """This test process plays a worker process with a fresh cache."""
-    store = JobStore.from_url(redis_server.url)
-    monkeypatch.setattr(tasks, "_store", store)
-    tasks._job_context.cache_clear()
-    tasks.pipeline_for_job.cache_clear()
-    yield store
-    tasks._job_context.cache_clear()
-    tasks.pipeline_for_job.cache_clear()
+    with as_worker_process(JobStore.from_url(redis_server.url), monkeypatch) as store:
+        yield store
 
 
 def test_a_later_job_with_the_same_spec_sees_the_files_added_since(
