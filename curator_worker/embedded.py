@@ -61,6 +61,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Seconds a warm stop of the embedded worker node may take before its processes are killed.
+WARM_STOP_SECONDS = 10.0
+
+
 def stop_process(
     proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15.0,
     *, leader_first: bool = False,
@@ -217,10 +221,16 @@ class LocalCluster:
                 + "\n".join(tail)
             )
 
-    def stop(self) -> None:
-        """Stop the worker node (warm shutdown), then Redis; remove the temp folder."""
-        if self.worker is not None:  # warm: a gather still removing shards finishes
-            stop_process(self.worker, signal.SIGTERM, grace=20.0, leader_first=True)
+    def stop(self, warm: bool = True) -> None:
+        """Stop the worker node, then Redis; remove the temp folder.
+
+        ``warm`` (a job ended): the node finishes what its processes are running, such as
+        a gather still removing shards, for up to :data:`WARM_STOP_SECONDS`. Otherwise (an
+        error or Ctrl-C while batches run) every process of the node is stopped at once.
+        """
+        if self.worker is not None:
+            stop_process(self.worker, signal.SIGTERM,
+                         grace=WARM_STOP_SECONDS if warm else 20.0, leader_first=warm)
         self.redis.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -228,7 +238,7 @@ class LocalCluster:
         try:
             return self.start()
         except BaseException:
-            self.stop()
+            self.stop(warm=False)
             raise
 
     def __exit__(
@@ -237,4 +247,4 @@ class LocalCluster:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.stop(warm=exc_type is None)
