@@ -42,6 +42,29 @@ class JobNotFoundError(CuratorError):
     """No job with this id exists in the job store (never submitted, or expired)."""
 
 
+class JobWaitTimeout(CuratorError):
+    """Waiting for a job gave up after its timeout; the job itself was not stopped.
+
+    Attributes
+    ----------
+    job_id : str
+        The job waited for.
+    timeout : float
+        Seconds waited.
+    processed, total : int
+        Its indices processed so far, and in all.
+    """
+
+    def __init__(self, job_id: str, timeout: float, processed: int, total: int,
+                 message: str | None = None) -> None:
+        self.job_id, self.timeout, self.processed, self.total = job_id, timeout, processed, total
+        super().__init__(message or (
+            f"Timed out after {timeout:.0f}s waiting for job {job_id} "
+            f"({processed}/{total} indices). It keeps running; "
+            f"`curator-jobs wait {job_id}` picks it up again."
+        ))
+
+
 class JobFailedError(CuratorError):
     """A job ended with failed indices or a systemic error.
 

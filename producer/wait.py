@@ -14,7 +14,7 @@ from contextlib import closing, nullcontext
 
 from curator_worker.app import GATHER, create_app
 from curator_worker.config import Settings
-from curator_worker.errors import CuratorError
+from curator_worker.errors import JobWaitTimeout
 from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.progress import ProgressReporter
 from producer.rescue import LostBatchRescue
@@ -57,7 +57,8 @@ def wait_for_job(
     poll : float
         Seconds between reads of the counters.
     timeout : float, optional
-        Give up after this many seconds (:class:`CuratorError`); the job keeps running.
+        Give up after this many seconds (:class:`~curator_worker.errors.JobWaitTimeout`);
+        the job keeps running.
     watchdog : callable, optional
         Called every poll; raises to abort (e.g. the embedded worker died).
     """
@@ -86,9 +87,5 @@ def wait_for_job(
                     resend_gather(settings, job_id, status.queue)
                     committed_since = now
             if timeout is not None and now - started > timeout:
-                raise CuratorError(
-                    f"Timed out after {timeout:.0f}s waiting for job {job_id} "
-                    f"({status.processed}/{status.total} indices). It keeps running; "
-                    f"`curator-jobs wait {job_id}` picks it up again."
-                )
+                raise JobWaitTimeout(job_id, timeout, status.processed, status.total)
             store.wait_for_change(job_id, poll)

@@ -14,7 +14,7 @@ from typing import Any
 
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
-from curator_worker.errors import JobFailedError
+from curator_worker.errors import JobFailedError, JobWaitTimeout
 from curator_worker.jobs import SUCCEEDED
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
@@ -38,6 +38,14 @@ def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, Lo
     with LocalCluster(workers=workers, queue=settings.queue) as cluster:
         try:
             yield cluster.settings, cluster
+        except JobWaitTimeout as exc:  # the job does not outlive its private cluster
+            raise JobWaitTimeout(
+                exc.job_id, exc.timeout, exc.processed, exc.total,
+                f"Timed out after {exc.timeout:.0f}s waiting for job {exc.job_id} "
+                f"({exc.processed}/{exc.total} indices) on the embedded cluster, which is "
+                "stopped with it. Allow more time, or set CURATOR_BROKER_URL and start "
+                "workers for jobs that outlive the command.",
+            ) from None
         finally:
             forget(cluster.settings)
 

@@ -10,7 +10,7 @@ import pytest
 from curator_worker import run_pipeline
 from curator_worker.components import NpzPerIndex, SyntheticArrays
 from curator_worker.embedded import WARM_STOP_SECONDS
-from curator_worker.errors import CuratorError
+from curator_worker.errors import JobWaitTimeout
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -22,7 +22,7 @@ def test_an_interrupted_run_stops_its_embedded_cluster_at_once(tmp_path) -> None
         NpzPerIndex(output_dir=str(tmp_path / "out")))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     started = time.monotonic()
-    with pytest.raises(CuratorError, match="Timed out"):
+    with pytest.raises(JobWaitTimeout, match="on the embedded cluster, which is stopped"):
         run_pipeline(pipeline, backend="celery", n_jobs=1, timeout=3)
     # start-up (1-2 s) + 3 s of waiting + a cold stop; a warm one would add 10 s
     assert time.monotonic() - started < 3 + WARM_STOP_SECONDS
