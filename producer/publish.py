@@ -430,37 +430,36 @@ def header_argsrepr(args: tuple[str, str, list[int]], maxlen: int, maxlevels: in
 
     ``saferepr`` (what ``as_task_v2`` puts in the ``argsrepr`` header) walks a token stream
     at about 2 µs per token: 0.7 ms for a batch of 1,000 indices. For
-    ``(job_id, batch_key, [int, ...])`` with plain ids this renders the same text
-    directly: tokens are consumed while ``maxlen`` is positive, a token at least as long as
-    what is left is cut with ``...``, then ``, ...`` and the closing brackets. Anything
-    else goes to ``saferepr`` itself.
+    ``(job_id, batch_key, [int, ...])`` with plain ids this renders the same text from
+    one join of the indices that can show (~30 µs): tokens are consumed while ``maxlen``
+    is positive, a token at least as long as what is left is cut with ``...``, then
+    ``, ...`` and the closing brackets. Anything else goes to ``saferepr`` itself.
     """
     job_id, key, indices = args
     head = f"('{job_id}', '{key}', ["
+    budget = maxlen - len(head)
+    # Every index and its ", " take at least 3 characters: these many exhaust the budget.
+    shown = min(len(indices), budget // 3 + 2) if type(indices) is list else 0
     if (maxlevels < 3 or len(head) + 8 > maxlen or not _SIMPLE_TEXT.fullmatch(job_id)
             or not _SIMPLE_TEXT.fullmatch(key) or type(indices) is not list
-            or not all(type(i) is int for i in indices[: maxlen // 2])):
+            or not set(map(type, indices[:shown])) <= {int}):
         return saferepr(args, maxlen, maxlevels=maxlevels)
-    parts = [head]
-    left = maxlen - len(head)
-    last = len(indices) - 1
-    for n, index in enumerate(indices):
-        if left <= 0:
-            parts.append(", ...")
-            break
-        text = str(index)
-        if len(text) >= left:
-            text = text[:left] + "..."
-        parts.append(text)
-        left -= len(text)
-        if n < last:
-            if left <= 0:
-                parts.append(", ...")
-                break
-            parts.append(", ")
-            left -= 2
-    parts.append("])")
-    return "".join(parts)
+    text = ", ".join(map(str, indices[:shown]))
+    if len(text) < budget:  # (only when every index is shown) nothing is cut
+        return head + text + "])"
+    # The budget ends at text[budget - 1]. In a ", ": the index before it fitted, the
+    # ", " was written, and ", ..." follows. In an index: it is cut there, with "...",
+    # and ", ..." follows unless it is the last index.
+    at = budget - 1
+    if text[at] in ", ":
+        end = at + (2 if text[at] == "," else 1)
+        return head + text[:end] + ", ...])"
+    start = text.rfind(", ", 0, at) + 2 if text.rfind(", ", 0, at) >= 0 else 0
+    stop = text.find(", ", at)
+    last = stop < 0 and shown == len(indices)
+    stop = len(text) if stop < 0 else stop
+    cut = text[start:stop][: budget - start] + "..."
+    return head + text[:start] + cut + ("" if last else ", ...") + "])"
 
 
 def _split_template(text: str) -> tuple[list[str], list[str]]:

@@ -212,10 +212,12 @@ def test_argsrepr_matches_celery_saferepr():
     rng = random.Random(5)
     for _ in range(3000):
         n = rng.choice([0, 1, 2, 50, 340, 341, 342, 1000, rng.randint(0, 1500)])
-        base = rng.choice([0, 9, 99_999, 10**9])
+        base = rng.choice([0, 9, 99_999, 10**9, -10**6])
         indices = [base + rng.randint(0, 10 ** rng.randint(0, 6)) for _ in range(n)]
+        if indices and rng.random() < 0.05:  # not an int: saferepr's own rendering
+            indices[rng.randrange(len(indices))] = rng.choice([True, 1.5, "7"])
         args = (f"2026-{'x' * rng.randint(0, 40)}", f"b{rng.randint(0, 999_999):06d}", indices)
-        maxlen = rng.choice([1024, rng.randint(30, 300)])
+        maxlen = rng.choice([1024, rng.randint(30, 300), rng.randint(48, 64)])
         assert header_argsrepr(args, maxlen) == saferepr(args, maxlen, maxlevels=3)
     odd = ("job with 'quotes'", "b1", [1, 2])
     assert header_argsrepr(odd, 1024) == saferepr(odd, 1024, maxlevels=3)
