@@ -313,6 +313,7 @@ def auto_batch_size(n_indices: int, n_workers: int) -> int:
 def balanced_batch_sizes(
     n_indices: int, n_workers: int, max_size: int = MAX_AUTO_BATCH_SIZE,
     index_seconds: float | None = None, spread: float | None = None,
+    max_batch_seconds: float | None = None,
 ) -> list[int]:
     """Automatic batch sizes, in queue order: full batches, then shrinking tail rounds.
 
@@ -327,7 +328,9 @@ def balanced_batch_sizes(
     whose smallest batch still takes :data:`MIN_BATCH_SECONDS`, down to one batch per
     worker, and batches of up to :data:`MAX_KNOWN_COST_BATCH_SIZE` indices. ``spread``
     (that run's :attr:`IndexCost.spread`) at or under :data:`UNIFORM_SPREAD` means costs
-    were uniform: then at most :data:`UNIFORM_ROUND_SHARES` rounds.
+    were uniform: then at most :data:`UNIFORM_ROUND_SHARES` rounds. With a known cost,
+    ``max_batch_seconds`` caps the batch size too (a third of the visibility timeout: a
+    batch still running when it expires is delivered again, and runs twice).
 
     Examples
     --------
@@ -345,6 +348,8 @@ def balanced_batch_sizes(
     if known:
         max_size = max(max_size, min(MAX_KNOWN_COST_BATCH_SIZE,
                                      int(MIN_BATCH_SECONDS * 50 / index_seconds)))
+        if max_batch_seconds:
+            max_size = min(max_size, max(1, int(max_batch_seconds / index_seconds)))
     sizes: list[int] = []
     while remaining > 2 * workers * max_size:
         sizes.append(max_size)
@@ -412,13 +417,13 @@ def plan_sized_batches(
 
 def plan_balanced_batches(
     indices: Sequence[int], n_workers: int, index_seconds: float | None = None,
-    spread: float | None = None,
+    spread: float | None = None, max_batch_seconds: float | None = None,
 ) -> list[Batch]:
     """Independent indices cut by :func:`balanced_batch_sizes` (slices: fast for 1M)."""
     batches = []
     start = 0
     sizes = balanced_batch_sizes(len(indices), n_workers, index_seconds=index_seconds,
-                                 spread=spread)
+                                 spread=spread, max_batch_seconds=max_batch_seconds)
     for number, size in enumerate(sizes):
         batches.append(Batch(f"b{number:06d}", list(indices[start : start + size])))
         start += size

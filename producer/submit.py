@@ -122,23 +122,25 @@ def plan_job(
 
 def _plan(
     checked: CheckedJob, batch_size: int | None, workers: int,
-    cost: IndexCost | None = None,
+    cost: IndexCost | None = None, visibility_timeout: float | None = None,
 ) -> JobPlan:
     """Batches of ``batch_size``, or tail-balanced automatic ones for ``workers`` processes.
 
     ``cost`` (what the last run of the spec measured) coarsens automatic batches of cheap
-    or uniform indices (:func:`~curator_worker.planning.balanced_batch_sizes`).
+    or uniform indices, and keeps them under a third of ``visibility_timeout``
+    (:func:`~curator_worker.planning.balanced_batch_sizes`).
     """
     pipeline, indices, groups = checked.pipeline, checked.indices, checked.groups
     seconds, spread = cost if cost is not None else (None, None)
+    longest = visibility_timeout / 3 if visibility_timeout else None
     if batch_size is not None:
         batches = (plan_independent_batches(indices, batch_size) if groups is None
                    else plan_batches(groups, batch_size))
     elif groups is None:
-        batches = plan_balanced_batches(indices, workers, seconds, spread)
+        batches = plan_balanced_batches(indices, workers, seconds, spread, longest)
     else:
         sizes = balanced_batch_sizes(len(indices), workers, index_seconds=seconds,
-                                     spread=spread)
+                                     spread=spread, max_batch_seconds=longest)
         batches = plan_sized_batches(groups, sizes)
     size = batch_size or max((len(b.indices) for b in batches), default=1)
     return JobPlan(pipeline, indices, batches, size, groups)
@@ -227,7 +229,7 @@ def submit_job(
     workers = n_workers_hint or sum(int(n.get("concurrency") or 0) for n in nodes) \
         or DEFAULT_WORKER_HINT
     cost = store.index_cost(spec_hash(stored_spec)) if batch_size is None else None
-    plan = _plan(checked, batch_size, workers, cost)
+    plan = _plan(checked, batch_size, workers, cost, settings.visibility_timeout)
     job_id = new_job_id()
     job_options = {"batch_size": plan.batch_size, "origin": origin, "total": len(plan.indices),
                    **(options or {})}

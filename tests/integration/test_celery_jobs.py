@@ -255,7 +255,11 @@ def test_the_next_job_of_a_spec_sizes_batches_from_its_cost_per_index(
     store.client.set(f"curator:spec:{digest}:cost", json.dumps({"seconds": 1.0, "spread": 0.01}))
     fourth = submit_job(spec, cluster_settings)
     assert (fourth.n_batches, fourth.batch_size) == (8, 20)
-    for job in (second, third, fourth):
+    # 100 s each: batches stay under a third of the visibility timeout (3600 s here)
+    store.client.set(f"curator:spec:{digest}:cost", json.dumps({"seconds": 100.0, "spread": 0.3}))
+    fifth = submit_job(spec, cluster_settings)
+    assert fifth.batch_size == 12 and fifth.n_batches > 16
+    for job in (second, third, fourth, fifth):
         status = wait_for_job(store, job.job_id, settings=cluster_settings, progress=False,
                               timeout=120)
         assert status.state == SUCCEEDED

@@ -395,6 +395,19 @@ def test_two_rounds_of_uniform_costs_still_finish_together() -> None:
         balanced_batch_sizes(n, workers), workers, lambda _: cost) + cost
 
 
+def test_known_slow_indices_keep_batches_under_a_time_limit() -> None:
+    """Batches that would outlive the broker's visibility timeout are cut smaller."""
+    sizes = balanced_batch_sizes(100_000, 8, index_seconds=10.0, max_batch_seconds=1200)
+    assert max(sizes) <= 121 and sum(sizes) == 100_000
+    assert balanced_batch_sizes(100_000, 8, index_seconds=10.0)[0] == MAX_AUTO_BATCH_SIZE
+    # cheap indices: the limit does not bind
+    cheap = balanced_batch_sizes(100_000, 8, index_seconds=1e-5, max_batch_seconds=1200)
+    assert cheap == balanced_batch_sizes(100_000, 8, index_seconds=1e-5)
+    # an index slower than the limit: one index per batch
+    assert set(balanced_batch_sizes(50, 2, index_seconds=5000.0, max_batch_seconds=1200)) \
+        == {1}
+
+
 def test_a_known_cost_allows_bigger_batches_but_bounded() -> None:
     sizes = balanced_batch_sizes(10**6, 8, index_seconds=3e-6)
     assert max(sizes) == 10_000 and sum(sizes) == 10**6
