@@ -220,8 +220,12 @@ def run_pipeline(
     [1, 1, 1]
     """
     pipeline.require_sink()
-    chosen = list(range(len(pipeline))) if indices is None else list(indices)
-    chosen = check_indices(chosen, len(pipeline))
+    if indices is None:  # every index: valid by construction, unless there are none
+        chosen = list(range(len(pipeline)))
+        if not chosen:
+            check_indices(chosen, 0)  # raises
+    else:
+        chosen = check_indices(list(indices), len(pipeline))
     jobs = resolve_n_jobs(n_jobs)
     shown: bool | str = progress if progress is not None else bool(use_tui)
     name = backend

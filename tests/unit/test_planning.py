@@ -270,9 +270,10 @@ def test_check_indices_returns_plain_ints_in_order() -> None:
         ([None], "not an integer"),
         ([True], "not an integer"),
         ([np.bool_(False)], "not an integer"),
+        ([0, 1, True], "not an integer"),
     ],
     ids=["empty", "past-end", "negative", "dup", "float", "fraction", "str", "none", "bool",
-         "np-bool"],
+         "np-bool", "ints-and-a-bool"],
 )
 def test_check_indices_errors(indices: list[Any], match: str) -> None:
     with pytest.raises(IndexSelectionError, match=match):
