@@ -38,7 +38,9 @@ def merge_shards(f: Filter[Any], shard_paths: Sequence[str], final_output: str) 
     return final_output
 
 
-def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
+def gather_job(
+    store: JobStore, job_id: str, pipeline: Pipeline | None, spec_digest: str | None = None
+) -> str:
     """Merge a job's committed shards, finish the job and return its final state.
 
     Parameters
@@ -49,6 +51,8 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
         The job.
     pipeline : Pipeline | None
         The job's pipeline, or ``None`` when it could not be built (systemic failure).
+    spec_digest : str, optional
+        The hash of the job's spec, when the caller has it (else it is read from the job).
 
     One gather runs at a time per job (:meth:`JobStore.gather_lock`); a gather that finds
     another one running returns the current state and leaves the job to it.
@@ -57,10 +61,12 @@ def gather_job(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
         if not held:
             log.info("job %s: another gather is running; it finishes the job", job_id)
             return store.state(job_id) or RUNNING
-        return _gather_locked(store, job_id, pipeline)
+        return _gather_locked(store, job_id, pipeline, spec_digest)
 
 
-def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> str:
+def _gather_locked(
+    store: JobStore, job_id: str, pipeline: Pipeline | None, spec_digest: str | None
+) -> str:
     status = store.status(job_id)
     stateful = (
         [(n, f) for n, f in enumerate(pipeline.filters) if is_stateful(f)] if pipeline else []
@@ -102,7 +108,7 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
     else:
         state = SUCCEEDED
     if state in (SUCCEEDED, PARTIAL):
-        _remember_cost(store, job_id)  # before the state: a waiter's next job may use it
+        _remember_cost(store, job_id, spec_digest)  # before the state: the next job uses it
     if state == SUCCEEDED and stateful:
         # Before the state, so whoever waits on the job never sees the shards. Partial,
         # failed and cancelled jobs keep theirs: `curator-jobs retry` or `resume` merges
@@ -116,11 +122,11 @@ def _gather_locked(store: JobStore, job_id: str, pipeline: Pipeline | None) -> s
     return state
 
 
-def _remember_cost(store: JobStore, job_id: str) -> None:
-    """Keep the job's seconds per index for the next job of its spec (batch sizes)."""
+def _remember_cost(store: JobStore, job_id: str, spec_digest: str | None) -> None:
+    """Keep the job's cost per index for the next job of its spec (batch sizes)."""
     try:
-        spec = store.record(job_id)["spec"]
-        store.remember_index_cost(job_id, spec_hash(spec))
+        digest = spec_digest or spec_hash(store.record(job_id)["spec"])
+        store.remember_index_cost(job_id, digest)
     except Exception:  # noqa: BLE001 - a sizing hint must never fail a finished job
         log.debug("job %s: could not record its cost per index", job_id, exc_info=True)
 

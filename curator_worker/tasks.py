@@ -248,7 +248,7 @@ def _gather_now(store: JobStore, job_id: str, pipeline: Pipeline) -> None:
     A failure here is left to the chord callback, which gathers again.
     """
     try:
-        gather_job(store, job_id, pipeline)
+        gather_job(store, job_id, pipeline, _job_context(job_id)[1])
     except Exception:  # noqa: BLE001 - the batch is committed; gather is retried by the chord
         log.warning("job %s: gathering after the last batch failed; the chord callback "
                     "gathers again", job_id, exc_info=True)
@@ -384,4 +384,5 @@ def gather(self: Any, batch_keys: list[str] | None, job_id: str) -> str:
     except CuratorError as exc:
         store.record_error(job_id, f"cannot build the pipeline for gather: {exc}")
         pipeline = None
-    return gather_job(store, job_id, pipeline)
+    digest = _job_context(job_id)[1] if pipeline is not None else None
+    return gather_job(store, job_id, pipeline, digest)
