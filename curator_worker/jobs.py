@@ -18,6 +18,8 @@ One namespace per job::
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
+    curator:job:<id>:tags         hash, in the *broker's* Redis: batch key -> delivery tag
+                                  of its message, for lease renewal (``lease.py``)
     curator:jobs                  sorted set: job id by creation time
     curator:spec:<hash>:cost      the last finished job of that spec: JSON {"seconds"
                                   per index (batch wall time / indices), "spread" of

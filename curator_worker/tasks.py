@@ -52,6 +52,7 @@ from curator_worker.jobs import (
     announce_node,
     forget_node,
 )
+from curator_worker.lease import UNACKED_INDEX_KEY, LeaseRenewal
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
@@ -124,6 +125,7 @@ def _reset_after_fork(**_: Any) -> None:
     _store = None
     _job_context.cache_clear()
     pipeline_for_job.cache_clear()
+    _broker_client.cache_clear()
     _node.clear()  # heartbeats belong to the main process
 
 
@@ -135,6 +137,27 @@ def worker_store() -> JobStore:
         settings.require_cluster()
         _store = JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
     return _store
+
+
+@lru_cache(maxsize=1)
+def _broker_client() -> tuple[redis.Redis | None, float, str]:
+    """This process's client of a Redis broker (None for other brokers, or when kombu
+    prefixes its keys), the visibility timeout and kombu's unacknowledged-index key."""
+    url = str(app.conf.broker_url or "")
+    options = dict(app.conf.broker_transport_options or {})
+    timeout = float(options.get("visibility_timeout", 3600))
+    index_key = str(options.get("unacked_index_key", UNACKED_INDEX_KEY))
+    if not url.startswith(("redis://", "rediss://")) or options.get("global_keyprefix"):
+        return None, timeout, index_key
+    return redis.Redis.from_url(url, socket_timeout=5.0), timeout, index_key
+
+
+def _lease(job_id: str, batch_key: str) -> LeaseRenewal | None:
+    """The lease renewal of a batch about to run, when the broker is Redis."""
+    client, timeout, index_key = _broker_client()
+    if client is None:
+        return None
+    return LeaseRenewal(client, job_id, batch_key, timeout, index_key)
 
 
 @lru_cache(maxsize=64)
@@ -216,7 +239,7 @@ def process_batch(
 
     log.info("job %s batch %s: %d indices (attempt %d)", job_id, batch_key, len(indices), attempt)
     started = time.time()
-    progress = _InflightProgress(store, job_id, batch_key)
+    progress = _InflightProgress(store, job_id, batch_key, _lease(job_id, batch_key))
     outcome = execute_batch(
         pipeline, indices, attempt=attempt, policy=policy, skip=skip, should_stop=cancelled,
         on_start=partial(_starting, store, job_id, batch_key, careful),
@@ -255,14 +278,19 @@ def _gather_now(store: JobStore, job_id: str, pipeline: Pipeline) -> None:
 
 
 class _InflightProgress:
-    """Reports a running batch's processed count, at most every :data:`PROGRESS_INTERVAL`."""
+    """After each index: reports a running batch's processed count, at most every
+    :data:`PROGRESS_INTERVAL`, and renews its lease (:mod:`curator_worker.lease`)."""
 
-    def __init__(self, store: JobStore, job_id: str, batch_key: str) -> None:
+    def __init__(self, store: JobStore, job_id: str, batch_key: str,
+                 lease: LeaseRenewal | None = None) -> None:
         self.store, self.job_id, self.batch_key = store, job_id, batch_key
+        self.lease = lease
         self.count = 0
         self.last = time.monotonic()
 
     def __call__(self, result: IndexResult) -> None:
+        if self.lease is not None:
+            self.lease()
         self.count += 1
         now = time.monotonic()
         if now - self.last >= PROGRESS_INTERVAL:

@@ -55,6 +55,7 @@ from celery.utils.saferepr import saferepr
 from kombu import Queue
 
 from curator_worker.app import GATHER, RUN_BATCH
+from curator_worker.lease import delivery_tags_key
 from curator_worker.planning import Batch
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,10 @@ class _TemplatePublisher:
         self.repr_levels = repr_levels
         #: ``(task id, argsrepr)`` of each header published, when kept for task-sent events.
         self.sent: list[tuple[str, str]] | None = None
+        #: Batch key -> delivery tag of the chunk being published.
+        self.tags: dict[str, str] = {}
+        #: Seconds the delivery tags are kept (the job's time to live).
+        self.ttl = 0
 
     @classmethod
     def capture(
@@ -377,8 +382,12 @@ class _TemplatePublisher:
         for value, name in ((task_id, "id"), (old_tag, "tag")):
             text = text.replace(json.dumps(value), json.dumps(_SENTINEL.format(name)))
         parts, slots = _split_template(text)
-        return cls(client, queue, parts, slots, body_suffix, job_id,
-                   app.amqp.argsrepr_maxsize, conf.task_repr_maxlevels)
+        publisher = cls(client, queue, parts, slots, body_suffix, job_id,
+                        app.amqp.argsrepr_maxsize, conf.task_repr_maxlevels)
+        expires = conf.result_expires
+        publisher.ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds")
+                            else expires or 0)
+        return publisher
 
     def argsrepr(self, args: tuple[str, str, list[int]]) -> str:
         """The ``argsrepr`` header Celery writes for ``args`` (see :func:`header_argsrepr`)."""
@@ -396,6 +405,7 @@ class _TemplatePublisher:
             argsrepr = self.argsrepr(args)
             if sent is not None:
                 sent.append((ids[n], argsrepr))
+            self.tags[batch.key] = tags[n]
             values = {
                 "body": '"' + b64(body.encode()).decode("ascii") + '"',
                 "argsrepr": dumps(argsrepr),
@@ -415,10 +425,16 @@ class _TemplatePublisher:
         ``keep`` records each header's task id and ``argsrepr`` in :attr:`sent`.
         """
         self.sent = [] if keep else None
+        tags_key = delivery_tags_key(self.job_id)
         with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(batches), chunk_size):
                 chunk = batches[start : start + chunk_size]
+                self.tags = {}
                 pipe.lpush(self.key, *self.envelopes(chunk, start))
+                # each batch's delivery tag, for its worker to renew its lease (lease.py)
+                pipe.hset(tags_key, mapping=self.tags)
+                if self.ttl:
+                    pipe.expire(tags_key, self.ttl)
                 pipe.execute()
 
 

@@ -1,0 +1,72 @@
+"""Batch leases: a batch that keeps making progress keeps its message from coming back.
+
+On a Redis broker kombu emulates acknowledgements: a delivered message is listed in the
+``unacked_index`` sorted set with its delivery time, and a sweep puts every message older
+than the visibility timeout back in the queue, whether or not its worker is still running
+it (celery/celery#5935). A batch longer than the timeout then runs twice, and again every
+timeout. The producer records each batch's delivery tag (:func:`delivery_tags_key`, in
+the broker's Redis, for messages it publishes from a template); while a batch runs, its
+worker process moves that time forward after an index finishes, at most every quarter of
+the timeout (:class:`LeaseRenewal`). A process that hangs inside one index stops renewing,
+so its batch still comes back; so does the batch of a host that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: kombu's default name of the sorted set of unacknowledged messages (Redis transport).
+UNACKED_INDEX_KEY = "unacked_index"
+
+
+def delivery_tags_key(job_id: str) -> str:
+    """The broker Redis hash of a job's batch key -> delivery tag of its message."""
+    return f"curator:job:{job_id}:tags"
+
+
+class LeaseRenewal:
+    """Renews one running batch's message in the broker, called after each index.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        A client of the broker's Redis.
+    job_id, batch_key : str
+        The batch.
+    visibility_timeout : float
+        The broker's visibility timeout (seconds); renewals come every quarter of it.
+    index_key : str
+        kombu's ``unacked_index_key`` transport option.
+    """
+
+    def __init__(self, client: Any, job_id: str, batch_key: str, visibility_timeout: float,
+                 index_key: str = UNACKED_INDEX_KEY) -> None:
+        self.client, self.job_id, self.batch_key = client, job_id, batch_key
+        self.every = max(0.5, visibility_timeout / 4)
+        self.index_key = index_key
+        self.last = time.monotonic()
+        self.tag: str | None = None
+        self.active = True
+
+    def __call__(self) -> None:
+        """Renew if a quarter of the timeout passed since the start or the last renewal."""
+        now = time.monotonic()
+        if not self.active or now - self.last < self.every:
+            return
+        self.last = now
+        try:
+            if self.tag is None:  # looked up once, late: the producer writes it after publishing
+                raw = self.client.hget(delivery_tags_key(self.job_id), self.batch_key)
+                if raw is None:  # published another way: nothing to renew
+                    self.active = False
+                    return
+                self.tag = raw.decode() if isinstance(raw, bytes) else str(raw)
+            # XX: only a message still listed (not acknowledged, not already put back)
+            self.client.zadd(self.index_key, {self.tag: time.time()}, xx=True)
+        except Exception as exc:  # noqa: BLE001 - a lease is best effort; the batch goes on
+            log.debug("job %s batch %s: lease not renewed: %s", self.job_id, self.batch_key,
+                      exc)

@@ -1,0 +1,65 @@
+"""Lease renewal of a running batch (the broker side is in tests/integration/test_lease.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from curator_worker import lease
+from curator_worker.lease import LeaseRenewal, delivery_tags_key
+
+
+class FakeBroker:
+    def __init__(self, tags: dict[str, str], fail: bool = False) -> None:
+        self.tags, self.fail = tags, fail
+        self.lookups = 0
+        self.renewed: list[tuple[str, str, bool]] = []
+
+    def hget(self, key: str, field: str) -> bytes | None:
+        self.lookups += 1
+        if self.fail:
+            raise ConnectionError("broker down")
+        value = self.tags.get(f"{key}/{field}")
+        return value.encode() if value is not None else None
+
+    def zadd(self, key: str, mapping: dict[str, float], xx: bool = False) -> int:
+        (tag,) = mapping
+        self.renewed.append((key, tag, xx))
+        return 0
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [100.0]
+    monkeypatch.setattr(lease.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_renews_every_quarter_of_the_timeout_after_an_index(clock: list[float]) -> None:
+    broker = FakeBroker({f"{delivery_tags_key('j1')}/b000003": "tag-3"})
+    renew = LeaseRenewal(broker, "j1", "b000003", visibility_timeout=40, index_key="unacked")
+    clock[0] += 9.9
+    renew()
+    assert broker.renewed == [] and broker.lookups == 0, "not before 10 s"
+    clock[0] += 0.2
+    renew()
+    clock[0] += 5
+    renew()  # 5 s after the last renewal: not yet
+    clock[0] += 5
+    renew()
+    assert broker.renewed == [("unacked", "tag-3", True)] * 2  # XX: never re-adds
+    assert broker.lookups == 1, "the tag is read once"
+
+
+def test_a_batch_without_a_recorded_tag_stops_trying(clock: list[float]) -> None:
+    broker = FakeBroker({})
+    renew = LeaseRenewal(broker, "j1", "b000000", visibility_timeout=4)
+    for _ in range(3):
+        clock[0] += 2
+        renew()
+    assert broker.lookups == 1 and broker.renewed == []
+
+
+def test_a_broker_error_does_not_stop_the_batch(clock: list[float]) -> None:
+    renew = LeaseRenewal(FakeBroker({}, fail=True), "j1", "b000000", visibility_timeout=4)
+    clock[0] += 2
+    renew()  # logged, not raised
