@@ -14,7 +14,9 @@ signature, one message build and several Redis round trips per header task (abou
     queue, which is where kombu's Redis transport puts them; a stock ``celery worker``
     consumes them like any other task. Reading the template back from the list also
     checks that the queue's key is what kombu uses (a ``global_keyprefix``, a priority or
-    a non-direct exchange makes the check fail, and the ``batch`` method is used).
+    a non-direct exchange makes the check fail, and the ``batch`` method is used). Each
+    batch's delivery tag goes to ``curator:job:<id>:tags`` in the same pipeline, for its
+    worker to renew the message's lease while it runs (:mod:`curator_worker.lease`).
 ``batch`` (any broker, Redis result backend)
     Each header goes through ``app.send_task`` on one producer inside kombu's
     ``Producer.batch()`` (buffered in one pipeline on Redis; immediate elsewhere).
