@@ -302,8 +302,6 @@ class _TemplatePublisher:
         self.repr_levels = repr_levels
         #: ``(task id, argsrepr)`` of each header published, when kept for task-sent events.
         self.sent: list[tuple[str, str]] | None = None
-        #: Batch key -> delivery tag of the chunk being published.
-        self.tags: dict[str, str] = {}
         #: Seconds the delivery tags are kept (the job's time to live).
         self.ttl = 0
 
@@ -395,10 +393,12 @@ class _TemplatePublisher:
         """The ``argsrepr`` header Celery writes for ``args`` (see :func:`header_argsrepr`)."""
         return header_argsrepr(args, self.argsrepr_max, self.repr_levels)
 
-    def envelopes(self, batches: Sequence[Batch], first_index: int) -> Iterator[str]:
-        """The JSON envelope of each of ``batches`` (group indices from ``first_index``)."""
+    def envelopes(
+        self, batches: Sequence[Batch], first_index: int, tags: Sequence[str]
+    ) -> Iterator[str]:
+        """The JSON envelope of each of ``batches`` (group indices from ``first_index``),
+        with the delivery tags ``tags``."""
         ids = fast_uuids(len(batches))
-        tags = fast_uuids(len(batches))
         parts, slots, suffix, job_id = self.parts, self.slots, self.body_suffix, self.job_id
         dumps, b64, sent = json.dumps, base64.b64encode, self.sent
         for n, batch in enumerate(batches):
@@ -407,7 +407,6 @@ class _TemplatePublisher:
             argsrepr = self.argsrepr(args)
             if sent is not None:
                 sent.append((ids[n], argsrepr))
-            self.tags[batch.key] = tags[n]
             values = {
                 "body": '"' + b64(body.encode()).decode("ascii") + '"',
                 "argsrepr": dumps(argsrepr),
@@ -431,10 +430,10 @@ class _TemplatePublisher:
         with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(batches), chunk_size):
                 chunk = batches[start : start + chunk_size]
-                self.tags = {}
-                pipe.lpush(self.key, *self.envelopes(chunk, start))
+                tags = fast_uuids(len(chunk))
+                pipe.lpush(self.key, *self.envelopes(chunk, start, tags))
                 # each batch's delivery tag, for its worker to renew its lease (lease.py)
-                pipe.hset(tags_key, mapping=self.tags)
+                pipe.hset(tags_key, mapping={b.key: t for b, t in zip(chunk, tags, strict=True)})
                 if self.ttl:
                     pipe.expire(tags_key, self.ttl)
                 pipe.execute()
@@ -472,7 +471,8 @@ def header_argsrepr(args: tuple[str, str, list[int]], maxlen: int, maxlevels: in
     if text[at] in ", ":
         end = at + (2 if text[at] == "," else 1)
         return head + text[:end] + ", ...])"
-    start = text.rfind(", ", 0, at) + 2 if text.rfind(", ", 0, at) >= 0 else 0
+    before = text.rfind(", ", 0, at)
+    start = before + 2 if before >= 0 else 0
     stop = text.find(", ", at)
     last = stop < 0 and shown == len(indices)
     stop = len(text) if stop < 0 else stop
