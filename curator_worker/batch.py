@@ -27,6 +27,7 @@ from typing import Any
 from curator_worker.errors import PipelineError
 from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
+from curator_worker.planning import ints_in_range
 from curator_worker.policy import BatchPolicy
 
 log = logging.getLogger(__name__)
@@ -220,10 +221,8 @@ def execute_batch(
         if on_index is not None:
             on_index(result)
 
-    length = len(pipeline)
-    valid = all(type(i) is int for i in indices) and (
-        not indices or (min(indices) >= 0 and max(indices) < length))
     # a bad index (out of range, not an int) fails alone, through run_index's own check
+    valid = ints_in_range(indices, len(pipeline))
     run_index = pipeline.run_valid_index if valid else pipeline.run_index
     perf_counter = time.perf_counter
     memory_mb = policy.index_memory_mb

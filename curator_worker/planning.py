@@ -113,6 +113,13 @@ def parse_indices(text: str, length: int) -> list[int]:
     return indices
 
 
+def ints_in_range(indices: Sequence[int], length: int) -> bool:
+    """True when every index is a plain ``int`` in ``[0, length)`` (at C speed; repeats
+    allowed). :func:`check_indices` names what is wrong otherwise."""
+    return set(map(type, indices)) <= {int} and (
+        len(indices) == 0 or (min(indices) >= 0 and max(indices) < length))
+
+
 def check_indices(indices: Sequence[int], length: int) -> list[int]:
     """Validate a list of indices against a pipeline of ``length`` indices.
 
@@ -123,9 +130,9 @@ def check_indices(indices: Sequence[int], length: int) -> list[int]:
     """
     if len(indices) == 0:
         raise IndexSelectionError("No indices to run. Give at least one index.")
-    if set(map(type, indices)) == {int}:  # the common case, checked at C speed
+    if ints_in_range(indices, length):  # the common case, checked at C speed
         out = list(indices)
-        if min(out) >= 0 and max(out) < length and len(set(out)) == len(out):
+        if len(set(out)) == len(out):
             return out
     seen: set[int] = set()  # find and name the first bad index
     out: list[int] = []

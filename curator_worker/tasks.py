@@ -40,7 +40,7 @@ from curator_worker.batch import (
     execute_batch,
     write_shards,
 )
-from curator_worker.config import Settings
+from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job
 from curator_worker.jobs import (
@@ -145,7 +145,7 @@ def _broker_client() -> tuple[redis.Redis | None, float, str]:
     prefixes its keys), the visibility timeout and kombu's unacknowledged-index key."""
     url = str(app.conf.broker_url or "")
     options = dict(app.conf.broker_transport_options or {})
-    timeout = float(options.get("visibility_timeout", 3600))
+    timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
     index_key = str(options.get("unacked_index_key", UNACKED_INDEX_KEY))
     if not url.startswith(("redis://", "rediss://")) or options.get("global_keyprefix"):
         return None, timeout, index_key
