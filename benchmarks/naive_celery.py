@@ -1,10 +1,18 @@
-"""The naive Celery baseline: a tiny separate app, default settings, one task per item.
+"""The Celery baselines: a tiny separate app with default settings.
+
+*Naive*: one task per item.
 
 This is what a user gets by wrapping the per-index function in ``@app.task`` and sending a
 ``group`` of one task per item: default prefetching and acknowledgement, results in the
-Redis result backend, ``GroupResult.get()`` to wait. The broker (and result backend) URL
-comes from ``BENCH_NAIVE_BROKER``; without it the app uses the in-memory transport, so it
-can never reach a Redis the benchmark did not start.
+Redis result backend, ``GroupResult.get()`` to wait.
+
+*Tuned*: what a competent Celery user writes instead: ``naive_item.chunks(...)`` (Celery's
+own chunking: one message per chunk of items) in a ``chord`` whose callback flattens the
+chunks' results; its worker runs with ``--prefetch-multiplier 1`` so chunks spread evenly
+over the processes. The app's settings stay Celery's defaults.
+
+The broker (and result backend) URL comes from ``BENCH_NAIVE_BROKER``; without it the app
+uses the in-memory transport, so it can never reach a Redis the benchmark did not start.
 
 Worker: ``celery -A benchmarks.naive_celery worker`` with the repository root on
 ``PYTHONPATH`` (``benchmarks/compare.py`` starts it).
@@ -31,3 +39,9 @@ app = Celery(
 def naive_item(spec_json: str, index: int) -> list[str]:
     """Run one index of the pipeline of ``spec_json`` (built once per process)."""
     return run_item(spec_json, index)
+
+
+@app.task(name="bench.flatten")
+def flatten(chunks: list[list[list[str]]]) -> list[list[str]]:
+    """The tuned runner's chord callback: chunk results in order, as one list."""
+    return [paths for chunk in chunks for paths in chunk]

@@ -6,7 +6,8 @@ is started on a private Redis, warmed up, and W_cpu is run ``--rounds`` times; t
 wall time gives the speedup over the plain sequential loop (a quarter of the items, scaled,
 measured in the same rounds)
 and the parallel efficiency (speedup / w). ``--ppe`` adds ProcessPoolExecutor with the
-same process count for comparison. On a machine with 16+ cores run it as is; here (2
+same process count for comparison, ``map(chunksize=ceil(n / w))`` (one chunk per
+process). On a machine with 16+ cores run it as is; here (2
 cores)::
 
     .venv/bin/python benchmarks/scale.py --max-workers 2 --out scale.json
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import math
 import os
 import platform
 import shutil
@@ -145,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-limit", type=float, default=0.05,
                         help="runs where other programs used this fraction of the machine "
                              "are left out of the medians (default 0.05)")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--out", type=Path,
+                        help="write the results as JSON here (default: benchmarks/results/"
+                             "scale-<workload>-<UTC time>-<commit>.json)")
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
@@ -202,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                     loads["ours"].append(meter.foreign)
                     if ppe is not None:
                         with CpuMeter() as meter:
+                            # One chunk per process: what a user tuning PPE for a
+                            # uniform workload picks (issue 19).
                             seconds = ppe.run(spec_json, indices,
-                                              max(1, args.items // (4 * workers)))
+                                              math.ceil(args.items / workers))
                         if seconds is not None:
                             ppes.append(seconds)
                             loads["ppe"].append(meter.foreign)
@@ -238,14 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n workers  speedup  efficiency")
     for row in rows:
         print(f" {row['workers']:7d}  {row['speedup']:7.2f}  {row['efficiency']:10.2f}")
-    if args.out:
-        args.out.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "workload": args.workload, "sleep_ms": sleep_ms, "items": args.items,
-            "spin_iterations": iterations, "skipped_counts": skipped,
-            "rows": rows,
-        }, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    from benchmarks.compare import commit_info, default_out, machine_info
+
+    source = commit_info()
+    out = args.out or default_out(f"scale-{args.workload}", source["commit"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": machine_info(), **source, "ppe_chunksize": "ceil(items / workers)",
+        "workload": args.workload, "sleep_ms": sleep_ms, "items": args.items,
+        "spin_iterations": iterations, "skipped_counts": skipped,
+        "rows": rows,
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

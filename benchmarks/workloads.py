@@ -62,12 +62,16 @@ class BenchItems(Source[int]):
             Param("iterations", "spin() rounds per index (CPU work)", type=int, default=0),
             Param("sleep_ms", "Milliseconds to sleep per index (I/O wait)", type=float,
                   default=0.0),
+            Param("salt", "Changes the spec, not the work: a new salt is a spec workers "
+                          "have never seen (a user's first job)", type=int, default=0),
         ]
 
-    def __init__(self, count: int = 100, iterations: int = 0, sleep_ms: float = 0.0) -> None:
+    def __init__(self, count: int = 100, iterations: int = 0, sleep_ms: float = 0.0,
+                 salt: int = 0) -> None:
         self.count = count
         self.iterations = iterations
         self.sleep_ms = sleep_ms
+        self.salt = salt
 
     def __len__(self) -> int:
         return self.count
@@ -99,10 +103,11 @@ class EchoSink(Sink[int]):
         return [f"{index}:{item}" for item in items]
 
 
-def make_pipeline(count: int, iterations: int = 0, sleep_ms: float = 0.0) -> Pipeline:
-    """``BenchItems -> Passthrough -> EchoSink``."""
+def make_pipeline(count: int, iterations: int = 0, sleep_ms: float = 0.0,
+                  salt: int = 0) -> Pipeline:
+    """``BenchItems -> Passthrough -> EchoSink``; ``salt`` gives the same work a new spec."""
     return (
-        BenchItems(count=count, iterations=iterations, sleep_ms=sleep_ms)
+        BenchItems(count=count, iterations=iterations, sleep_ms=sleep_ms, salt=salt)
         .filter(Passthrough())
         .write(EchoSink())
     )

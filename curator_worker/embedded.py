@@ -172,6 +172,9 @@ class LocalCluster:
         Worker processes (prefork concurrency).
     queue : str
         Queue the worker consumes.
+    task_events : bool
+        Workers send task events (what Flower shows). Off by default: no Flower can reach
+        a private cluster. Benchmarks turn them on to measure a deployed cluster's cost.
 
     Examples
     --------
@@ -179,9 +182,11 @@ class LocalCluster:
     ...     submit_job(spec, cluster.settings)
     """
 
-    def __init__(self, workers: int = 2, queue: str = DEFAULT_QUEUE) -> None:
+    def __init__(self, workers: int = 2, queue: str = DEFAULT_QUEUE,
+                 task_events: bool = False) -> None:
         self.workers = max(1, workers)
         self.queue = queue
+        self.task_events = task_events
         self.folder = Path(tempfile.mkdtemp(prefix="curator-embedded-"))
         self.redis = RedisServer(self.folder)
         self.worker: subprocess.Popen[bytes] | None = None
@@ -191,9 +196,10 @@ class LocalCluster:
     def settings(self) -> Settings:
         """Settings that point at this cluster.
 
-        No task events: they are for Flower, and no Flower can reach a private cluster.
+        Task events only when asked for (see the class docstring).
         """
-        return Settings(broker_url=self.redis.url, queue=self.queue, task_events=False)
+        return Settings(broker_url=self.redis.url, queue=self.queue,
+                        task_events=self.task_events)
 
     def start(self) -> LocalCluster:
         """Start Redis, then the worker node."""
@@ -205,7 +211,8 @@ class LocalCluster:
         hostname = f"embedded-{os.getpid()}@{socket.gethostname()}"
         with open(self.worker_log, "wb") as out:
             self.worker = subprocess.Popen(
-                worker_command(self.workers, hostname, self.queue, task_events=False),
+                worker_command(self.workers, hostname, self.queue,
+                               task_events=self.task_events),
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
