@@ -82,3 +82,15 @@ def test_enqueue_reports_rates_and_a_big_submit(tmp_path: Path) -> None:
 def test_profile_job_reports_cpu_per_process(tmp_path: Path) -> None:
     done = run_benchmark("profile_job.py", "--items", "200", "--seconds", "1", cwd=tmp_path)
     assert "worker main" in done.stdout and "pool process 0" in done.stdout
+
+
+def test_million_runs_end_to_end_through_a_delayed_broker(tmp_path: Path) -> None:
+    out = tmp_path / "million.json"
+    run_benchmark("million.py", "--items", "3000", "--rounds", "1", "--rtt-ms", "1",
+                  "--out", str(out), cwd=tmp_path)
+    results = json.loads(out.read_text())
+    assert results["config"] == {"items": 3000, "workers": 2, "rtt_ms": 1.0, "rounds": 1,
+                                 "task_events": True}
+    run = results["runs"][0]
+    assert run["wall_s"] > 0.002  # at least the relay's delay, once
+    assert run["producer_peak_rss_mb"] > 0 and run["redis_peak_mb"] >= run["redis_before_mb"]
