@@ -145,5 +145,10 @@ def decode(blob: bytes | str) -> list[dict[str, Any]]:
 
 def decode_paths(blob: bytes | str) -> Iterator[tuple[int, list[str] | None]]:
     """``(index, paths)`` of each record of a blob; ``None`` paths for a failed index."""
+    return zip(*decode_path_columns(blob), strict=True)
+
+
+def decode_path_columns(blob: bytes | str) -> tuple[Sequence[int], list[list[str] | None]]:
+    """A blob's indices (a ``range`` when they are consecutive) and their paths, in order."""
     data = _columns(blob)
-    return zip(_indices(data["index"]), data["paths"], strict=True)
+    return _indices(data["index"]), data["paths"]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import json
+import operator
 import re
 import threading
 import time
@@ -613,16 +614,50 @@ class JobStore:
             out.append(found[1] if found is not None else None)
         return out
 
+    def _streamed_blobs(self, job_id: str, count: int = 64) -> Iterator[bytes]:
+        """Committed batches' result blobs, ``count`` at a time from Redis: planned batches
+        in any order, then retry rounds in round order (so a later round's record of an
+        index comes last). Never holds every blob at once (a million indices' results
+        are tens of MB)."""
+        retries: list[tuple[str, bytes]] = []
+        for key, blob in self.client.hscan_iter(self.key(job_id, "results"), count=count):
+            batch_key = key.decode()
+            if _retry_round(batch_key):
+                retries.append((batch_key, blob))
+            else:
+                yield blob
+        retries.sort(key=lambda kv: (_retry_round(kv[0]), kv[0]))
+        for _, blob in retries:
+            yield blob
+
     def paths(self, job_id: str, indices: Sequence[int]) -> list[list[str] | None]:
         """The sink paths of ``indices``, in order (``None`` where the index has not succeeded).
 
         The fast read behind ``run_pipeline(backend="celery")``: no per-index records built.
+        Later retry rounds hold only indices that failed before, so the last round's record
+        of an index is its outcome. When ``indices`` are consecutive (every index of a
+        pipeline, the usual case) each batch's paths are copied by slice into the answer,
+        with no index map.
         """
-        found: dict[int, list[str] | None] = {}
+        n = len(indices)
+        start = indices[0] if n else 0
+        consecutive = (indices.step == 1 if isinstance(indices, range)
+                       else all(map(operator.eq, indices, range(start, start + n))))
         with collector_paused():
-            for _, blob in self._blobs(job_id):
-                # Later retry rounds hold only indices that failed before, so the last
-                # round's record of an index is its outcome: a plain update, no check.
+            if consecutive:
+                out: list[list[str] | None] = [None] * n
+                for blob in self._streamed_blobs(job_id):
+                    got, paths = batch_results.decode_path_columns(blob)
+                    if (isinstance(got, range) and got.step == 1 and len(got)
+                            and got.start >= start and got.stop <= start + n):
+                        out[got.start - start:got.stop - start] = paths
+                        continue
+                    for index, path in zip(got, paths, strict=True):
+                        if start <= index < start + n:
+                            out[index - start] = path
+                return out
+            found: dict[int, list[str] | None] = {}
+            for blob in self._streamed_blobs(job_id):
                 found.update(batch_results.decode_paths(blob))
             return list(map(found.get, indices))
 

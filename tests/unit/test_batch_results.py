@@ -143,6 +143,13 @@ def test_retry_rounds_move_indices_from_failed_to_done(job_store: JobStore) -> N
     records = job_store.results(job, [0, 1, 2, 3])
     assert [("error" in r) for r in records] == [False, False, True, False]
     assert records[2]["attempt"] == 3, "the latest round's error is kept"
+    # the fast path (consecutive indices: slices) and the map path agree with the records
+    expected = [["/out/0"], ["/out/1"], None, ["/out/3"], ["/out/4"]]
+    assert job_store.paths(job, range(5)) == expected
+    assert job_store.paths(job, [0, 1, 2, 3, 4]) == expected
+    assert job_store.paths(job, [1, 2, 3]) == expected[1:4]  # a window of the batches
+    assert job_store.paths(job, [4, 0]) == [expected[4], expected[0]]
+    assert job_store.paths(job, []) == []
     metrics = Job(job, job_store).metrics()
     assert [(m["index"], m["batch"]) for m in metrics] == [
         (0, "b000000"), (1, "r1-b000000"), (2, "r2-b000000"), (3, "r2-b000000"),
