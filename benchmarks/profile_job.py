@@ -86,6 +86,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="pool processes")
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to run jobs")
     parser.add_argument("--py-spy", action="store_true", help="profile the worker processes")
+    parser.add_argument("--events", action="store_true",
+                        help="task events on (as a deployed cluster; default off)")
+    parser.add_argument("--cold", action="store_true",
+                        help="every job a spec the cluster has never seen (a user's first job)")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
     parser.add_argument("--rate", type=int, default=250,
                         help="py-spy samples per second (sampling costs CPU too)")
@@ -100,7 +104,8 @@ def main() -> int:
 
         iterations = calibrate(args.cpu_ms)
     folder = Path(tempfile.mkdtemp(prefix="curator-profile-"))
-    with LocalCluster(workers=args.workers, queue="profile") as cluster:
+    os.environ["CURATOR_TASK_EVENTS"] = "1" if args.events else "0"
+    with LocalCluster(workers=args.workers, queue="profile", task_events=args.events) as cluster:
         kwargs = {"broker_url": cluster.settings.broker_url, "queue": "profile", "timeout": 600}
         run_pipeline(make_pipeline(1), backend="celery", n_jobs=args.workers, **kwargs)
         assert cluster.worker is not None and cluster.redis.proc is not None
@@ -126,7 +131,8 @@ def main() -> int:
         jobs = 0
         started = time.perf_counter()
         while time.perf_counter() - started < args.seconds:
-            pipeline = make_pipeline(args.items, iterations, args.sleep_ms)
+            pipeline = make_pipeline(args.items, iterations, args.sleep_ms,
+                                     salt=jobs + 1 if args.cold else 0)
             run_pipeline(pipeline, backend="celery", n_jobs=args.workers, **kwargs)
             jobs += 1
         wall = time.perf_counter() - started
