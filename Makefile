@@ -1,18 +1,27 @@
 # curator-worker: set up, test, demo. Every target is idempotent.
+# `make demo` installs only what running a job needs; `make test` adds the dev set
+# (pytest, ruff, the optional backends, benchmarks' tools).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+CORE   := $(VENV)/.installed-core
+DEV    := $(VENV)/.installed
 
 .PHONY: setup test lint demo clean
 
-setup: $(STAMP)
+setup: $(DEV)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(CORE): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $(CORE)
+
+$(DEV): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV) $(CORE)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -20,7 +29,7 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-demo: setup
+demo: $(CORE)
 	$(VENV)/bin/curator-submit examples/demo.yaml --wait
 
 clean:
