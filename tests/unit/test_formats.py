@@ -33,36 +33,11 @@ from curator_worker.components.text import text_digest
 from curator_worker.errors import SpecError
 from curator_worker.pipeline import REQUIRED, Pipeline, is_stateful
 from curator_worker.spec import load_spec
+from tests.support.records import corpus, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 COMPONENTS = [JsonlFiles, ParquetFiles, TextStats, JsonlSink, JsonlChunked, ParquetSink,
               ParquetChunked]
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> bytes:
-    """Write records as compact JSON lines (the sinks' own format); return the bytes."""
-    data = b"".join(
-        json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        for r in records
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return data
-
-
-def corpus(n_files: int, per_file: int, seed: int = 0) -> list[list[dict[str, Any]]]:
-    """Records with repeated texts (exact duplicates across files), ints, floats and lists."""
-    rng = random.Random(seed)
-    words = ["alpha", "beta", "gamma", "délta", "ε", "zeta 😀"]
-    files = []
-    for f in range(n_files):
-        records = []
-        for r in range(per_file):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
-            records.append({"id": f * 1000 + r, "text": text, "score": rng.random(),
-                            "tags": [rng.choice(words) for _ in range(2)]})
-        files.append(records)
-    return files
 
 
 def make_jsonl_dir(folder: Path, n_files: int = 7, per_file: int = 9) -> list[list[dict]]:

