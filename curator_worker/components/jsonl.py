@@ -168,7 +168,7 @@ class JsonlSink(Sink[Item]):
 
     Each item becomes one line: its ``fields`` (or the item itself when it is a plain
     dict). The file is written whole, never partially: a local path through a temporary
-    file and a rename, a URL with one ``open(..., "wb")`` of its final name. An index with
+    file and a rename, a URL with one write (one PUT) of its final name. An index with
     no items gets an empty file.
 
     Parameters

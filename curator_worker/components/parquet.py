@@ -218,7 +218,7 @@ class ParquetSink(Sink[Item]):
 
     The records of an index (each item's ``fields``, or a plain dict item) become one
     table, written whole: a local path through a temporary file and a rename, a URL with
-    one ``open(..., "wb")`` of its final name. An index with no items gets a file with no
+    one write (one PUT) of its final name. An index with no items gets a file with no
     columns and no rows. Records whose values cannot share a column type fail the index.
 
     Parameters

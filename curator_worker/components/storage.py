@@ -8,9 +8,9 @@ bucket:
 - A plain path (or a ``file://`` URL) is written to a temporary file beside the target and
   renamed onto it (:func:`curator_worker.atomic.atomic_path`).
 - Any other URL goes through fsspec. Object stores have no rename, so each output is
-  serialised in memory first and then written with **one** ``open(path, "wb")`` of its
-  final name: an upload that fails never completes, so no object under a final name is
-  ever partial.
+  serialised in memory first and then written in one write of its final name
+  (``fs.pipe_file``: one PUT, or a multipart upload that completes only when every part
+  arrived): no object under a final name is ever partial.
 
 Credentials never belong in a spec: a spec's params are stored in the job store. Leave them
 out of ``storage_options`` (fsspec and boto read ``AWS_ACCESS_KEY_ID``,
@@ -53,6 +53,8 @@ __all__ = [
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
+#: fsspec protocols of object stores: no folders, and a missing bucket is never created.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 _ENV_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
 #: ``storage_options`` keys (at any depth) whose values are credentials: refused in clear.
 SECRET_KEYS = frozenset({
@@ -334,8 +336,9 @@ def write_bytes(path: str, data: bytes, options: Mapping[str, Any] | None = None
     """Write ``data`` as the whole content of ``path``; no reader ever sees it partial.
 
     A local path is written to a temporary file beside it and renamed onto it (parent
-    folders are created). A URL is written with one ``open(path, "wb")`` of its final name
-    holding the complete content.
+    folders are created). A URL is written in one write of its final name holding the
+    complete content (``fs.pipe_file``: a single PUT on object stores); a missing bucket
+    is an error, never created.
 
     Parameters
     ----------
@@ -363,9 +366,19 @@ def write_bytes(path: str, data: bytes, options: Mapping[str, Any] | None = None
             tmp.write_bytes(data)
         return path
     fs, inner = _filesystem(path, options or {})
-    parent = fs._parent(inner)
-    if parent:
+    try:
+        fs.pipe_file(inner, data)
+    except FileNotFoundError:
+        # A filesystem with real folders (sftp, a mounted one) may need the parent made;
+        # an object store's FileNotFoundError is a missing bucket: never create one.
+        parent = fs._parent(inner)
+        if not parent or set(_protocols(fs)) & OBJECT_STORES:
+            raise
         fs.makedirs(parent, exist_ok=True)
-    with fs.open(inner, "wb") as fh:
-        fh.write(data)
+        fs.pipe_file(inner, data)
     return path
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

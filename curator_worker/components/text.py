@@ -177,7 +177,7 @@ class TextStats(Filter[Item]):
 
     Stateful protocol: :meth:`flush` writes to ``self._output_path`` (runners point it at
     a shard), :meth:`merge` combines shards. Paths may be fsspec URLs: a URL is written with
-    one ``open(..., "wb")`` of the complete content. :meth:`merge` is static, so it opens
+    one write (one PUT) of the complete content. :meth:`merge` is static, so it opens
     URLs with the credentials of the environment (or a profile).
 
     Parameters
