@@ -21,6 +21,7 @@ from curator_worker.components.records import (
 )
 from curator_worker.components.storage import (
     PathList,
+    check_location,
     check_storage_options,
     exists,
     join,
@@ -194,7 +195,7 @@ class JsonlSink(Sink[Item]):
 
     def __init__(self, output_dir: str, prefix: str = "part",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = str(output_dir)
+        self.output_dir = check_location(str(output_dir), self.name)
         self.prefix = str(prefix)
         self.storage_options = check_storage_options(storage_options, self.name)
 
@@ -273,7 +274,7 @@ class JsonlChunked(Sink[Item]):
     def __init__(self, output_dir: str, chunk_size: int = 16, prefix: str = "chunk",
                  index_field: str = "_index",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = str(output_dir)
+        self.output_dir = check_location(str(output_dir), self.name)
         self.chunk_size = int(chunk_size)
         self.prefix = str(prefix)
         self.index_field = str(index_field)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from curator_worker.components.records import chunk_groups, normalise_index, records_of
 from curator_worker.components.storage import (
     PathList,
+    check_location,
     check_storage_options,
     exists,
     join,
@@ -246,7 +247,7 @@ class ParquetSink(Sink[Item]):
 
     def __init__(self, output_dir: str, prefix: str = "part", compression: str = "snappy",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = str(output_dir)
+        self.output_dir = check_location(str(output_dir), self.name)
         self.prefix = str(prefix)
         self.compression = _check_compression(compression, self.name)
         self.storage_options = check_storage_options(storage_options, self.name)
@@ -339,7 +340,7 @@ class ParquetChunked(Sink[Item]):
     def __init__(self, output_dir: str, chunk_size: int = 16, prefix: str = "chunk",
                  index_field: str = "_index", compression: str = "snappy",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = str(output_dir)
+        self.output_dir = check_location(str(output_dir), self.name)
         self.chunk_size = int(chunk_size)
         self.prefix = str(prefix)
         self.index_field = str(index_field)

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PathList",
+    "check_location",
     "check_storage_options",
     "exists",
     "is_remote",
@@ -53,6 +54,7 @@ __all__ = [
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
 _GLOB_MAGIC = re.compile(r"[*?\[]")
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/@]*:[^/@]*@")
 #: fsspec protocols of object stores: no folders, and a missing bucket is never created.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 _ENV_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -85,8 +87,31 @@ class PathList(tuple):  # type: ignore[type-arg]
             items = [os.fspath(v) for v in value]
         for item in items:
             if not isinstance(item, str) or not item:
-                raise ValueError(f"paths must be non-empty strings, got {item!r}.")
+                raise ValueError("paths must be non-empty strings.")
+            check_location(item, "paths")
         return super().__new__(cls, items)
+
+
+def check_location(path: str, owner: str) -> str:
+    """``path`` itself, unless it is a URL with a password in it (refused, not echoed).
+
+    Raises
+    ------
+    ValueError
+        For ``scheme://user:password@host/...``: a spec is stored in the job store.
+
+    Examples
+    --------
+    >>> check_location("s3://bucket/raw/*.jsonl", "JsonlFiles")
+    's3://bucket/raw/*.jsonl'
+    """
+    if _URL_PASSWORD.match(path):
+        raise ValueError(
+            f"{owner}: a URL holds a password ('user:password@'), and a spec is stored in "
+            "the job store. Give credentials through the environment or storage_options "
+            "'${ENV_VARIABLE}' values."
+        )
+    return path
 
 
 def is_remote(path: str) -> bool:

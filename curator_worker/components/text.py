@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from curator_worker.components.storage import (
+    check_location,
     check_storage_options,
     read_bytes,
     resolve_storage_options,
@@ -207,7 +208,7 @@ class TextStats(Filter[Item]):
 
     def __init__(self, output: str, field: str = "text",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output = str(output)
+        self.output = check_location(str(output), self.name)
         self.field = str(field)
         self.storage_options = check_storage_options(storage_options, self.name)
         self._output_path = self.output

@@ -380,6 +380,12 @@ def test_credentials_in_clear_are_refused_without_echoing_them(tmp_path: Path) -
         with pytest.raises(ValueError, match="credential in clear") as info:
             JsonlSink(output_dir="s3://bucket/out", storage_options=options)
         assert secret not in str(info.value)
+    for build in (lambda: JsonlFiles(paths=["a.jsonl", f"ftp://me:{secret}@host/b.jsonl"]),
+                  lambda: ParquetSink(output_dir=f"sftp://me:{secret}@host/out"),
+                  lambda: TextStats(output=f"https://me:{secret}@host/t.json")):
+        with pytest.raises(ValueError, match="a URL holds a password") as info:
+            build()
+        assert secret not in str(info.value)
     spec = {"version": 1,
             "source": {"name": "JsonlFiles", "module": "curator_worker.components.jsonl",
                        "params": {"paths": "s3://bucket/raw/*.jsonl",
