@@ -33,8 +33,6 @@ Item = dict[str, Any]
 FORMAT_VERSION = 1
 #: Bytes of the BLAKE2b digest that identifies a text (collisions: ~2**-64 per pair).
 DIGEST_SIZE = 16
-#: Frozen layers of counts kept before they are folded into one (see ``__deepcopy__``).
-MAX_LAYERS = 64
 
 
 def text_digest(text: str) -> bytes:
@@ -127,8 +125,16 @@ def _document(state: _State, counts: Mapping[bytes, int]) -> dict[str, Any]:
 
 
 def _encode(state: _State, counts: Mapping[bytes, int]) -> bytes:
-    text = json.dumps(_document(state, counts), sort_keys=True, indent=1, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    """The document as JSON: the summary indented, the digests on one last line.
+
+    Keys are sorted, except ``state``, which comes last; the digest map is written by the
+    C encoder (one line, digests in sorted order), ~10x faster than indenting it.
+    """
+    doc = _document(state, counts)
+    digests = doc.pop("state")
+    head = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False)
+    tail = json.dumps(digests, separators=(",", ":"))
+    return (head[:-2] + ',\n "state": ' + tail + "\n}\n").encode("utf-8")
 
 
 def _decode(data: bytes, path: str) -> tuple[_State, dict[bytes, int]]:
@@ -165,14 +171,15 @@ class TextStats(Filter[Item]):
     whatever the batching or merge order: ``duplicates`` counts texts seen before
     anywhere in the run, not only in one worker.
 
-    Output JSON (``flush`` and ``merge`` write the same format; keys sorted)::
+    Output JSON (``flush`` and ``merge`` write the same format; keys sorted, but the
+    digests come last, on one line)::
 
         {"documents": texts counted, "unique": distinct texts,
          "duplicates": documents - unique, "duplicate_groups": texts seen more than once,
          "items": items seen, "missing": items without a string in ``field``,
          "length": {"unit": "characters", "sum", "mean", "min", "max",
                     "histogram": [{"min", "max", "count"}, ...]},
-         "state": {"digests": {hex digest: count}}, "version": 1}
+         "version": 1, "state": {"digests": {hex digest: count}}}
 
     The file holds one digest per distinct text (~45 bytes each).
 
@@ -213,9 +220,11 @@ class TextStats(Filter[Item]):
         self.storage_options = check_storage_options(storage_options, self.name)
         self._output_path = self.output
         self._state = _State()
-        # Digest counts: frozen layers (never changed once frozen, so shared by copies)
-        # plus the live layer. See __deepcopy__.
-        self._layers: tuple[dict[bytes, int], ...] = ()
+        # Digest counts: the first ``_n_frozen`` layers of ``_frozen`` (an append-only list
+        # shared by copies; a layer never changes once frozen) plus the live layer.
+        # See __deepcopy__.
+        self._frozen: list[dict[bytes, int]] = []
+        self._n_frozen = 0
         self._live: dict[bytes, int] = {}
 
     @classmethod
@@ -244,14 +253,12 @@ class TextStats(Filter[Item]):
 
         Batch runners copy a stateful filter before every index (to roll a failed index
         back): copying the digests of a long batch each time would cost time quadratic in
-        the batch. Instead the live layer is frozen (it is never changed again) and both
-        filters go on with a new empty live layer, so a copy costs O(small totals).
+        the batch. Instead the live layer is frozen (appended to the shared list of layers,
+        never changed again) and both filters go on with a new empty live layer, so a copy
+        costs O(1). A filter that finds the list grown past its own layers (another copy
+        appended) takes a private copy of its part before appending.
         """
-        if self._live:
-            self._layers = (*self._layers, self._live)
-            self._live = {}
-        if len(self._layers) > MAX_LAYERS:
-            self._layers = (self._counts(),)
+        self._freeze()
         clone = copy.copy(self)
         clone._state = copy.deepcopy(self._state, memo)
         clone._live = {}
@@ -259,10 +266,20 @@ class TextStats(Filter[Item]):
         memo[id(self)] = clone
         return clone
 
+    def _freeze(self) -> None:
+        """Move the live layer to the end of this filter's frozen layers."""
+        if not self._live:
+            return
+        if len(self._frozen) != self._n_frozen:
+            self._frozen = self._frozen[: self._n_frozen]
+        self._frozen.append(self._live)
+        self._n_frozen += 1
+        self._live = {}
+
     def _counts(self) -> dict[bytes, int]:
         """All digest counts, layers folded (a new dict)."""
         total: dict[bytes, int] = {}
-        for layer in (*self._layers, self._live):
+        for layer in (*self._frozen[: self._n_frozen], self._live):
             for digest, n in layer.items():
                 total[digest] = total.get(digest, 0) + n
         return total
