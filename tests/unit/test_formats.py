@@ -327,6 +327,14 @@ def test_text_stats_copies_share_frozen_counts_without_leaking(tmp_path: Path) -
     assert stats.summary()["documents"] == 3 and stats.summary()["duplicates"] == 1
     list(snapshot(iter([{"fields": {"text": "c"}}])))
     assert stats.summary()["unique"] == 2  # the copy's counts never reach the original
+    copy.deepcopy(stats)  # both freeze their live layer onto the list they share
+    copy.deepcopy(snapshot)
+    def digests(f: TextStats) -> dict[str, int]:
+        return f.summary()["state"]["digests"]
+
+    a, b, c = (text_digest(t).hex() for t in "abc")
+    assert digests(snapshot) == {a: 1, c: 1}
+    assert digests(stats) == {a: 2, b: 1}
     for _ in range(200):  # many copies fold their layers
         stats = copy.deepcopy(stats)
         list(stats(iter([{"fields": {"text": "a"}}])))
