@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,3 +304,33 @@ def test_an_s3_record_job_on_two_celery_nodes_equals_a_local_sequential_run(
     for i in range(6):
         name = f"part_{i:08d}.parquet"
         assert fs.cat_file(f"{BUCKET}/celery-out/{name}") == (tmp_path / "seq" / name).read_bytes()
+
+
+def test_curator_submit_runs_the_s3_example_like_a_user(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``curator-submit examples/jsonl_to_parquet_s3.yaml --wait`` with only the S3
+    variables set (an embedded cluster: no broker configured) equals a local run."""
+    fs = s3fs_client(s3_server)
+    upload_corpus(s3_server, "raw", tmp_path / "local" / "demo-data" / "raw")
+    if fs.exists(f"{BUCKET}/parquet"):
+        fs.rm(f"{BUCKET}/parquet", recursive=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATOR_", "AWS_"))}
+    env.update(s3_server.environ())
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "curator-submit"),
+         str(REPO / "examples" / "jsonl_to_parquet_s3.yaml"), "--wait"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "6 succeeded, 0 failed" in done.stdout
+    assert s3_server.secret_key not in done.stdout + done.stderr
+
+    monkeypatch.chdir(tmp_path / "local")
+    run_pipeline(Pipeline.load(REPO / "examples" / "jsonl_to_parquet.yaml"))
+    for i in range(6):
+        name = f"part_{i:08d}.parquet"
+        assert fs.cat_file(f"{BUCKET}/parquet/{name}") == \
+            (tmp_path / "local" / "demo-out" / "parquet" / name).read_bytes()
+    assert (tmp_path / "demo-out" / "s3-text-stats.json").read_bytes() == \
+        (tmp_path / "local" / "demo-out" / "text-stats.json").read_bytes()
