@@ -283,8 +283,9 @@ def list_files(patterns: Iterable[str], options: Mapping[str, Any], owner: str) 
         try:
             if is_remote(pattern):
                 fs, path = _filesystem(pattern, options)
-                matches = sorted(fs.unstrip_protocol(p) for p in fs.glob(path)
-                                 if not fs.isdir(p))
+                found = fs.glob(path, detail=True)  # one listing, no request per match
+                matches = sorted(fs.unstrip_protocol(p) for p, info in found.items()
+                                 if info.get("type") != "directory")
             else:
                 prefix = "file://" if pattern.lower().startswith("file://") else ""
                 matches = sorted(prefix + p for p in glob.glob(local_path(pattern), recursive=True)

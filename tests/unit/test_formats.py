@@ -350,8 +350,11 @@ def test_memory_urls_work_end_to_end(tmp_path: Path) -> None:
     for f, records in enumerate(files):
         data = b"".join(json.dumps(r).encode() + b"\n" for r in records)
         fs.pipe_file(f"/cw-test/raw/{f}.jsonl", data)
+    fs.pipe_file("/cw-test/raw/folder.jsonl/inner.txt", b"a folder that matches the glob")
+    source = JsonlFiles(paths="memory://cw-test/raw/*.jsonl")
+    assert source.files == tuple(f"memory:///cw-test/raw/{f}.jsonl" for f in range(4))
     pipeline = Pipeline(
-        JsonlFiles(paths="memory://cw-test/raw/*.jsonl"),
+        source,
         [TextStats(output=str(tmp_path / "text.json"))],  # runners shard it locally
         ParquetSink(output_dir="memory://cw-test/out"),
     )
