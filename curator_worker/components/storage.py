@@ -46,6 +46,7 @@ __all__ = [
     "is_remote",
     "join",
     "list_files",
+    "local_path",
     "open_input",
     "read_bytes",
     "resolve_storage_options",
