@@ -1,0 +1,115 @@
+"""Records: the row-shaped items of the JSONL and Parquet components.
+
+A record item is ``{"index": i, "path": source file, "row": k, "fields": {column: value}}``
+(Parquet row-group sources add ``"row_group"``). Sinks write ``item["fields"]`` (or a plain
+dict item as it is); numpy arrays and scalars in values become lists and Python numbers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import operator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Item = dict[str, Any]
+
+__all__ = ["chunk_groups", "json_default", "normalise_index", "plain", "record_of", "records_of"]
+
+
+def normalise_index(index: int, length: int) -> int:
+    """``index`` as an int in ``[0, length)``; negative indices count from the end.
+
+    Raises
+    ------
+    IndexError
+        If ``index`` is out of range.
+    """
+    if isinstance(index, bool):
+        raise TypeError("Source indices must be integers, not bool.")
+    i = operator.index(index)
+    if i < 0:
+        i += length
+    if not 0 <= i < length:
+        raise IndexError(f"Index {index} is out of range for a source of {length} indices.")
+    return i
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars turned into lists and Python scalars.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> plain({"a": np.arange(2), "b": [np.float64(1.5)]})
+    {'a': [0, 1], 'b': [1.5]}
+    """
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def record_of(item: Any) -> dict[str, Any]:
+    """The record a sink writes for ``item``: its ``fields``, or the dict itself.
+
+    Raises
+    ------
+    TypeError
+        If ``item`` is not a dict (naming its type).
+
+    Examples
+    --------
+    >>> record_of({"index": 0, "fields": {"text": "hi"}}), record_of({"text": "hi"})
+    ({'text': 'hi'}, {'text': 'hi'})
+    """
+    if isinstance(item, dict):
+        fields = item.get("fields")
+        if isinstance(fields, dict):
+            return plain(fields)
+        return plain(item)
+    raise TypeError(
+        f"record sinks write dict items ({{'fields': {{...}}}} or a plain dict), "
+        f"got {type(item).__name__}."
+    )
+
+
+def records_of(items: Iterator[Any]) -> list[dict[str, Any]]:
+    """:func:`record_of` of every item, in order."""
+    return [record_of(item) for item in items]
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps`` fallback for values Parquet gives: dates, decimals, bytes."""
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise TypeError(f"a value of type {type(value).__name__} cannot be written as JSON.")
+
+
+def chunk_groups(indices: Sequence[int], chunk_size: int) -> list[list[int]]:
+    """``indices`` grouped by chunk (``i // chunk_size``), ascending, ordered by chunk.
+
+    Examples
+    --------
+    >>> chunk_groups([9, 1, 0, 8, 5], 4)
+    [[0, 1], [5], [8, 9]]
+    """
+    groups: dict[int, list[int]] = {}
+    for i in indices:
+        groups.setdefault(int(i) // chunk_size, []).append(int(i))
+    return [sorted(groups[chunk]) for chunk in sorted(groups)]

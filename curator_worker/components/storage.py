@@ -1,0 +1,411 @@
+"""Where component files live: local paths or fsspec URLs (``s3://``, ``gs://``, ``memory://``).
+
+The file components (:mod:`~curator_worker.components.jsonl`,
+:mod:`~curator_worker.components.parquet`, :class:`~curator_worker.components.text.TextStats`)
+read and write through these functions, so one spec works on a laptop's disk and on a
+bucket:
+
+- A plain path (or a ``file://`` URL) is written to a temporary file beside the target and
+  renamed onto it (:func:`curator_worker.atomic.atomic_path`).
+- Any other URL goes through fsspec. Object stores have no rename, so each output is
+  serialised in memory first and then written in one write of its final name
+  (``fs.pipe_file``: one PUT, or a multipart upload that completes only when every part
+  arrived): no object under a final name is ever partial.
+
+Credentials never belong in a spec: a spec's params are stored in the job store. Leave them
+out of ``storage_options`` (fsspec and boto read ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, a profile, or ``FSSPEC_S3_*`` variables),
+or write a value as ``"${VARIABLE}"``: it is read from the environment of the process that
+opens the file. A credential written in clear is refused with an error naming the key (its
+value is never printed or logged).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+import fsspec.core
+from fsspec.utils import infer_compression
+
+from curator_worker.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PathList",
+    "check_location",
+    "check_storage_options",
+    "exists",
+    "is_remote",
+    "join",
+    "list_files",
+    "local_path",
+    "open_input",
+    "read_bytes",
+    "resolve_storage_options",
+    "write_bytes",
+]
+
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://")
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://[^/@]*:[^/@]*@")
+#: fsspec protocols of object stores: no folders, and a missing bucket is never created.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+_ENV_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}$")
+#: ``storage_options`` keys (at any depth) whose values are credentials: refused in clear.
+SECRET_KEYS = frozenset({
+    "key", "secret", "token", "password", "passwd", "access_key", "secret_key",
+    "access_key_id", "secret_access_key", "session_token", "security_token",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "account_key",
+    "sas_token", "client_secret", "credential", "credentials", "private_key",
+})
+
+
+class PathList(tuple):  # type: ignore[type-arg]
+    """A spec param holding one path, URL or glob, or a list of them.
+
+    ``PathList("s3://b/raw/*.jsonl")`` and ``PathList(["a.jsonl", "b.jsonl"])`` are both
+    accepted, so a spec may give ``paths: data/*.jsonl`` or a YAML list.
+
+    Examples
+    --------
+    >>> PathList("raw/*.jsonl"), PathList(["a", "b"])
+    (('raw/*.jsonl',), ('a', 'b'))
+    """
+
+    def __new__(cls, value: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] = ()
+                ) -> PathList:
+        if isinstance(value, str | os.PathLike):
+            items = [os.fspath(value)]
+        else:
+            items = [os.fspath(v) for v in value]
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise ValueError("paths must be non-empty strings.")
+            check_location(item, "paths")
+        return super().__new__(cls, items)
+
+
+def check_location(path: str, owner: str) -> str:
+    """``path`` itself, unless it is a URL with a password in it (refused, not echoed).
+
+    Raises
+    ------
+    ValueError
+        For ``scheme://user:password@host/...``: a spec is stored in the job store.
+
+    Examples
+    --------
+    >>> check_location("s3://bucket/raw/*.jsonl", "JsonlFiles")
+    's3://bucket/raw/*.jsonl'
+    """
+    if _URL_PASSWORD.match(path):
+        raise ValueError(
+            f"{owner}: a URL holds a password ('user:password@'), and a spec is stored in "
+            "the job store. Give credentials through the environment or storage_options "
+            "'${ENV_VARIABLE}' values."
+        )
+    return path
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL that fsspec must open (any scheme but ``file://``).
+
+    Examples
+    --------
+    >>> is_remote("s3://bucket/a.jsonl"), is_remote("file:///tmp/a"), is_remote("a/b")
+    (True, False, False)
+    """
+    found = _SCHEME.match(path)
+    return bool(found) and found["scheme"].lower() != "file"
+
+
+def local_path(path: str) -> str:
+    """``path`` without a ``file://`` prefix.
+
+    Examples
+    --------
+    >>> local_path("file:///tmp/a.jsonl"), local_path("out/a.jsonl")
+    ('/tmp/a.jsonl', 'out/a.jsonl')
+    """
+    return path[len("file://"):] if path.lower().startswith("file://") else path
+
+
+def join(folder: str, name: str) -> str:
+    """``folder/name`` for a directory path or a URL prefix.
+
+    Examples
+    --------
+    >>> join("s3://bucket/out/", "a.jsonl"), join("out", "a.jsonl")
+    ('s3://bucket/out/a.jsonl', 'out/a.jsonl')
+    """
+    if _SCHEME.match(folder):
+        return folder.rstrip("/") + "/" + name
+    return os.path.join(folder, name)
+
+
+def _walk_secrets(options: Mapping[str, Any], where: str) -> Iterator[str]:
+    """Dotted names of the credential keys in ``options`` whose values are given in clear."""
+    for key, value in options.items():
+        name = f"{where}.{key}" if where else str(key)
+        if isinstance(value, Mapping):
+            yield from _walk_secrets(value, name)
+        elif str(key).lower() in SECRET_KEYS and value not in (None, ""):
+            if not (isinstance(value, str) and _ENV_REFERENCE.match(value)):
+                yield name
+
+
+def check_storage_options(options: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    """Validate ``storage_options`` of a component; return them as a dict (unexpanded).
+
+    Parameters
+    ----------
+    options : Mapping or None
+        fsspec options, as a spec gives them.
+    owner : str
+        The component's name, for messages.
+
+    Returns
+    -------
+    dict
+        A copy of ``options`` (``{}`` for None).
+
+    Raises
+    ------
+    ValueError
+        If ``options`` is not a mapping, or holds a credential in clear (the message names
+        the key, never the value).
+
+    Examples
+    --------
+    >>> check_storage_options({"secret": "${AWS_SECRET_ACCESS_KEY}"}, "JsonlFiles")
+    {'secret': '${AWS_SECRET_ACCESS_KEY}'}
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(
+            f"{owner}: storage_options must be a mapping of fsspec options, "
+            f"got {type(options).__name__}."
+        )
+    clear = sorted(_walk_secrets(options, ""))
+    if clear:
+        raise ValueError(
+            f"{owner}: storage_options {', '.join(repr(k) for k in clear)} hold a credential "
+            "in clear, and a spec is stored in the job store. Write it as '${ENV_VARIABLE}' "
+            "(read from each process's environment) or leave it out so fsspec/boto read the "
+            "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile."
+        )
+    return dict(options)
+
+
+def _expand(value: Any, where: str, owner: str) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _expand(v, f"{where}.{k}" if where else str(k), owner)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_expand(v, where, owner) for v in value]
+    if isinstance(value, str):
+        found = _ENV_REFERENCE.match(value)
+        if found:
+            name = found["name"]
+            if name not in os.environ:
+                raise ValueError(
+                    f"{owner}: storage_options {where!r} refers to ${{{name}}}, which is not "
+                    "set in this process's environment. Set it where the job runs."
+                )
+            return os.environ[name]
+    return value
+
+
+def resolve_storage_options(options: Mapping[str, Any] | None, owner: str) -> dict[str, Any]:
+    """``options`` with every ``"${VARIABLE}"`` value read from the environment.
+
+    Raises
+    ------
+    ValueError
+        If a referenced variable is not set (named in the message), or as
+        :func:`check_storage_options`.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["CW_DOC_ENDPOINT"] = "http://127.0.0.1:9000"
+    >>> resolve_storage_options({"client_kwargs": {"endpoint_url": "${CW_DOC_ENDPOINT}"}}, "X")
+    {'client_kwargs': {'endpoint_url': 'http://127.0.0.1:9000'}}
+    """
+    return _expand(check_storage_options(options, owner), "", owner)
+
+
+def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+    return fsspec.core.url_to_fs(url, **dict(options))
+
+
+def list_files(patterns: Iterable[str], options: Mapping[str, Any], owner: str) -> list[str]:
+    """Expand paths, URLs and globs into a deterministic file list.
+
+    Each glob (``*``, ``?``, ``[``; ``**`` for any depth) is replaced by its matching files
+    in sorted order; a path without glob characters is kept as given, even if it does not
+    exist (reading it then fails for that index only). Entries keep the order given; a
+    file named twice is kept once.
+
+    Parameters
+    ----------
+    patterns : Iterable[str]
+        Local paths, ``file://`` or fsspec URLs, with or without globs.
+    options : Mapping
+        Resolved fsspec ``storage_options`` for URLs.
+    owner : str
+        The component's name, for messages.
+
+    Returns
+    -------
+    list[str]
+        The files; URLs keep their scheme.
+
+    Raises
+    ------
+    ValueError
+        If a glob matches no file, or listing fails (unreachable endpoint, refused
+        credentials): one line naming the pattern and the fix.
+    """
+    files: list[str] = []
+    for pattern in patterns:
+        if not _GLOB_MAGIC.search(pattern):
+            files.append(pattern)
+            continue
+        try:
+            if is_remote(pattern):
+                fs, path = _filesystem(pattern, options)
+                found = fs.glob(path, detail=True)  # one listing, no request per match
+                matches = sorted(fs.unstrip_protocol(p) for p, info in found.items()
+                                 if info.get("type") != "directory")
+            else:
+                prefix = "file://" if pattern.lower().startswith("file://") else ""
+                matches = sorted(prefix + p for p in glob.glob(local_path(pattern), recursive=True)
+                                 if os.path.isfile(p))
+        except Exception as exc:  # noqa: BLE001 - any listing failure is the user's to fix
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ValueError(
+                f"{owner}: cannot list {pattern!r} ({type(exc).__name__}: {first}). Check the "
+                "URL, the endpoint and the credentials (environment or profile)."
+            ) from None
+        if not matches:
+            raise ValueError(
+                f"{owner}: no files match {pattern!r}. Check the pattern (use '**/' to match "
+                "subdirectories)."
+            )
+        files.extend(matches)
+    unique = list(dict.fromkeys(files))
+    if not unique:
+        raise ValueError(f"{owner}: no paths given. Set 'paths' to a file, a glob or a list.")
+    return unique
+
+
+@contextmanager
+def open_input(path: str, options: Mapping[str, Any], compression: str | None = "infer"
+               ) -> Iterator[IO[bytes]]:
+    """Open ``path`` (a local path or URL) for binary reading.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    options : Mapping
+        Resolved fsspec ``storage_options`` (ignored for local paths).
+    compression : str or None
+        ``"infer"`` (default) decompresses by suffix (``.gz``, ``.bz2``, ``.xz``, ``.zst``);
+        ``None`` reads the raw bytes.
+
+    Returns
+    -------
+    Iterator[IO[bytes]]
+        A context manager yielding the open file.
+    """
+    if compression == "infer":
+        compression = infer_compression(path)
+    opener = fsspec.open(path if is_remote(path) else local_path(path), "rb",
+                         compression=compression, **(dict(options) if is_remote(path) else {}))
+    with opener as fh:
+        yield fh
+
+
+def read_bytes(path: str, options: Mapping[str, Any] | None = None) -> bytes:
+    """The raw content of ``path`` (local path or URL).
+
+    Examples
+    --------
+    >>> write_bytes("memory://doc/read.txt", b"hi")
+    'memory://doc/read.txt'
+    >>> read_bytes("memory://doc/read.txt")
+    b'hi'
+    """
+    with open_input(path, options or {}, compression=None) as fh:
+        return fh.read()
+
+
+def exists(path: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``path`` (local path or URL) exists."""
+    if not is_remote(path):
+        return os.path.exists(local_path(path))
+    fs, inner = _filesystem(path, options or {})
+    return bool(fs.exists(inner))
+
+
+def write_bytes(path: str, data: bytes, options: Mapping[str, Any] | None = None) -> str:
+    """Write ``data`` as the whole content of ``path``; no reader ever sees it partial.
+
+    A local path is written to a temporary file beside it and renamed onto it (parent
+    folders are created). A URL is written in one write of its final name holding the
+    complete content (``fs.pipe_file``: a single PUT on object stores); a missing bucket
+    is an error, never created.
+
+    Parameters
+    ----------
+    path : str
+        Local path, ``file://`` or fsspec URL.
+    data : bytes
+        The complete content.
+    options : Mapping, optional
+        Resolved fsspec ``storage_options`` for URLs.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "sub", "a.txt")
+    >>> write_bytes(target, b"x") == target and open(target, "rb").read() == b"x"
+    True
+    """
+    if not is_remote(path):
+        with atomic_path(local_path(path)) as tmp:
+            tmp.write_bytes(data)
+        return path
+    fs, inner = _filesystem(path, options or {})
+    try:
+        fs.pipe_file(inner, data)
+    except FileNotFoundError:
+        # A filesystem with real folders (sftp, a mounted one) may need the parent made;
+        # an object store's FileNotFoundError is a missing bucket: never create one.
+        parent = fs._parent(inner)
+        if not parent or set(_protocols(fs)) & OBJECT_STORES:
+            raise
+        fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(inner, data)
+    return path
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
