@@ -13,9 +13,15 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+except ImportError as exc:  # an optional dependency: one clear line naming the fix
+    raise ImportError(
+        "The Parquet components need pyarrow, which is not installed here: "
+        "pip install 'curator-worker[parquet]' (on every worker)."
+    ) from exc
 
 from curator_worker.components.records import chunk_groups, normalise_index, records_of
 from curator_worker.components.storage import (

@@ -459,3 +459,15 @@ def test_write_bytes_on_a_url_is_one_put_of_the_final_name() -> None:
     write_bytes("memory://cw-test/one/put.bin", b"\x00" * 10)
     assert fs.cat_file("/cw-test/one/put.bin") == b"\x00" * 10
     assert fs.ls("/cw-test/one", detail=False) == ["/cw-test/one/put.bin"]
+
+
+def test_parquet_without_pyarrow_names_the_extra_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pyarrow'] = None\n"
+            "from curator_worker.components import ParquetFiles")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert "pip install 'curator-worker[parquet]'" in done.stderr.splitlines()[-1]
