@@ -75,7 +75,7 @@ def max_message_bytes(environ: Mapping[str, str] | None = None) -> int:
 def refuse(name: object, task_id: object, reason: str) -> None:
     """Log, in one line, that a task message was dropped and why."""
     log.warning("%s %s[%s]: %s; dropped without running (acknowledged).", REJECTED,
-                _clip(name), _clip(task_id), reason)
+                "(no task name)" if name is None else _clip(name), _clip(task_id), reason)
 
 
 def _clip(value: object, limit: int = 100) -> str:
@@ -272,31 +272,28 @@ class GuardedConsumer(Consumer):
     def _drop(self, message: Any) -> None:
         message.ack_log_error(log, self.connection_errors)
 
+    def _refuse(self, message: Any, reason: str) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        refuse(headers.get("task"), headers.get("id"), reason)
+        self._drop(message)
+
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         """A task name this worker does not run: one line, acknowledged."""
-        headers = message.headers or {}
-        refuse(headers.get("task"), headers.get("id"), "this worker runs only "
-               f"{', '.join(sorted(accepted_tasks(self.app)))}")
-        self._drop(message)
+        accepted = ", ".join(sorted(accepted_tasks(self.app)))
+        self._refuse(message, f"this worker runs only {accepted}")
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         """A message that names no task: one line, acknowledged."""
-        refuse(None, (message.headers or {}).get("id") if isinstance(message.headers, dict)
-               else None, "the message names no task")
-        self._drop(message)
+        self._refuse(message, "the message names no task")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         """A message Celery cannot read (content type refused, bad headers): one line."""
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        refuse(headers.get("task"), headers.get("id"), f"{type(exc).__name__}: {_clip(exc, 300)}")
-        self._drop(message)
+        self._refuse(message, f"{type(exc).__name__}: {_clip(exc, 300)}")
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         """A body that cannot be decoded: one line, acknowledged."""
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        refuse(headers.get("task"), headers.get("id"), f"cannot decode the body "
-               f"({_clip(message.content_type)}): {type(exc).__name__}: {_clip(exc, 300)}")
-        self._drop(message)
+        self._refuse(message, f"cannot decode the body ({_clip(message.content_type)}): "
+                     f"{type(exc).__name__}: {_clip(exc, 300)}")
 
 
 def message_bytes(message: Any) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Connection
 
 from curator_worker.app import GATHER, RUN_BATCH, create_app
 from curator_worker.config import Settings
@@ -374,5 +375,32 @@ def test_an_oversized_message_is_dropped_unread(
                 (GATHER, ([padding], job.job_id), None)]
     text = attack(app, store, worker_nodes, job, messages)
     assert "CURATOR_MAX_MESSAGE_BYTES" in text
+    assert_workers_healthy(app, worker_nodes)
+    run_planned_job(app, store, job)
+
+
+# --------------------------------------------------------------------------- unreadable
+
+
+def test_unreadable_messages_are_dropped_with_one_line(
+    app: Celery, cluster_settings: Settings, store: JobStore, worker_nodes: list[WorkerNode],
+    job: PlannedJob,
+) -> None:
+    """A body that is not JSON, and a message that names no task: one line each."""
+    before = snapshot(store, job.job_id)
+    since = log_sizes(worker_nodes)
+    broken, nameless = str(uuid.uuid4()), str(uuid.uuid4())
+    with Connection(cluster_settings.broker_url) as conn:
+        producer = conn.Producer()
+        truncated = b'[["' + job.job_id.encode() + b'", "b000000", [0, 1'
+        producer.publish(truncated, routing_key=TEST_QUEUE, content_type="application/json",
+                         content_encoding="utf-8",
+                         headers={"task": RUN_BATCH, "id": broken, "lang": "py"})
+        producer.publish({"args": [job.job_id, "b000000", [0, 1, 2]]}, routing_key=TEST_QUEUE,
+                         serializer="json", headers={"id": nameless})
+    text = wait_for_rejections(worker_nodes, since, [broken, nameless])
+    assert_rejected_once_each(text, [broken, nameless])
+    assert snapshot(store, job.job_id) == before
+    assert queue_is_drained(store, [broken, nameless])
     assert_workers_healthy(app, worker_nodes)
     run_planned_job(app, store, job)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ from curator_worker.config import Settings
 from curator_worker.jobs import JobStore, new_job_id
 from curator_worker.spec import build_pipeline
 from curator_worker.trust import (
+    CHORD_UNLOCK,
     DEFAULT_MAX_MESSAGE_BYTES,
+    accepted_tasks,
     max_message_bytes,
     message_problem,
     unknown_job,
@@ -122,6 +125,14 @@ def test_the_message_cap_is_configurable(caplog: pytest.LogCaptureFixture) -> No
         caplog.clear()
         assert max_message_bytes({"CURATOR_MAX_MESSAGE_BYTES": bad}) == DEFAULT_MAX_MESSAGE_BYTES
         assert len(caplog.records) == 1 and "CURATOR_MAX_MESSAGE_BYTES" in caplog.text
+
+
+def test_workers_run_our_tasks_and_chord_unlock_only_where_chords_need_it(app: Celery) -> None:
+    """Celery's Redis result backend joins chords itself: no built-in task is needed."""
+    assert app.backend.supports_native_join
+    assert accepted_tasks(app) == {RUN_BATCH, GATHER}
+    polling = SimpleNamespace(backend=SimpleNamespace(supports_native_join=False))
+    assert accepted_tasks(polling) == {RUN_BATCH, GATHER, CHORD_UNLOCK}
 
 
 # --------------------------------------------------------------------------- the plan
