@@ -2,8 +2,12 @@
 
 A batch task follows one path a reader can trace::
 
-    load job (cached) -> skip if committed -> build pipeline (cached per job)
+    planned? (one lookup; else one log line, dropped) -> load job (cached)
+    -> skip if committed -> build pipeline (cached per job)
     -> execute_batch -> write_shards -> commit (one Lua script) -> return the batch key
+
+Messages reach these tasks only through :class:`curator_worker.trust.GuardedConsumer`,
+which already dropped every message of another task, too large, or of another shape.
 
 Header tasks never raise for item errors (they are recorded as data), so the chord always
 reaches gather. They return only the batch key: small and deterministic.
