@@ -23,10 +23,14 @@ def create_app(settings: Settings, *, with_tasks: bool = False) -> Celery:
     settings : Settings
         Broker, result backend and behaviour.
     with_tasks : bool
-        Import and register this project's tasks (workers); producers send by name.
+        Import and register this project's tasks (workers); producers send by name. A
+        worker of such an app checks every message before running it
+        (:mod:`curator_worker.trust`).
     """
     app = Celery("curator_worker", include=["curator_worker.tasks"] if with_tasks else [])
     app.conf.update(celery_config(settings))
+    if with_tasks:
+        app.conf.worker_consumer = "curator_worker.trust:GuardedConsumer"
     if not with_tasks and settings.effective_result_backend:
         _detach_result_tracking(app)
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import socket
 import time
 import traceback
@@ -34,6 +35,30 @@ log = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
 SHARD_SUFFIX = ".shard"
+
+#: What a run id (job id) or batch key must look like to become part of a file name: ASCII
+#: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot, at most 200 characters.
+#: No separator, no ``..``, no NUL, nothing a file system or a terminal reads differently.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
+
+
+def is_safe_name(name: object) -> bool:
+    """True when ``name`` may be part of a file name (:data:`SAFE_NAME`).
+
+    Examples
+    --------
+    >>> is_safe_name("b000123"), is_safe_name("r2-b000001"), is_safe_name("../x")
+    (True, True, False)
+    """
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
+
+
+def _require_safe_name(name: str, what: str) -> None:
+    if not is_safe_name(name):
+        raise ValueError(
+            f"Refusing {what} {ascii(name)[:80]} in a file name: use ASCII letters, digits, "
+            "'.', '_' and '-' (not first), at most 200 characters."
+        )
 
 
 #: Indices at least this long (seconds) always get per-stage timings.
@@ -139,7 +164,12 @@ def output_path_of(f: Filter[Any]) -> str:
 
 
 def shard_dir(final_output: str, run_id: str) -> Path:
-    """Folder of the shards of one run (job) for a stateful filter's output."""
+    """Folder of the shards of one run (job) for a stateful filter's output.
+
+    ``ValueError`` unless ``run_id`` is a safe name (:func:`is_safe_name`): the folder is
+    always directly inside ``<final_output>.shards``.
+    """
+    _require_safe_name(run_id, "run id")
     return Path(f"{final_output}.shards") / run_id
 
 
@@ -348,8 +378,13 @@ def write_filter_shards(
     complete (``os.replace``), so a crash never leaves a half-written shard under a shard
     name. Shard names carry host, pid and a random token: two hosts, containers or attempts
     never collide. Returns filter position (as str) -> absolute shard path.
+
+    ``run_id`` and ``key`` must be safe names (:func:`is_safe_name`), so every file stays
+    in its filter's shard folder; ``ValueError`` otherwise, before anything is written.
     """
-    token = f"{HOSTNAME}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    _require_safe_name(run_id, "run id")
+    _require_safe_name(key, "batch key")
+    token = f"{_token_part(HOSTNAME)}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     shards: dict[str, str] = {}
     for n in positions:
         folder = shard_dir(os.path.abspath(output_path_of(pipeline.filters[n])), run_id)
@@ -362,6 +397,11 @@ def write_filter_shards(
         os.replace(written, shard)
         shards[str(n)] = str(shard)
     return shards
+
+
+def _token_part(text: str) -> str:
+    """``text`` with every character a safe name does not allow replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "host"
 
 
 def discard_files(paths: Sequence[str]) -> None:

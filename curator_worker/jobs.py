@@ -96,6 +96,15 @@ return 0
 _COMMIT_SCRIPT = resources.files("curator_worker").joinpath("lua/commit_batch.lua").read_text()
 
 
+def plan_entry(indices: Sequence[int]) -> str:
+    """How a planned batch's indices are stored (``curator:job:<id>:batches``): JSON text.
+
+    A worker compares a message's indices with the plan by this text
+    (:meth:`JobStore.planned_indices`), so it is the one place that writes it.
+    """
+    return json.dumps(list(indices))
+
+
 def new_job_id() -> str:
     """A fresh job id: sortable by time, unique across hosts."""
     return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:8]
@@ -277,7 +286,7 @@ class JobStore:
             chunk = batches[start : start + 10_000]
             pipe.hset(
                 self.key(job_id, "batches"),
-                mapping={key: json.dumps(list(indices)) for key, indices in chunk},
+                mapping={key: plan_entry(indices) for key, indices in chunk},
             )
         pipe.zadd(JOBS_INDEX, {job_id: now})
         pipe.execute()
@@ -420,7 +429,7 @@ class JobStore:
         """Plan more batches for a job (retry of failed indices)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.key(job_id, "batches"),
-                  mapping={key: json.dumps(list(indices)) for key, indices in batches})
+                  mapping={key: plan_entry(indices) for key, indices in batches})
         pipe.hincrby(self.key(job_id), "n_batches", len(batches))
         pipe.hincrby(self.key(job_id), "retries", 1)
         pipe.execute()
@@ -500,6 +509,15 @@ class JobStore:
             return IndexCost(float(value))  # a bare number: seconds only
         except (ValueError, TypeError, KeyError):
             return None
+
+    # -- message validation (curator_worker.trust): read before a worker writes anything
+    def planned_indices(self, job_id: str, batch_key: str) -> bytes | None:
+        """The stored plan of ``batch_key`` (:func:`plan_entry` text), in one lookup.
+
+        ``None`` when the job planned no such batch (at submit or in a retry round) or
+        there is no such job.
+        """
+        return self.client.hget(self.key(job_id, "batches"), batch_key)
 
     # -- reading
     def record(self, job_id: str) -> dict[str, Any]:

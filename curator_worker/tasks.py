@@ -2,8 +2,12 @@
 
 A batch task follows one path a reader can trace::
 
-    load job (cached) -> skip if committed -> build pipeline (cached per job)
+    planned? (one lookup; else one log line, dropped) -> load job (cached)
+    -> skip if committed -> build pipeline (cached per job)
     -> execute_batch -> write_shards -> commit (one Lua script) -> return the batch key
+
+Messages reach these tasks only through :class:`curator_worker.trust.GuardedConsumer`,
+which already dropped every message of another task, too large, or of another shape.
 
 Header tasks never raise for item errors (they are recorded as data), so the chord always
 reaches gather. They return only the batch key: small and deterministic.
@@ -20,7 +24,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -56,6 +60,7 @@ from curator_worker.lease import UNACKED_INDEX_KEY, LeaseRenewal
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
+from curator_worker.trust import refuse, unknown_job, unplanned_batch
 
 log = logging.getLogger(__name__)
 
@@ -390,13 +395,20 @@ def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str
     result key, no "started" state): the chord still counts it and hands ``gather`` the
     batch keys.
 
+    A batch its job did not plan (:func:`~curator_worker.trust.unplanned_batch`) is
+    dropped with one log line before anything is written: not run, not counted.
+
     If the job store stays unreachable (beyond the client's retries), the message is
     rejected and requeued instead of acknowledged, so the batch is not lost.
     """
     with log_context.batch_context(job_id, batch_key):
         try:
-            return process_batch(worker_store(), job_id, batch_key, indices,
-                                 self.request.hostname or "")
+            store = worker_store()
+            problem = unplanned_batch(store, job_id, batch_key, indices)
+            if problem:
+                refuse(RUN_BATCH, self.request.id, problem)
+                raise Ignore()  # acknowledged; no result, no chord count
+            return process_batch(store, job_id, batch_key, indices, self.request.hostname or "")
         except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailableError) as exc:
             log.error("job store unreachable (%s); requeueing batch %s", exc, batch_key)
             raise Reject(exc, requeue=True) from None
@@ -405,8 +417,15 @@ def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str
 @app.task(name=GATHER, bind=True, autoretry_for=(redis.ConnectionError, redis.TimeoutError),
           retry_backoff=True, max_retries=10)
 def gather(self: Any, batch_keys: list[str] | None, job_id: str) -> str:
-    """Chord callback: merge committed shards and finish the job. Returns its state."""
+    """Chord callback: merge committed shards and finish the job. Returns its state.
+
+    A job that does not finish yet (some batch not committed) is left as it is.
+    """
     store = worker_store()
+    problem = unknown_job(store, job_id)
+    if problem:
+        refuse(GATHER, self.request.id, problem)
+        raise Ignore()
     try:
         pipeline: Pipeline | None = pipeline_for_job(job_id)
     except CuratorError as exc:
