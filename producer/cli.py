@@ -422,10 +422,10 @@ def _report_folder(out_dir: str) -> Path:
     """``out_dir`` if a report can be written there (a folder, or one that can be made)."""
     out = Path(out_dir).expanduser()
     resolved = out.resolve()
-    if any(resolved == top or top in resolved.parents for top in _SYSTEM_FOLDERS):
-        _fail(f"--out {out_dir}: {resolved} is a system folder. Choose a folder of your own.")
     if out.exists() and not out.is_dir():
         _fail(f"--out {out_dir}: it exists and is not a folder. Choose a folder.")
+    if any(resolved == top or top in resolved.parents for top in _SYSTEM_FOLDERS):
+        _fail(f"--out {out_dir}: {resolved} is a system folder. Choose a folder of your own.")
     existing = next((p for p in (resolved, *resolved.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         _fail(f"--out {out_dir}: {existing or resolved} is not a folder you can write in. "
