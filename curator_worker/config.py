@@ -76,11 +76,11 @@ def _redact_body(body: str) -> str:
     return f"{user}:***@{rest}" if user or ":" in userinfo else f"***@{rest}"
 
 
-def _printable(text: str) -> str:
-    """``text`` on one line: control characters shown as escapes."""
+def _printable(text: str, keep: str = "") -> str:
+    """``text`` with control characters (but those in ``keep``) shown as escapes."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def remember_secrets(url: str | None) -> None:
@@ -148,7 +148,7 @@ def redact_text(text: str) -> str:
         pieces.append(text[pos:found.end()] + _redact_body(body))
         pos = end
     pieces.append(text[pos:])
-    return _printable("".join(pieces))
+    return _printable("".join(pieces), keep="\n\t")
 
 
 def check_url(name: str, url: str | None) -> None:

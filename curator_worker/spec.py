@@ -204,14 +204,15 @@ def _read_regular_file(path: Path) -> bytes:
         raise SpecError(f"{path}: spec file not found. Check the path.") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc.strerror}).") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
+        raise SpecError(f"{path}: the spec is {kind}, not a regular file. Give a YAML or "
+                        "JSON file.")
     with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                    else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
-            raise SpecError(f"{path}: the spec is {kind}, not a regular file. Give a YAML or "
-                            "JSON file.")
         data = handle.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(

@@ -33,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, always
     sys.exit(EXIT_ERROR)
 
 
@@ -111,7 +111,8 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         data = status.as_dict()
         data["timings"] = timings
         data["failures"] = {
-            str(i): {"type": e.get("type"), "message": e.get("message"), "host": e.get("host"),
+            str(i): {"type": e.get("type"), "message": redact_text(e.get("message") or ""),
+                     "host": e.get("host"),
                      "attempt": e.get("attempt")}
             for i, e in failures.items()
         }
@@ -126,7 +127,7 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         f"({status.committed_batches}/{status.n_batches} batches)"
     )
     if status.error:
-        click.echo(f"  error: {status.error}")
+        click.echo(f"  error: {redact_text(status.error)}")
     if timings:
         click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
                    f"{timings['indices_per_second']:.1f} indices/s, "
@@ -135,7 +136,7 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
             click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
     for index, err in list(failures.items())[:10]:
-        lines = (err.get("message") or "").splitlines()
+        lines = redact_text(err.get("message") or "").splitlines()
         click.echo(f"  index {index}: {err.get('type')}: {lines[0] if lines else ''}")
     if len(failures) > 10:
         click.echo(f"  ... and {len(failures) - 10} more (curator-jobs status {status.job_id})")
