@@ -42,7 +42,10 @@ DEFAULT_JOB_TTL = 7 * 24 * 3600
 MAX_VISIBILITY_TIMEOUT = 30 * 24 * 3600
 MAX_JOB_TTL = 10 * 365 * 24 * 3600
 #: URL schemes that name a socket file rather than a host.
-_SOCKET_SCHEMES = frozenset({"redis+socket", "unix", "socket", "memory", "filesystem"})
+_SOCKET_SCHEMES = frozenset({"redis+socket", "unix", "socket"})
+#: URL schemes that must name a host (others, such as Celery's ``rpc://`` result backend,
+#: are only checked to parse).
+_HOST_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq"})
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _SECRET_QUERY = re.compile(r"((?:^|[?&;])[^=&;#]*(?:pass|secret|token|key)[^=&;#]*=)[^&;#]*",
                            re.IGNORECASE)
@@ -182,10 +185,12 @@ def check_url(name: str, url: str | None) -> None:
             f"{name} {shown} cannot be parsed ({redact_text(str(exc))}). {encode}"
         ) from None
     if scheme in _SOCKET_SCHEMES:
-        if scheme not in ("memory", "filesystem") and not (parts.path or parts.netloc):
+        if not (parts.path or parts.netloc):
             raise ConfigurationError(
                 f"{name} {shown} names no socket file. Use {scheme}:///path/to/redis.sock."
             )
+        return
+    if scheme not in _HOST_SCHEMES:
         return
     if not parts.hostname or not parts.hostname.isprintable() or " " in parts.hostname:
         raise ConfigurationError(

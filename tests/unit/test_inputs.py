@@ -81,9 +81,11 @@ def test_a_url_without_a_reachable_host_is_an_error(url: str, expect: str) -> No
     "redis://localhost:6379/0", "redis://:pw@127.0.0.1:6379/0", "rediss://h.example:6380/1",
     "redis+socket:///tmp/redis.sock", "unix:///tmp/redis.sock?db=1",
     "redis://:p%23w%2F@h:6379/0", "amqp://guest:guest@rabbit:5672//", "redis://[::1]:6379/0",
+    "memory://", "rpc://",
 ])
 def test_good_urls_are_accepted(url: str) -> None:
     assert Settings(broker_url=url).broker_url == url
+    assert Settings(broker_url="redis://h/0", result_backend=url).result_backend == url
 
 
 @pytest.mark.parametrize("name, value", [
