@@ -513,6 +513,10 @@ def check_spec_layout(spec: Any, origin: str) -> None:
     """Validate the top-level layout of a spec (keys, version, types)."""
     if not isinstance(spec, Mapping):
         raise SpecError(f"{origin}: a spec must be a mapping, got {type(spec).__name__}.")
+    try:
+        _check_size(spec)  # a spec dict from Python, not only from a file
+    except _TooBig as exc:
+        raise SpecError(f"{origin}: the spec has {exc}. Simplify it.") from None
     extra = set(spec) - _TOP_LEVEL_KEYS
     if extra:
         raise SpecError(

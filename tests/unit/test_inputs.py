@@ -147,3 +147,14 @@ def test_a_spec_file_that_is_a_directory_or_device_is_refused(tmp_path: Path) ->
         read_spec_file(tmp_path)
     with pytest.raises(SpecError, match="a device, not a regular file"):
         read_spec_file("/dev/null")
+
+
+def test_a_spec_dict_nested_too_deeply_is_a_spec_error(tmp_path: Path) -> None:
+    """The Python API (``submit_job(spec_dict)``) gets the same limits as spec files."""
+    spec = stats_spec(tmp_path, 4)
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    spec["source"]["params"]["fields"] = deep
+    with pytest.raises(SpecError, match="nested deeper than 64"):
+        build_pipeline(spec, "api")
