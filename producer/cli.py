@@ -109,6 +109,8 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
     timings = _timings(status, store) if detail or as_json else None
     if as_json:
         data = status.as_dict()
+        if data.get("error"):
+            data["error"] = redact_text(str(data["error"]))
         data["timings"] = timings
         data["failures"] = {
             str(i): {"type": e.get("type"), "message": redact_text(e.get("message") or ""),

@@ -604,3 +604,22 @@ def test_a_worker_whose_broker_never_answers_says_so_and_stops_on_sigterm(
     text = log.read_text()
     assert f"127.0.0.1:{port}" in text and "stopped by SIGTERM" in text, text
     assert SECRET not in text
+
+
+@pytest.mark.parametrize("command", ["submit", "jobs"])
+@pytest.mark.parametrize("url, expect", [
+    pytest.param("redis://:{password}@:{port}/0", "names no host", id="no-host"),
+    pytest.param(f"redis://:{SECRET}#1@127.0.0.1:{{port}}/0", "percent-encoded", id="hash"),
+    pytest.param(f"redis://:{SECRET}/1@127.0.0.1:{{port}}/0", "percent-encoded", id="slash"),
+])
+def test_bad_broker_flag_is_one_line(command: str, url: str, expect: str, tmp_path: Path,
+                                     own_redis: RedisServer) -> None:
+    """``--broker`` gets the checks of CURATOR_BROKER_URL: one line, no secret, no key."""
+    url = url.format(port=own_redis.port, password=own_redis.password)
+    client = redis.Redis.from_url(own_redis.url)
+    before = client.dbsize()
+    argv = ([a.format(spec=_good_spec(tmp_path)) for a in COMMANDS["submit"]]
+            if command == "submit" else ["curator-jobs", "list"])
+    done, _ = run_bounded([*argv, "--broker", url], {})
+    assert_one_clear_line(done, expect, _pieces(SECRET) + (own_redis.password,))
+    assert client.dbsize() == before, "a key was written"
