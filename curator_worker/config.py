@@ -19,6 +19,10 @@ by building :class:`Settings` with explicit values.
                                default on. The embedded private cluster, which no Flower
                                can reach, runs without them.
 =============================  ==========================================================
+
+Every value is checked when read (:func:`check_environment`): seconds are whole numbers
+in range, booleans ``1``/``0``, URLs parse and name a host or socket file. A bad value is a
+one-line :class:`ConfigurationError`, never a fall-back to a default.
 """
 
 from __future__ import annotations

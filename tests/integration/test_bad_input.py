@@ -4,6 +4,10 @@ Every case runs the installed command against the test session's Redis with a qu
 its own (``--queue``), and checks: exit code 2, exactly one line on stderr saying what is
 wrong (never a traceback), nothing on stdout, no message on that queue and no job created
 (the ``curator:jobs`` sorted set is unchanged). No worker is needed.
+
+The second half runs bad environment values and URLs against every command
+(``curator-submit``, ``curator-jobs``, ``curator-worker``), and bad spec files, params and
+numeric options, against a Redis of this module's own whose DBSIZE must not change.
 """
 
 from __future__ import annotations
