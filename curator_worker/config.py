@@ -19,15 +19,20 @@ by building :class:`Settings` with explicit values.
                                default on. The embedded private cluster, which no Flower
                                can reach, runs without them.
 =============================  ==========================================================
+
+Every value is checked when read (:func:`check_environment`): seconds are whole numbers
+in range, booleans ``1``/``0``, URLs parse and name a host or socket file. A bad value is a
+one-line :class:`ConfigurationError`, never a fall-back to a default.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from curator_worker.errors import ConfigurationError
 
@@ -36,41 +41,179 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600
 DEFAULT_JOB_TTL = 7 * 24 * 3600
 
 
+#: Bounds of the numeric settings (seconds): CURATOR_VISIBILITY_TIMEOUT up to 30 days,
+#: CURATOR_JOB_TTL up to 10 years. Beyond them Redis expiries and kombu's arithmetic overflow.
+MAX_VISIBILITY_TIMEOUT = 30 * 24 * 3600
+MAX_JOB_TTL = 10 * 365 * 24 * 3600
+#: URL schemes that name a socket file rather than a host.
+_SOCKET_SCHEMES = frozenset({"redis+socket", "unix", "socket"})
+#: URL schemes that must name a host (others, such as Celery's ``rpc://`` result backend,
+#: are only checked to parse).
+_HOST_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "librabbitmq"})
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+_SECRET_QUERY = re.compile(r"((?:^|[?&;])[^=&;#]*(?:pass|secret|token|key)[^=&;#]*=)[^&;#]*",
+                           re.IGNORECASE)
+_MODULE_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\.?")
+#: Passwords of the URLs this process was configured with, scrubbed from any text shown.
+_known_secrets: set[str] = set()
+#: Shorter passwords are not scrubbed by value (it would garble text); structure still is.
+_MIN_SCRUBBED = 4
+
+
+def _split_userinfo(body: str) -> tuple[str | None, str]:
+    """``(userinfo, rest)`` of what follows ``scheme://``; userinfo ends at the last ``@``.
+
+    The last ``@`` (not urllib's rules) so that a password holding ``#``, ``/``, ``?`` or
+    ``@`` unencoded is still all inside the userinfo.
+    """
+    at = body.rfind("@")
+    if at < 0:
+        return None, body
+    return body[:at], body[at + 1:]
+
+
+def _redact_body(body: str) -> str:
+    userinfo, rest = _split_userinfo(body)
+    rest = _SECRET_QUERY.sub(r"\1***", rest)
+    if userinfo is None:
+        return rest
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    if any(c in user for c in "/?#[] "):  # no real user name: all of it may be secret
+        user = ""
+    return f"{user}:***@{rest}" if user or ":" in userinfo else f"***@{rest}"
+
+
+def _printable(text: str, keep: str = "") -> str:
+    """``text`` with control characters (but those in ``keep``) shown as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def remember_secrets(url: str | None) -> None:
+    """Note the password of ``url`` so that :func:`redact_text` scrubs it from any text."""
+    if not url or "@" not in url:
+        return
+    body = url.split("://", 1)[1] if "://" in url else url
+    userinfo, _ = _split_userinfo(body)
+    if not userinfo:
+        return
+    secret = userinfo.split(":", 1)[1] if ":" in userinfo else userinfo
+    for form in (secret, unquote(secret)):
+        if len(form) >= _MIN_SCRUBBED:
+            _known_secrets.add(form)
+
+
+def _scrub(text: str) -> str:
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact_url(url: str | None) -> str:
     """``url`` with any password replaced by ``***`` (safe to print or log).
+
+    Works on any string, however malformed: everything between ``://`` and the last ``@``
+    is treated as credentials (the user name is kept), ``password=``-like query values are
+    hidden, and passwords of the configured URLs are scrubbed wherever they appear. A
+    string that is not one URL (an error message) goes through :func:`redact_text`.
 
     Examples
     --------
     >>> redact_url("redis://:s3cret@host:6379/0")
     'redis://:***@host:6379/0'
+    >>> redact_url("redis://alice:pa#ss/w@host:6379/0")
+    'redis://alice:***@host:6379/0'
     """
     if not url:
         return "<none>"
+    text = str(url)
+    found = _SCHEME.match(text)
+    if found is None:
+        return redact_text(text)
+    remember_secrets(text)
+    return _printable(_scrub(found.group(0) + _redact_body(text[found.end():])))
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with every URL's credentials hidden.
+
+    A URL inside text ends at white space; passwords of configured URLs (see
+    :func:`remember_secrets`) are scrubbed by value, spaces and all.
+    """
+    text = _scrub(str(text))
+    pieces: list[str] = []
+    pos = 0
+    for found in _SCHEME.finditer(text):
+        if found.start() < pos:
+            continue
+        end = found.end()
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        body = text[found.end():end]
+        # a sentence may follow the URL directly ("...@host:6379/0: refused")
+        pieces.append(text[pos:found.end()] + _redact_body(body))
+        pos = end
+    pieces.append(text[pos:])
+    return _printable("".join(pieces), keep="\n\t")
+
+
+def check_url(name: str, url: str | None) -> None:
+    """Raise :class:`ConfigurationError` unless ``url`` names a server it can reach.
+
+    A URL must have a scheme, parse, and (unless it names a socket file) a host: a bare
+    ``redis://`` would otherwise fall back to localhost, a server the URL never named.
+    """
+    if url is None:
+        return
+    shown = redact_url(url)
+    encode = ("Characters such as # / ? @ % or spaces in a password must be percent-encoded "
+              "(%23 %2F %3F %40 %25 %20).")
+    found = _SCHEME.match(url)
+    if found is None:  # not shown: it may be a password set in the wrong variable
+        raise ConfigurationError(
+            f"{name} is not a URL (no scheme://). Use the form redis://host:6379/0."
+        )
+    scheme = found.group(0)[:-3].lower()
+    userinfo, _ = _split_userinfo(url[found.end():])
+    if userinfo is not None and any(c in userinfo for c in "/?#[]"):
+        # urllib would end the host at that character and read part of the password as
+        # the host or the path (and a connection error would then print it)
+        raise ConfigurationError(f"{name} {shown} has an unencoded character in its "
+                                 f"password. {encode}")
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{name} {shown} cannot be parsed ({redact_text(str(exc))}). {encode}"
+        ) from None
+    if scheme in _SOCKET_SCHEMES:
+        if not (parts.path or parts.netloc):
+            raise ConfigurationError(
+                f"{name} {shown} names no socket file. Use {scheme}:///path/to/redis.sock."
+            )
+        return
+    if scheme not in _HOST_SCHEMES:
+        return
+    if not parts.hostname or not parts.hostname.isprintable() or " " in parts.hostname:
+        raise ConfigurationError(
+            f"{name} {shown} names no host. Give one, e.g. {scheme}://host:6379/0. {encode}"
+        )
+    if port == 0:
+        raise ConfigurationError(f"{name} {shown}: port 0 is not a port. Use e.g. 6379.")
 
 
-def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+def _int_env(environ: Mapping[str, str], name: str, default: int, maximum: int) -> int:
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not an integer number of seconds.") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be positive, got {value}.")
-    return value
+    fix = f"Set a whole number of seconds from 1 to {maximum} (default {default}), or unset it."
+    if not raw.isascii() or not raw.isdigit():
+        raise ConfigurationError(f"{name}={_printable(raw)!r} is not a whole number. {fix}")
+    if len(raw) > 20 or not 1 <= int(raw) <= maximum:
+        raise ConfigurationError(f"{name}={_printable(raw)!r} is out of range. {fix}")
+    return int(raw)
 
 
 def _bool_env(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -81,7 +224,68 @@ def _bool_env(environ: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if raw in ("0", "false", "no", "off"):
         return False
-    raise ConfigurationError(f"{name}={raw!r}: use 1 or 0.")
+    raise ConfigurationError(
+        f"{name}={_printable(raw)!r}: use 1 or 0 (it is a boolean; default "
+        f"{int(default)}), or unset it."
+    )
+
+
+def _queue_env(environ: Mapping[str, str]) -> str:
+    raw = environ.get("CURATOR_QUEUE", "")
+    if not raw:
+        return DEFAULT_QUEUE
+    check_queue_name(raw, "CURATOR_QUEUE")
+    return raw
+
+
+def check_queue_name(queue: str, name: str = "--queue") -> None:
+    """Raise :class:`ConfigurationError` for a blank, too long or unprintable queue name."""
+    if not queue.strip() or queue != queue.strip() or not queue.isprintable() or len(queue) > 200:
+        raise ConfigurationError(
+            f"{name}={_printable(queue)!r} is not a usable queue name: use 1 to 200 printable "
+            "characters without leading or trailing spaces (default 'curator')."
+        )
+
+
+def allowed_module_prefixes(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """Prefixes from ``CURATOR_ALLOWED_MODULES`` (comma-separated), or ``None`` (any module).
+
+    A prefix is a dotted module name, optionally ending in ``.`` (``mypipe.`` and ``mypipe``
+    both allow ``mypipe`` and ``mypipe.anything``).
+
+    Raises
+    ------
+    ConfigurationError
+        If an entry is not a dotted module name.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("CURATOR_ALLOWED_MODULES", "").strip()
+    if not raw:
+        return None
+    prefixes = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for prefix in prefixes:
+        if not _MODULE_PREFIX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"CURATOR_ALLOWED_MODULES: {_printable(prefix)!r} is not a module name. Give "
+                "comma-separated dotted module prefixes, e.g. mypipe,acme.curation."
+            )
+    if not prefixes:
+        raise ConfigurationError(
+            f"CURATOR_ALLOWED_MODULES={_printable(raw)!r} names no module. Give "
+            "comma-separated module prefixes, e.g. mypipe,acme.curation, or unset it."
+        )
+    return prefixes
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate every ``CURATOR_*`` variable this package reads; return the settings.
+
+    Commands call it first, so that a bad value is one line (exit 2), not a traceback
+    from whichever module reads it first.
+    """
+    env = os.environ if environ is None else environ
+    allowed_module_prefixes(env)
+    return Settings.from_env(env)
 
 
 def is_redis_url(url: str | None) -> bool:
@@ -119,6 +323,13 @@ class Settings:
     job_ttl: int = DEFAULT_JOB_TTL
     task_events: bool = True
 
+    def __post_init__(self) -> None:
+        for name, url in (("The broker URL (CURATOR_BROKER_URL or --broker)", self.broker_url),
+                          ("CURATOR_RESULT_BACKEND", self.result_backend),
+                          ("CURATOR_JOB_STORE_URL", self.job_store_url)):
+            remember_secrets(url)
+            check_url(name, url)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``CURATOR_*`` variables; non-``None`` ``overrides`` win."""
@@ -127,11 +338,12 @@ class Settings:
             broker_url=env.get("CURATOR_BROKER_URL") or None,
             result_backend=env.get("CURATOR_RESULT_BACKEND") or None,
             job_store_url=env.get("CURATOR_JOB_STORE_URL") or None,
-            queue=env.get("CURATOR_QUEUE") or DEFAULT_QUEUE,
+            queue=_queue_env(env),
             visibility_timeout=_int_env(
-                env, "CURATOR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT
+                env, "CURATOR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT,
+                MAX_VISIBILITY_TIMEOUT,
             ),
-            job_ttl=_int_env(env, "CURATOR_JOB_TTL", DEFAULT_JOB_TTL),
+            job_ttl=_int_env(env, "CURATOR_JOB_TTL", DEFAULT_JOB_TTL, MAX_JOB_TTL),
             task_events=_bool_env(env, "CURATOR_TASK_EVENTS", True),
         )
         given = {k: v for k, v in overrides.items() if v is not None}

@@ -97,3 +97,7 @@ class JobFailedError(CuratorError):
         # local backends' runs are not in the job store: nothing for curator-jobs to show
         hint = f" Inspect with `curator-jobs status {job_id}`." if in_job_store else ""
         super().__init__(text + "." + hint)
+
+
+class JobControlConflictError(CuratorError):
+    """Another job-control command (retry, resume, cancel) of the same job is in progress."""

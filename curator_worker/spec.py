@@ -22,7 +22,9 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 import os
+import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from curator_worker.config import allowed_module_prefixes
 from curator_worker.errors import SpecError
 from curator_worker.pipeline import (
     REQUIRED,
@@ -135,26 +138,118 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a spec file (YAML or JSON) into a dict, without building it.
+#: Largest spec file read (bytes): a spec is a few kilobytes; parsing more costs seconds.
+MAX_SPEC_BYTES = 1024 * 1024
+#: Deepest nesting of lists and mappings in a spec.
+MAX_SPEC_DEPTH = 64
+#: Most values in a spec, counting each use of a YAML alias in full (an alias bomb).
+MAX_SPEC_NODES = 100_000
+#: Most YAML aliases (``*name``) in a spec.
+MAX_SPEC_ALIASES = 100
 
-    Raises
-    ------
-    SpecError
-        If the file is missing or not valid YAML/JSON.
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses deep nesting and many aliases as it composes."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML's hook
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_SPEC_ALIASES:
+                raise _TooBig(f"more than {MAX_SPEC_ALIASES} YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_SPEC_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooBig(Exception):
+    """A spec beyond :data:`MAX_SPEC_DEPTH`, :data:`MAX_SPEC_NODES` or the alias limit."""
+
+
+def _check_size(data: Any) -> None:
+    """Raise :class:`_TooBig` if ``data``, expanded, is too deep or has too many values."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_SPEC_NODES:
+            raise _TooBig(f"more than {MAX_SPEC_NODES} values (YAML aliases count in full)")
+        if depth > MAX_SPEC_DEPTH:
+            raise _TooBig(f"nested deeper than {MAX_SPEC_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, list | tuple):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """At most :data:`MAX_SPEC_BYTES` of ``path``, which must be a regular file.
+
+    Opened without blocking (a FIFO with no writer would hang a plain open) and checked on
+    the open descriptor, so a device, FIFO or directory is refused before any read.
     """
-    path = Path(path)
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found. Check the path.") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec ({exc.strerror}).") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
+        raise SpecError(f"{path}: the spec is {kind}, not a regular file. Give a YAML or "
+                        "JSON file.")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(
+            f"{path}: the spec is larger than {MAX_SPEC_BYTES // 1024} KiB. A spec names "
+            "components and their params; put bulk data in files the source reads."
+        )
+    return data
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a spec file (YAML or JSON) into a dict, without building it.
+
+    Only a regular file of at most :data:`MAX_SPEC_BYTES` is read; YAML is safe-loaded
+    with at most :data:`MAX_SPEC_ALIASES` aliases, and no spec may nest deeper than
+    :data:`MAX_SPEC_DEPTH` or hold more than :data:`MAX_SPEC_NODES` values.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing, not a regular file, too large, not valid YAML/JSON, or
+        too deep or too big once parsed.
+    """
+    path = Path(path)
+    raw = _read_regular_file(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"{path}: the spec is not UTF-8 text (byte {exc.start}). Save it as UTF-8 YAML "
+            "or JSON."
+        ) from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader
+        _check_size(data)
     except json.JSONDecodeError as exc:
         raise SpecError(
             f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
@@ -165,6 +260,15 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{path}: YAML syntax error{where}: {problem}. Fix the YAML.") from None
+    except _TooBig as exc:
+        raise SpecError(f"{path}: the spec has {exc}. Simplify it.") from None
+    except RecursionError:
+        raise SpecError(
+            f"{path}: the spec is nested deeper than {MAX_SPEC_DEPTH} levels. Simplify it."
+        ) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a YAML date 2026-13-45
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"{path}: a value cannot be read: {first}. Fix the spec.") from None
     if not isinstance(data, dict):
         raise SpecError(
             f"{path}: a spec must be a mapping with 'source', 'filters' and 'sink' keys, "
@@ -173,19 +277,12 @@ def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def allowed_module_prefixes() -> tuple[str, ...] | None:
-    """Prefixes from ``CURATOR_ALLOWED_MODULES`` (comma-separated), or ``None`` (any module)."""
-    raw = os.environ.get("CURATOR_ALLOWED_MODULES", "").strip()
-    if not raw:
-        return None
-    return tuple(p.strip() for p in raw.split(",") if p.strip())
-
-
 def _module_allowed(module: str, prefixes: tuple[str, ...] | None) -> bool:
     if prefixes is None:
         return True
     for prefix in (*BUILTIN_MODULE_PREFIXES, *prefixes):
-        if module == prefix or module.startswith(prefix.rstrip(".") + "."):
+        base = prefix.rstrip(".")  # "mypipe." allows the module mypipe itself too
+        if module == base or module.startswith(base + "."):
             return True
     return False
 
@@ -225,7 +322,7 @@ def _coerce(value: Any, param: Param, label: str) -> Any:
             raise bad
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
             return int(value)
         if isinstance(value, str):
             try:
@@ -238,7 +335,7 @@ def _coerce(value: Any, param: Param, label: str) -> Any:
             raise bad
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise bad from None
     if target is str:
         if isinstance(value, str):
@@ -260,6 +357,28 @@ def _coerce(value: Any, param: Param, label: str) -> Any:
         return target(value)
     except Exception:  # noqa: BLE001 - any failure of a user's type is a spec mistake
         raise bad from None
+
+
+#: Largest integer a param may hold: a 64-bit signed integer (what JSON readers keep exact).
+MAX_PARAM_INT = 2**63 - 1
+
+
+def _check_value(value: Any, key: str, label: str) -> None:
+    """Refuse NaN, infinities and integers beyond 64 bits anywhere in a param's value."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise SpecError(f"{label}: param '{key}' holds {item!r}. Use a finite number.")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_PARAM_INT:
+            raise SpecError(
+                f"{label}: param '{key}' holds an integer beyond 64 bits ({str(item)[:12]}..."
+                f"). Use a number of at most {MAX_PARAM_INT}."
+            )
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def _signature_params(cls: type) -> list[Param]:
@@ -285,6 +404,7 @@ def _check_params(cls: type, given: Mapping[str, Any], label: str) -> dict[str, 
     )
     out: dict[str, Any] = {}
     for key, value in given.items():
+        _check_value(value, str(key), label)
         param = by_name.get(key)
         if param is None:
             if accepts_any and not typed:
@@ -300,6 +420,7 @@ def _check_params(cls: type, given: Mapping[str, Any], label: str) -> dict[str, 
             out[key] = value
         else:
             out[key] = _coerce(value, param, label)
+            _check_value(out[key], key, label)  # "nan" or "1e400" as a string
         if param.choices is not None and out[key] not in param.choices:
             raise SpecError(
                 f"{label}: param '{key}' is {out[key]!r}; choose one of "
@@ -392,6 +513,10 @@ def check_spec_layout(spec: Any, origin: str) -> None:
     """Validate the top-level layout of a spec (keys, version, types)."""
     if not isinstance(spec, Mapping):
         raise SpecError(f"{origin}: a spec must be a mapping, got {type(spec).__name__}.")
+    try:
+        _check_size(spec)  # a spec dict from Python, not only from a file
+    except _TooBig as exc:
+        raise SpecError(f"{origin}: the spec has {exc}. Simplify it.") from None
     extra = set(spec) - _TOP_LEVEL_KEYS
     if extra:
         raise SpecError(

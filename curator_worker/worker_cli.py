@@ -12,12 +12,20 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import socket
 import sys
+import time
 
 import click
 
-from curator_worker.config import Settings, redact_url
+from curator_worker.config import (
+    Settings,
+    check_environment,
+    is_redis_url,
+    redact_text,
+    redact_url,
+)
 from curator_worker.errors import ConfigurationError, CuratorError
 
 #: Tasks a worker process runs before it is replaced (bounds slow leaks in user code).
@@ -37,11 +45,96 @@ def memory_kib(text: str) -> int:
     (2097152, 524288, 300000)
     """
     found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not found or found.group(2).lower() not in _UNITS:
+    if not found or found.group(2).lower() not in _UNITS or len(found.group(1)) > 15:
         raise ConfigurationError(
             f"Bad memory size {text!r}: use a number of KiB or a size like 512MiB or 4GiB."
         )
     return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+#: Seconds one check of the broker (or job store) may take before it counts as no answer.
+PROBE_TIMEOUT = 3.0
+#: Longest pause between two checks while the broker does not answer.
+PROBE_MAX_PAUSE = 10.0
+
+
+class _Stop(BaseException):  # noqa: N818 - not an error: a BaseException, like SystemExit
+    """SIGTERM or SIGINT arrived while the worker waited for its broker (not an error: no
+    ``except Exception`` in redis or kombu may swallow it)."""
+
+
+def _probe(url: str) -> None:
+    """Raise unless the server of ``url`` answers within :data:`PROBE_TIMEOUT` seconds."""
+    if is_redis_url(url):
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT,
+                                      socket_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=PROBE_TIMEOUT) as conn:
+        conn.ensure_connection(max_retries=1, timeout=PROBE_TIMEOUT)
+
+
+def _wait_for_servers(settings: Settings) -> bool:
+    """Wait until the broker and the job store answer, saying so on stderr; False if stopped.
+
+    Celery's own start blocks without a word, and without heeding SIGTERM, on a broker
+    that accepts connections but never answers. Here each check takes at most
+    :data:`PROBE_TIMEOUT` seconds, every failed one is one line, and SIGTERM or Ctrl-C
+    stops the worker at once.
+    """
+    urls = {"broker": settings.broker_url, "job store": settings.effective_job_store_url}
+    what = "broker"
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    pause = 1.0
+    try:
+        for what, url in urls.items():
+            if not url or (what == "job store" and url == settings.broker_url):
+                continue
+            while True:
+                try:
+                    _probe(url)
+                    break
+                except Exception as exc:  # noqa: BLE001 - redis and kombu raise many kinds
+                    reason = redact_text(str(exc).splitlines()[0] if str(exc) else "")
+                    click.echo(
+                        f"curator-worker: the {what} at {redact_url(url)} does not answer "
+                        f"({type(exc).__name__}: {reason}); trying again in {pause:.0f} s. "
+                        "Check the URL and that the server is running (SIGTERM or Ctrl-C "
+                        "stops).", err=True)
+                    time.sleep(pause)
+                    pause = min(pause * 2, PROBE_MAX_PAUSE)
+    except _Stop as exc:
+        click.echo(f"curator-worker: stopped by {exc} while waiting for the {what}", err=True)
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return True
+
+
+def _env_count(name: str, default: int) -> int:
+    """A positive whole number from the environment variable ``name`` (or ``default``)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12 or int(raw) < 1:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a positive whole number. Set e.g. {default}, or unset it."
+        )
+    return int(raw)
 
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
@@ -63,9 +156,7 @@ Any other option is passed to `celery worker` (see `celery worker --help`).""",
 @click.option("-n", "--hostname", help="Node name, e.g. w1@%h (default: curator@<host>).")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume (default: CURATOR_QUEUE).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True, help="Log level.")
-@click.option("--max-tasks-per-child", type=int,
-              default=lambda: int(os.environ.get("CURATOR_MAX_TASKS_PER_CHILD",
-                                                 DEFAULT_MAX_TASKS_PER_CHILD)),
+@click.option("--max-tasks-per-child", type=int, default=None,
               show_default=f"{DEFAULT_MAX_TASKS_PER_CHILD} or CURATOR_MAX_TASKS_PER_CHILD",
               help="Replace a worker process after this many batches.")
 @click.option("--max-memory-per-child",
@@ -89,10 +180,13 @@ def worker_command(
     """Start a curator worker node on the cluster of CURATOR_BROKER_URL."""
     if broker:
         os.environ["CURATOR_BROKER_URL"] = broker
-    settings = Settings.from_env()
+    settings = check_environment()
     settings.require_cluster()
     if concurrency is not None and concurrency < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--concurrency")
+    if max_tasks_per_child is None:
+        max_tasks_per_child = _env_count("CURATOR_MAX_TASKS_PER_CHILD",
+                                         DEFAULT_MAX_TASKS_PER_CHILD)
     if max_tasks_per_child < 1:
         raise click.BadParameter("must be a positive integer", param_hint="--max-tasks-per-child")
     argv = ["worker", "--pool", "prefork", "--loglevel", loglevel]
@@ -101,11 +195,19 @@ def worker_command(
     argv += ["--hostname", hostname or f"curator@{socket.gethostname()}"]
     argv += ["--queues", queues or settings.queue]
     argv += ["--max-tasks-per-child", str(max_tasks_per_child)]
-    argv += ["--max-memory-per-child", str(memory_kib(max_memory_per_child))]
+    memory = memory_kib(max_memory_per_child)
+    if not 1024 <= memory <= 1024**4:
+        raise ConfigurationError(
+            f"Memory per worker process {max_memory_per_child!r} is out of range: give 1MiB "
+            "to 1024GiB (--max-memory-per-child or CURATOR_MAX_MEMORY_PER_CHILD)."
+        )
+    argv += ["--max-memory-per-child", str(memory)]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     argv += list(ctx.args)
     click.echo(f"curator-worker: broker {redact_url(settings.broker_url)}", err=True)
+    if not _wait_for_servers(settings):
+        return
     from curator_worker.app import app  # configured from the environment set above
 
     app.worker_main(argv)

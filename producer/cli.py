@@ -8,38 +8,58 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import redis
 
-from curator_worker.backends.celery import cluster_for
-from curator_worker.config import Settings, redact_url
+# Modules that import curator_worker.app (which reads the environment when imported) are
+# imported inside the commands, after check_environment() turned a bad CURATOR_* value
+# into one line.
+from curator_worker.config import Settings, check_environment, check_queue_name, redact_text
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
-from producer.control import cancel_job, resume_job, retry_job
-from producer.submit import check_job, submit_job
-from producer.wait import wait_for_job
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {' '.join(message.split())}", err=True)  # one line, always
     sys.exit(EXIT_ERROR)
+
+
+#: Most worker processes --workers may ask for, and most indices --batch-size may put in one.
+MAX_WORKERS = 10_000
+MAX_BATCH_SIZE = 10_000_000
+#: Largest number of seconds (or MiB) a numeric option takes: about 31 years.
+MAX_OPTION_VALUE = 1e9
+
+
+def _number(name: str, value: float | None, *, minimum: float = 0.0,
+            inclusive: bool = False, maximum: float = MAX_OPTION_VALUE) -> None:
+    """Exit 2 unless ``value`` is ``None`` or a finite number in range."""
+    if value is None:
+        return
+    low_ok = value >= minimum if inclusive else value > minimum
+    if not math.isfinite(value) or not low_ok or value > maximum:
+        low = f"{minimum:g} or more" if inclusive else f"more than {minimum:g}"
+        _fail(f"{name} must be a number {low} and at most {maximum:g}, got {value!r}.")
 
 
 def _run_cli(command: click.Command) -> None:
     """Run a click command turning our errors into one line and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_environment()
         command.main(standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -54,9 +74,12 @@ def _run_cli(command: click.Command) -> None:
         exc.show()
         sys.exit(EXIT_ERROR)
     except redis.RedisError as exc:
-        _fail(f"the job store failed: {type(exc).__name__}: {redact_url(str(exc))}")
+        _fail(f"the job store failed: {type(exc).__name__}: {redact_text(str(exc))}")
     except (CuratorError, ValueError, ImportError) as exc:
-        _fail(redact_url(str(exc)) if "://" in str(exc) else str(exc))
+        _fail(redact_text(str(exc)))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{redact_text(exc.strerror or str(exc))}{where}.")
     except KeyboardInterrupt:
         click.echo("interrupted; the job keeps running on the cluster", err=True)
         sys.exit(130)
@@ -86,9 +109,12 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
     timings = _timings(status, store) if detail or as_json else None
     if as_json:
         data = status.as_dict()
+        if data.get("error"):
+            data["error"] = redact_text(str(data["error"]))
         data["timings"] = timings
         data["failures"] = {
-            str(i): {"type": e.get("type"), "message": e.get("message"), "host": e.get("host"),
+            str(i): {"type": e.get("type"), "message": redact_text(e.get("message") or ""),
+                     "host": e.get("host"),
                      "attempt": e.get("attempt")}
             for i, e in failures.items()
         }
@@ -103,7 +129,7 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         f"({status.committed_batches}/{status.n_batches} batches)"
     )
     if status.error:
-        click.echo(f"  error: {status.error}")
+        click.echo(f"  error: {redact_text(status.error)}")
     if timings:
         click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
                    f"{timings['indices_per_second']:.1f} indices/s, "
@@ -112,7 +138,7 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
             click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
     for index, err in list(failures.items())[:10]:
-        lines = (err.get("message") or "").splitlines()
+        lines = redact_text(err.get("message") or "").splitlines()
         click.echo(f"  index {index}: {err.get('type')}: {lines[0] if lines else ''}")
     if len(failures) > 10:
         click.echo(f"  ... and {len(failures) - 10} more (curator-jobs status {status.job_id})")
@@ -183,10 +209,18 @@ def submit_command(
                         ("--index-memory-limit", index_memory_limit)):
         if value is not None and value <= 0:
             _fail(f"{name} must be a positive number of seconds/MiB, got {value:g}.")
+        _number(name, value)
+    _number("--timeout", timeout)
     if retries < 0:
         _fail(f"--retries must be 0 or more, got {retries}.")
+    if retries > 100:
+        _fail(f"--retries must be at most 100, got {retries}.")
     if max_attempts < 1:
         _fail(f"--max-attempts must be at least 1, got {max_attempts}.")
+    if max_attempts > 100:
+        _fail(f"--max-attempts must be at most 100, got {max_attempts}.")
+    if queue is not None:
+        check_queue_name(queue)
     policy = BatchPolicy(
         index_timeout=index_timeout, batch_time_limit=batch_time_limit,
         index_memory_mb=index_memory_limit, max_attempts=max_attempts,
@@ -196,8 +230,18 @@ def submit_command(
     options = {**policy.as_options(), "metrics": metrics, "trace_memory": trace_memory}
     if batch_size is not None and batch_size < 1:
         _fail(f"--batch-size must be a positive integer, got {batch_size}.")
+    if batch_size is not None and batch_size > MAX_BATCH_SIZE:
+        _fail(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {batch_size}.")
     if workers is not None and workers < 1:
         _fail(f"--workers must be a positive integer, got {workers}.")
+    if workers is not None and workers > MAX_WORKERS:
+        _fail(f"--workers must be at most {MAX_WORKERS}, got {workers}.")
+    from curator_worker.backends.celery import cluster_for
+    from producer.submit import MAX_JOB_INDICES, check_job, submit_job
+    from producer.wait import wait_for_job
+
+    if batch_size is not None:
+        batch_size = min(batch_size, MAX_JOB_INDICES)
     data = read_spec_file(spec)
     settings = Settings.from_env(broker_url=broker, queue=queue)
     if settings.configured and not wait:
@@ -286,6 +330,8 @@ def wait_command(
 @_broker_option
 def cancel_command(job_id: str, broker: str | None) -> None:
     """Cancel JOB_ID: queued batches are skipped, running ones stop at their next index."""
+    from producer.control import cancel_job
+
     before = cancel_job(Settings.from_env(broker_url=broker), job_id)
     if before in ("succeeded", "partial", "failed", "cancelled"):
         click.echo(f"job {job_id} had already ended ({before}); nothing to cancel")
@@ -299,6 +345,8 @@ def cancel_command(job_id: str, broker: str | None) -> None:
 @_broker_option
 def resume_command(job_id: str, wait: bool, broker: str | None) -> None:
     """Re-send JOB_ID's batches that are not committed (after workers died or a purge)."""
+    from producer.control import resume_job
+
     settings = Settings.from_env(broker_url=broker)
     sent = resume_job(settings, job_id)
     click.echo(f"job {job_id}: re-sent {sent} uncommitted batches" if sent
@@ -313,6 +361,8 @@ def resume_command(job_id: str, wait: bool, broker: str | None) -> None:
 @_broker_option
 def retry_command(job_id: str, wait: bool, broker: str | None) -> None:
     """Re-run only JOB_ID's failed indices, then gather again. Fix the cause first."""
+    from producer.control import retry_job
+
     settings = Settings.from_env(broker_url=broker)
     count = retry_job(settings, job_id)
     click.echo(f"job {job_id}: retrying {count} failed indices")
@@ -326,6 +376,8 @@ def retry_command(job_id: str, wait: bool, broker: str | None) -> None:
 @_broker_option
 def list_command(limit: int, as_json: bool, broker: str | None) -> None:
     """List recent jobs, newest first: state, progress, age."""
+    if not 1 <= limit <= 10_000:
+        _fail(f"--limit must be from 1 to 10000, got {limit}.")
     store = _store(Settings.from_env(broker_url=broker))
     statuses = [store.status(job_id) for job_id in store.list_jobs(limit)]
     if as_json:
@@ -355,9 +407,33 @@ def report_command(job_id: str, out_dir: str, broker: str | None) -> None:
         raise CuratorError(
             f"Reports need matplotlib ({exc}). Install it: pip install 'curator-worker[report]'"
         ) from None
+    out = _report_folder(out_dir)
     store = _store(Settings.from_env(broker_url=broker))
     store.status(job_id)  # JobNotFoundError before any file is written
-    click.echo(str(write_report(Job(job_id, store), out_dir)))
+    try:
+        click.echo(str(write_report(Job(job_id, store), out)))
+    except OSError as exc:
+        _fail(f"cannot write the report into {out}: {exc.strerror or exc}. "
+              "Choose another --out folder.")
+
+
+#: Pseudo file systems no report may be written into.
+_SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _report_folder(out_dir: str) -> Path:
+    """``out_dir`` if a report can be written there (a folder, or one that can be made)."""
+    out = Path(out_dir).expanduser()
+    resolved = out.resolve()
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out_dir}: it exists and is not a folder. Choose a folder.")
+    if any(resolved == top or top in resolved.parents for top in _SYSTEM_FOLDERS):
+        _fail(f"--out {out_dir}: {resolved} is a system folder. Choose a folder of your own.")
+    existing = next((p for p in (resolved, *resolved.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"--out {out_dir}: {existing or resolved} is not a folder you can write in. "
+              "Choose another folder.")
+    return out
 
 
 def _age(seconds: float) -> str:
@@ -369,6 +445,9 @@ def _age(seconds: float) -> str:
 
 def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: bool,
                    timeout: float | None) -> None:
+    from producer.wait import wait_for_job
+
+    _number("--timeout", timeout, inclusive=True)
     store = _store(settings)
     status = wait_for_job(store, job_id, settings=settings,
                           progress=_progress_mode(as_json, quiet), timeout=timeout)

@@ -14,6 +14,7 @@ from curator_worker.errors import CuratorError
 from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore
 from curator_worker.planning import Batch, plan_batches
 from curator_worker.spec import build_pipeline
+from producer.joblock import job_control_lock
 from producer.submit import publish_chord
 from producer.wait import resend_gather
 
@@ -29,8 +30,16 @@ def cancel_job(settings: Settings, job_id: str) -> str:
     """Cancel ``job_id``: queued batches are skipped, running ones stop at their next index.
 
     Returns the state the job had before.
+
+    Raises
+    ------
+    JobControlConflictError
+        If a retry, resume or cancel of the job is in progress.
     """
-    return _store(settings).cancel(job_id)
+    store = _store(settings)
+    store.status(job_id)  # JobNotFoundError before the lock is written
+    with job_control_lock(store, job_id, "cancel"):
+        return store.cancel(job_id)
 
 
 def resume_job(settings: Settings, job_id: str) -> int:
@@ -43,8 +52,16 @@ def resume_job(settings: Settings, job_id: str) -> int:
     ------
     CuratorError
         If the job already succeeded.
+    JobControlConflictError
+        If a retry, resume or cancel of the job is in progress.
     """
     store = _store(settings)
+    store.status(job_id)  # JobNotFoundError before the lock is written
+    with job_control_lock(store, job_id, "resume"):
+        return _resume(settings, store, job_id)
+
+
+def _resume(settings: Settings, store: JobStore, job_id: str) -> int:
     status = store.status(job_id)
     if status.state == SUCCEEDED:
         raise CuratorError(f"Job {job_id} already succeeded; nothing to resume.")
@@ -72,8 +89,16 @@ def retry_job(settings: Settings, job_id: str) -> int:
         If the job is still running, was cancelled, or has no failed index.
     SpecError
         If the job's spec no longer builds here (fix the cause first).
+    JobControlConflictError
+        If a retry, resume or cancel of the job is in progress.
     """
     store = _store(settings)
+    store.status(job_id)  # JobNotFoundError before the lock is written
+    with job_control_lock(store, job_id, "retry"):
+        return _retry(settings, store, job_id)
+
+
+def _retry(settings: Settings, store: JobStore, job_id: str) -> int:
     status = store.status(job_id)
     if not status.is_final:
         raise CuratorError(f"Job {job_id} is still {status.state}; wait for it before retrying.")

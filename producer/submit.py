@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
-from curator_worker.errors import BrokerUnavailableError
+from curator_worker.errors import BrokerUnavailableError, IndexSelectionError
 from curator_worker.jobs import FAILED, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
@@ -35,6 +35,8 @@ from producer.clients import clients_for
 
 log = logging.getLogger(__name__)
 
+#: Most indices one job may run when no index selection is given (planning holds them all).
+MAX_JOB_INDICES = 10_000_000
 #: Worker processes assumed when sizing batches for a cluster whose size is unknown.
 DEFAULT_WORKER_HINT = 8
 
@@ -85,7 +87,15 @@ def check_job(
         For every mistake in the input, before anything is enqueued.
     """
     pipeline = build_pipeline(spec, origin)
-    n = len(pipeline)
+    try:
+        n = len(pipeline)
+    except OverflowError:  # a source claiming more than sys.maxsize items (count: 1e19)
+        n = MAX_JOB_INDICES + 1
+    if indices is None and n > MAX_JOB_INDICES:
+        raise IndexSelectionError(
+            f"{origin}: the pipeline has more than {MAX_JOB_INDICES:,} indices, more than one "
+            "job may run. Check the source's params, or run a part with --indices."
+        )
     if indices is None:
         chosen = list(range(n))
         if not chosen:

@@ -8,16 +8,15 @@ are sent again (:mod:`producer.rescue`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
 
-from curator_worker.app import GATHER, create_app
 from curator_worker.config import Settings
 from curator_worker.errors import JobWaitTimeout
 from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.progress import ProgressReporter
-from producer.rescue import LostBatchRescue
 
 #: Seconds a fully committed job may wait for its chord callback before gather is re-sent.
 GATHER_GRACE = 15.0
@@ -25,6 +24,8 @@ GATHER_GRACE = 15.0
 
 def resend_gather(settings: Settings, job_id: str, queue: str) -> None:
     """Send ``curator.gather`` for ``job_id`` again (safe: gather is idempotent)."""
+    from curator_worker.app import GATHER, create_app  # reads the environment: see wait_for_job
+
     app = create_app(settings)
     try:
         app.send_task(GATHER, args=([], job_id), queue=queue or settings.queue)
@@ -62,6 +63,14 @@ def wait_for_job(
     watchdog : callable, optional
         Called every poll; raises to abort (e.g. the embedded worker died).
     """
+    # imported here, not at the top: curator_worker.app reads CURATOR_* when imported, and
+    # the commands check those first to report a bad value in one line
+    from producer.rescue import LostBatchRescue
+
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise ValueError(f"The wait timeout must be a finite number of seconds, got {timeout!r}.")
+    if not (math.isfinite(poll) and poll > 0):
+        raise ValueError(f"The poll interval must be a positive number of seconds, got {poll!r}.")
     status = store.status(job_id)
     started = time.monotonic()
     committed_since: float | None = None

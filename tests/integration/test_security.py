@@ -273,3 +273,99 @@ def _curator_worker_banner(env: dict[str, str], tmp_path: Path) -> subprocess.Co
     text = log.read_text(errors="replace")
     assert "ready." in text, text[-2000:]
     return subprocess.CompletedProcess(proc.args, proc.returncode, text, "")
+
+
+# --------------------------------------------------------------------------- job control
+
+
+def _broken_job(tmp_path: Path, store: JobStore, settings: Settings,
+                count: int = 30) -> tuple[str, Path]:
+    """A job of 6 batches whose index 7 fails until the returned flag file exists."""
+    flag = tmp_path / "fixed"
+    spec = stats_spec(tmp_path / "out", count)
+    spec["source"].update(name="BrokenUntilFixed", module="tests.support.faulty")
+    spec["source"]["params"].update(broken="7", fixed_flag=str(flag))
+    job = submit_job(spec, settings, batch_size=5)
+    status = wait_for_job(store, job.job_id, settings=settings, progress=False, timeout=120)
+    assert status.state == "partial" and status.failed == 1, status
+    return job.job_id, flag
+
+
+def test_a_retry_while_another_holds_the_job_is_refused(
+    tmp_path: Path, store: JobStore, cluster_settings: Settings, cluster_env: dict[str, str],
+    worker_nodes: list[WorkerNode],
+) -> None:
+    """Job control is serialised per job: while a retry holds the job's lock, a second
+    retry (or resume, or cancel) exits 2 with one line and changes nothing."""
+    from producer.joblock import job_control_lock
+
+    job_id, flag = _broken_job(tmp_path, store, cluster_settings)
+    flag.write_text("fixed")
+    before = store.client.hgetall(store.key(job_id))
+    with job_control_lock(store, job_id, "retry"):
+        for command in ("retry", "resume", "cancel"):
+            done = run_cli(["curator-jobs", command, job_id], cluster_env, timeout=30)
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2, done.stderr
+            assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+            assert f"another retry of job {job_id} is in progress" in lines[0], lines[0]
+    assert store.client.hgetall(store.key(job_id)) == before, "the job record changed"
+    # the lock is released: the retry now runs, and the job completes
+    done = run_cli(["curator-jobs", "retry", job_id, "--wait"], cluster_env)
+    assert done.returncode == 0, done.stderr
+    status = store.status(job_id)
+    assert status.state == "succeeded" and (status.done, status.failed) == (30, 0)
+
+
+def test_two_concurrent_retries_of_one_job_complete_it_exactly_once(
+    tmp_path: Path, store: JobStore, cluster_settings: Settings, cluster_env: dict[str, str],
+    worker_nodes: list[WorkerNode],
+) -> None:
+    """Two ``curator-jobs retry`` at once: one is accepted, the other exits 2 with one line;
+    the job ends succeeded with every batch committed (it used to end ``running``)."""
+    job_id, flag = _broken_job(tmp_path, store, cluster_settings)
+    flag.write_text("fixed")
+    full = {**os.environ, **cluster_env, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([str(BIN / "curator-jobs"), "retry", job_id], env=full, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=60), *p.communicate(timeout=10)) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, _, err in results if code == 2).strip().splitlines()
+    assert len(refused) == 1 and "Traceback" not in refused[0], refused
+    assert (f"another retry of job {job_id} is in progress" in refused[0]
+            or "still running" in refused[0]), refused[0]
+    status = wait_for_job(store, job_id, settings=cluster_settings, progress=False, timeout=120)
+    assert status.state == "succeeded" and (status.done, status.failed) == (30, 0), status
+    assert status.committed_batches == status.n_batches == 7, status
+    assert int(store.client.hget(store.key(job_id), "retries")) == 1
+
+
+def test_allow_list_prefix_with_a_trailing_dot_allows_the_top_level_module(
+    tmp_path: Path, cluster_env: dict[str, str], store: JobStore,
+) -> None:
+    """``CURATOR_ALLOWED_MODULES=mypipe.`` (the README's form) allows the module ``mypipe``
+    itself, not ``mypipeline``."""
+    for name in ("mypipe", "mypipeline"):
+        (tmp_path / f"{name}.py").write_text(
+            "from curator_worker.components.sources import SyntheticArrays  # noqa: F401\n")
+    queue = "curator-security-trailing-dot"
+    env = {**cluster_env, "CURATOR_ALLOWED_MODULES": "mypipe."}
+    full = {**os.environ, **env, "PYTHONPATH": os.pathsep.join((str(REPO), str(tmp_path)))}
+    try:
+        for module, code in (("mypipe", 0), ("mypipeline", 2)):
+            spec = stats_spec(tmp_path / "out", 4)
+            spec["source"]["module"] = module
+            path = tmp_path / f"{module}.yaml"
+            path.write_text(yaml.safe_dump(spec))
+            done = subprocess.run([str(BIN / "curator-submit"), str(path), "--queue", queue],
+                                  env=full, cwd=REPO, capture_output=True, text=True,
+                                  timeout=60)
+            assert done.returncode == code, done.stderr
+            if code == 0:
+                store.cancel(done.stdout.strip())
+            else:
+                assert "not on the allow-list" in done.stderr
+    finally:
+        store.client.delete(queue)
