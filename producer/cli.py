@@ -24,6 +24,7 @@ from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
 from producer.control import cancel_job, resume_job, retry_job
+from producer.job_views import dashboard_command, failures_command
 from producer.submit import check_job, submit_job
 from producer.wait import wait_for_job
 
@@ -251,6 +252,10 @@ else CURATOR_BROKER_URL.""",
 )
 def jobs_group() -> None:
     """Inspect, wait for, cancel, resume and retry jobs in the job store."""
+
+
+jobs_group.add_command(failures_command)
+jobs_group.add_command(dashboard_command)
 
 
 @jobs_group.command("status")
