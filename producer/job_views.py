@@ -34,7 +34,11 @@ def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "")
 
 
-@click.command("failures")
+@click.command("failures", epilog="""\b
+Examples:
+  curator-jobs failures 20261124-101500-ab12cd34
+  curator-jobs failures 20261124-101500-ab12cd34 --traceback
+  curator-jobs failures 20261124-101500-ab12cd34 --json | jq '.groups[0].indices'""")
 @click.argument("job_id")
 @click.option("--traceback", "with_traceback", is_flag=True,
               help="Show one traceback per group (that of its first index).")
@@ -83,7 +87,11 @@ def _echo_group(group: FailureGroup, with_traceback: bool) -> None:
             click.echo(f"    {line}")
 
 
-@click.command("dashboard")
+@click.command("dashboard", epilog="""\b
+Examples:
+  curator-jobs dashboard                       # http://127.0.0.1:5580/
+  CURATOR_DASHBOARD_BASIC_AUTH=admin:SECRET curator-jobs dashboard --address 0.0.0.0
+  curl -u admin:SECRET http://host:5580/metrics""")
 @click.option("--address", default=None,
               help="Address to bind (default 127.0.0.1). Any other address needs "
                    "CURATOR_DASHBOARD_BASIC_AUTH.")

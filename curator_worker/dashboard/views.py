@@ -37,7 +37,7 @@ MAX_FAILURE_GROUPS = 50
 THROUGHPUT_BINS = 60
 #: Seconds a worker process counts as active after it started a batch.
 ACTIVE_WITHIN = 60.0
-#: Jobs whose cached reads are kept (the least recently read are dropped first).
+#: Jobs whose cached reads are kept (the oldest entries are dropped first).
 MAX_CACHED_JOBS = 200
 
 

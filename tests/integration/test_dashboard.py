@@ -236,7 +236,11 @@ def test_page_in_a_real_browser_during_and_after_a_job(dashboard, store, cluster
     assert 'class="failure-indices">indices 2,9' in dom
     for name in ("HangingArrays", "FieldStats", "NpzPerIndex"):
         assert f'class="component-name">{name}<' in dom
-    assert 'class="lane-bar running"' in dom, "the hung batch shows as running"
+    # drawn where it belongs: positions reach the DOM (the page's CSP blocks inline styles)
+    assert re.search(r'class="lane-bar running" [^>]*style="left: [\d.]+%; width: [\d.]+%;',
+                     dom), "the hung batch shows as running"
+    assert len(re.findall(r'class="lane-bar" [^>]*style="left: [\d.]+%; width: [\d.]+%;',
+                          dom)) == 5, "one bar per committed batch"
     assert f'data-job="{job.job_id}"' in dom, "the job is listed"
 
     wait_for_job(store, job.job_id, settings=cluster_settings, progress=False, timeout=120)

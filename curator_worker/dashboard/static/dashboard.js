@@ -11,7 +11,7 @@ function el(tag, attrs, ...children) {
   for (const [key, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined) continue;
     if (key === "class") node.className = value;
-    else if (key === "style") node.setAttribute("style", value);
+    else if (key === "style") setStyle(node, value);
     else node.setAttribute(key, value);
   }
   for (const child of children.flat()) {
@@ -19,6 +19,16 @@ function el(tag, attrs, ...children) {
     node.append(child instanceof Node ? child : String(child));
   }
   return node;
+}
+
+// Inline style attributes are blocked by the page's Content-Security-Policy; styles set
+// through the CSSOM are not.
+function setStyle(node, declarations) {
+  for (const declaration of declarations.split(";")) {
+    const at = declaration.indexOf(":");
+    if (at > 0) node.style.setProperty(declaration.slice(0, at).trim(),
+                                       declaration.slice(at + 1).trim());
+  }
 }
 
 function text(id, value) {
@@ -227,8 +237,10 @@ function renderStages(job) {
 
 function renderFailures(job) {
   const box = document.getElementById("failures");
-  text("failures-count", job.failed ? `(${fmtInt(job.failed)} indices in ` +
-    `${fmtInt(job.failure_groups_total)} groups)` : "");
+  const nGroups = job.failure_groups_total;
+  text("failures-count", job.failed ? `(${fmtInt(job.failed)} ` +
+    `${job.failed === 1 ? "index" : "indices"} in ${fmtInt(nGroups)} ` +
+    `${nGroups === 1 ? "group" : "groups"})` : "");
   if (!job.failure_groups.length) {
     box.replaceChildren(el("p", {class: "muted"}, "No failed indices."));
     return;
