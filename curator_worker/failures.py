@@ -55,6 +55,19 @@ def format_ranges(indices: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+def shorten_ranges(ranges: str, limit: int = 400) -> str:
+    """``ranges`` cut after the last whole range that fits in ``limit`` characters.
+
+    Examples
+    --------
+    >>> shorten_ranges("1-3,7,9-12", 6)
+    '1-3,7,…'
+    """
+    if len(ranges) <= limit:
+        return ranges
+    return ranges[: ranges.rfind(",", 0, limit) + 1] + "…"
+
+
 def message_pattern(message: str) -> str:
     """The first line of ``message`` with every number replaced by ``<n>``.
 

@@ -13,7 +13,7 @@ import os
 import click
 
 from curator_worker.config import Settings, redact_url
-from curator_worker.failures import FailureGroup, group_failures
+from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
 from curator_worker.jobs import JobStore
 
 #: Characters of an index range list printed per group before it is cut.
@@ -24,10 +24,6 @@ def _store(broker: str | None) -> JobStore:
     settings = Settings.from_env(broker_url=broker)
     settings.require_cluster()
     return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: text.rfind(",", 0, limit) + 1] + "…"
 
 
 def _first_line(text: str) -> str:
@@ -78,7 +74,7 @@ def _echo_group(group: FailureGroup, with_traceback: bool) -> None:
     click.echo("")
     click.echo(f"{group.count} × {group.type}: {_first_line(group.message)}"
                + (f" [{kinds}]" if kinds else ""))
-    click.echo(f"  indices: {_cut(group.ranges, MAX_RANGES_CHARS)}")
+    click.echo(f"  indices: {shorten_ranges(group.ranges, MAX_RANGES_CHARS)}")
     if group.hosts:
         click.echo(f"  hosts: {', '.join(group.hosts)}")
     if with_traceback and group.traceback:

@@ -19,24 +19,32 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from curator_worker.errors import JobNotFoundError
-from curator_worker.failures import group_failures
+from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
 from curator_worker.jobs import JobStatus, JobStore, live_nodes
 
 #: Seconds over which the current throughput is measured.
 RATE_WINDOW = 10.0
-#: Batches drawn per lane (the most recent ones; older ones are counted, not drawn).
+#: Batches drawn in all lanes together, and at most per lane (the most recent ones of each
+#: lane; older ones are counted, not drawn), so a poll of a big job stays small.
+MAX_BARS = 3000
 MAX_BARS_PER_LANE = 300
-#: Failure groups sent to the page.
+#: Failure groups sent to the page, and characters of each group's index ranges.
 MAX_FAILURE_GROUPS = 50
+MAX_RANGES_CHARS = 400
 #: Bars in the throughput chart.
 THROUGHPUT_BINS = 60
 #: Seconds a worker process counts as active after it started a batch.
 ACTIVE_WITHIN = 60.0
+#: A running job's commit records and failures are read again after this many times what
+#: reading them cost (a big job's every second would be mostly spent reading them) ...
+REFRESH_FACTOR = 5.0
+#: ... and at most this many seconds after the last read.
+MAX_STALE = 30.0
 #: Jobs whose cached reads are kept (the oldest entries are dropped first).
 MAX_CACHED_JOBS = 200
 
@@ -141,9 +149,10 @@ def aggregate_commits(records: Iterable[Mapping[str, Any]], t0: float) -> _Commi
             stages[stage] = stages.get(stage, 0.0) + float(seconds)
         if int(record.get("stages_timed") or 0) < int(record.get("stages_of") or 0):
             estimated = True
+    per_lane = min(MAX_BARS_PER_LANE, max(20, MAX_BARS // max(len(lanes), 1)))
     for lane in lanes.values():
         lane["bars"].sort()
-        lane["bars"] = lane["bars"][-MAX_BARS_PER_LANE:]
+        lane["bars"] = lane["bars"][-per_lane:]
     ordered = {k: stages[k] for k in sorted(stages, key=stage_order)}
     return _Committed(lanes, ordered, estimated, sorted(ends), last)
 
@@ -174,6 +183,16 @@ def throughput_series(ends: list[tuple[float, int]], start: float, end: float,
         slot = min(max(int((finished - start) / width), 0), count - 1)
         totals[slot] += n
     return {"bin_seconds": width, "rates": [round(t / width, 3) for t in totals]}
+
+
+@dataclass
+class _Entry:
+    """A cached read: the counters it was read at, its value, when and at what cost."""
+
+    stamp: tuple[int, ...]
+    value: Any
+    at: float
+    cost: float
 
 
 class _RateTracker:
@@ -215,8 +234,8 @@ class JobViews:
         self.store = store
         self._lock = threading.Lock()
         self._specs: dict[str, dict[str, Any]] = {}
-        self._commits: dict[str, tuple[tuple[int, int], _Committed]] = {}
-        self._failures: dict[str, tuple[tuple[int, int, int], list[Any]]] = {}
+        self._commits: dict[str, _Entry] = {}
+        self._failures: dict[str, _Entry] = {}
         self._rates = _RateTracker()
 
     # -- cached reads
@@ -233,24 +252,38 @@ class JobViews:
         return spec
 
     def _committed(self, status: JobStatus) -> _Committed:
-        stamp = (status.committed_batches, status.n_batches)
-        cached = self._commits.get(status.job_id)
-        if cached is None or cached[0] != stamp:
-            records = self.store.commit_records(status.job_id).values()
-            cached = (stamp, aggregate_commits(records, status.created))
-            self._commits[status.job_id] = cached
-            _trim(self._commits)
-        return cached[1]
+        return self._cached(
+            self._commits, status, (status.committed_batches, status.n_batches),
+            lambda: aggregate_commits(self.store.commit_records(status.job_id).values(),
+                                      status.created))
 
-    def _groups(self, status: JobStatus) -> list[Any]:
-        stamp = (status.failed, status.committed_batches, status.n_batches)
-        cached = self._failures.get(status.job_id)
-        if cached is None or cached[0] != stamp:
-            groups = group_failures(self.store.failures(status.job_id)) if status.failed else []
-            cached = (stamp, groups)
-            self._failures[status.job_id] = cached
-            _trim(self._failures)
-        return cached[1]
+    def _groups(self, status: JobStatus) -> list[dict[str, Any]]:
+        return self._cached(
+            self._failures, status, (status.failed, status.committed_batches, status.n_batches),
+            lambda: [_group_view(g) for g in group_failures(self.store.failures(status.job_id))]
+            if status.failed else [])
+
+    @staticmethod
+    def _cached(cache: dict[str, _Entry], status: JobStatus, stamp: tuple[int, ...],
+                compute: Callable[[], Any]) -> Any:
+        """``compute()``, cached until ``stamp`` changes.
+
+        While the job runs, a stale value is kept for :data:`REFRESH_FACTOR` times what
+        computing it cost (at most :data:`MAX_STALE` seconds), so a job with a million
+        failures does not cost a million-record read every second; a finished job is
+        always read afresh once, then never again.
+        """
+        now = time.monotonic()
+        entry = cache.get(status.job_id)
+        if entry is not None and entry.stamp == stamp:
+            return entry.value
+        if (entry is not None and not status.is_final
+                and now - entry.at < min(REFRESH_FACTOR * entry.cost, MAX_STALE)):
+            return entry.value
+        value = compute()
+        cache[status.job_id] = _Entry(stamp, value, now, time.monotonic() - now)
+        _trim(cache)
+        return value
 
     def _batches_in_flight(self, status: JobStatus) -> int:
         """Batches delivered to a worker and not committed (0 once the job ended)."""
@@ -349,8 +382,7 @@ class JobViews:
                         "share": round(v / stage_total, 4)} for k, v in committed.stages.items()],
             "stages_estimated": committed.stages_estimated,
             "throughput": throughput_series(committed.ends, start, end),
-            "failure_groups": [g.as_dict(with_traceback=True) | {"indices": None}
-                               for g in groups[:MAX_FAILURE_GROUPS]],
+            "failure_groups": groups[:MAX_FAILURE_GROUPS],
             "failure_groups_total": len(groups),
             "nodes_live": len(nodes),
             "processes_live": sum(int(n.get("concurrency") or 0) for n in nodes),
@@ -406,6 +438,14 @@ class JobViews:
 def _lane_sort(label: str) -> tuple[str, int, str]:
     node, _, pid = label.rpartition(" ")
     return (node, int(pid) if pid.isdigit() else -1, pid)
+
+
+def _group_view(group: FailureGroup) -> dict[str, Any]:
+    """A failure group as the page shows it: indices as (shortened) ranges, one traceback."""
+    view = group.as_dict(with_traceback=True)
+    del view["indices"]
+    view["ranges"] = shorten_ranges(view["ranges"], MAX_RANGES_CHARS)
+    return view
 
 
 def _trim(cache: dict[str, Any]) -> None:
