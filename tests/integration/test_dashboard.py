@@ -371,3 +371,14 @@ def test_failures_command_on_a_clean_job(store, cluster_settings, cluster_env, t
     data = json.loads(cli(["curator-jobs", "failures", job.job_id, "--json"],
                           cluster_env).stdout)
     assert data["groups"] == [] and data["failed"] == 0
+
+
+def test_port_in_use_is_one_line(dashboard, cluster_env):
+    port = dashboard.rsplit(":", 1)[1]
+    env = {**os.environ, **cluster_env, "PYTHONPATH": str(REPO)}
+    env.pop("CURATOR_DASHBOARD_BASIC_AUTH", None)
+    done = subprocess.run([str(BIN / "curator-jobs"), "dashboard", "--port", port], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
