@@ -275,6 +275,13 @@ def test_auth_required_everywhere_when_set(cluster_env, store, cluster_settings,
         # read-only: no method but GET/HEAD, even with credentials
         for method in ("POST", "PUT", "DELETE"):
             assert request(f"{base}/api/jobs", auth="admin:s3cret-pw", method=method)[0] == 405
+        if Path(CHROMIUM).exists():  # a browser given the credentials in the URL
+            port = base.rsplit(":", 1)[1]
+            dom = chromium_dom(f"http://admin:s3cret-pw@127.0.0.1:{port}/", tmp_path)
+            assert by_id(dom, "job-id") == job.job_id, by_id(dom, "connection")
+            assert re.search(r'id="job-state"[^>]*>succeeded<', dom)
+            dom = chromium_dom(f"http://admin:wrong@127.0.0.1:{port}/", tmp_path)
+            assert job.job_id not in dom
         log = (tmp_path / "dashboard.log").read_text()
         assert "s3cret-pw" not in log and "basic auth on" in log
         password = cluster_settings.broker_url.split(":")[2].split("@")[0]

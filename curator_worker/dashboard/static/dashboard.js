@@ -74,7 +74,12 @@ function changed(section, data) {
   return true;
 }
 
-async function getJSON(url) {
+async function getJSON(path) {
+  // Resolved against the page without the user:password its URL may carry: fetch() refuses
+  // such URLs, and the browser sends the credentials it has for the page anyway.
+  const url = new URL(path, location.href);
+  url.username = "";
+  url.password = "";
   const response = await fetch(url, {cache: "no-store", credentials: "same-origin"});
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
@@ -105,8 +110,8 @@ function renderJobs(data) {
       el("td", {}, stateBadge(job.state)),
       el("td", {}, bar, el("span", {class: "counts"},
         `${fmtInt(job.done)} done, ${fmtInt(job.failed)} failed / ${fmtInt(job.total)}`)),
-      el("td", {class: "num"}, fmtRate(job.state === "running" ? job.rate_current
-                                                                 : job.rate_average)),
+      el("td", {class: "num"}, fmtRate(job.state === "running"
+        ? job.rate_current ?? job.rate_average : job.rate_average)),
       el("td", {}, job.source),
       el("td", {class: "num"}, fmtSeconds(data.now - job.created)));
     row.addEventListener("click", () => { selectJob(job.job_id); poll(); });
