@@ -353,7 +353,7 @@ class JobViews:
             record = self._record(job_id)
             committed = self._committed(status)
             groups = self._groups(status)
-            running = self._running(status, committed, now)
+            running = self._running(status, committed)
             nodes = live_nodes(self.store.client, status.queue) if status.queue else []
             summary["batches_in_flight"] = self._batches_in_flight(status)
         lanes = []
@@ -389,13 +389,12 @@ class JobViews:
         })
         return summary
 
-    def _running(self, status: JobStatus, committed: _Committed, now: float
-                 ) -> dict[str, float]:
+    def _running(self, status: JobStatus, committed: _Committed) -> dict[str, float]:
         """Worker processes running a batch of the job now: lane -> when it started.
 
         A process whose last batch start is later than its last commit has a batch it has
-        not committed: running (or its process died; it stops showing once the job ends or
-        after the visibility timeout's redelivery shows up elsewhere).
+        not committed: it is running it, or it died with it (then it shows as running
+        until the job ends; the batch is redelivered to another process).
         """
         if status.is_final:
             return {}
