@@ -27,6 +27,7 @@ from curator_worker.errors import CuratorError
 from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
+from producer.job_views import dashboard_command, failures_command
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -295,6 +296,10 @@ else CURATOR_BROKER_URL.""",
 )
 def jobs_group() -> None:
     """Inspect, wait for, cancel, resume and retry jobs in the job store."""
+
+
+jobs_group.add_command(failures_command)
+jobs_group.add_command(dashboard_command)
 
 
 @jobs_group.command("status")
