@@ -37,7 +37,7 @@ class ThreadBackend(LocalBackend):
     def execute(self, run: LocalRun) -> None:
         """Submit every unit to a thread pool; commit each as it completes."""
         with ThreadPoolExecutor(
-            max_workers=run.config.n_jobs, thread_name_prefix="curator-thread"
+            max_workers=run.n_jobs, thread_name_prefix="curator-thread"
         ) as pool:
             futures: dict[Future, WorkUnit] = {
                 pool.submit(
