@@ -129,3 +129,31 @@ def test_physicsnemo_save_pipeline_layout_with_class_keys(tmp_path: Path) -> Non
         "version": 1,
     }
     assert len(run_pipeline(build_pipeline(spec, "saved.yaml"))) == 3
+
+
+def physicsnemo_script(out: Path, backend: str, **options: Any) -> Pipeline:
+    """What a physicsnemo-curator user writes: the dataclass constructor, metrics on."""
+    pipeline = Pipeline(
+        source=SquaresSource(n=6, scale=0.5),
+        filters=[OffsetFilter(offset=1.25), RowStatsFilter(output=str(out / "rows.csv"))],
+        sink=CsvSink(output_dir=str(out / "samples")),
+        track_metrics=True,
+        db_dir=out / ".db",
+    )
+    results = run_pipeline(pipeline, backend=backend, n_jobs=2, **options)
+    assert results == [[str(out / "samples" / f"sample_{i:04d}.csv")] for i in range(6)]
+    return pipeline
+
+
+def test_physicsnemo_style_script_on_the_process_pool(tmp_path: Path) -> None:
+    pipeline = physicsnemo_script(tmp_path / "pp", "process_pool")
+    metrics = pipeline.metrics
+    assert [m.index for m in metrics.indices] == list(range(6))
+    for m in metrics.indices:
+        assert [s.name for s in m.stages] == [
+            "source", OffsetFilter.name, RowStatsFilter.name, "sink"]
+    assert metrics.total_wall_time_ns > 0 and metrics.total_peak_memory_bytes > 0
+    # the stateful filter's merged output equals a sequential run's flush
+    physicsnemo_script(tmp_path / "seq", "sequential")
+    assert (tmp_path / "pp" / "rows.csv").read_bytes() == (
+        tmp_path / "seq" / "rows.csv").read_bytes()

@@ -19,7 +19,9 @@ from curator_worker.planning import (
     Batch,
     auto_batch_size,
     balanced_batch_sizes,
+    batch_groups,
     check_indices,
+    intersect_partitions,
     merge_partitions,
     pack_groups,
     parse_indices,
@@ -443,3 +445,68 @@ def test_batch_is_frozen() -> None:
     batch = Batch(key="b000000", indices=[1])
     with pytest.raises(AttributeError):
         batch.key = "other"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- physicsnemo-curator's
+# intersect_partitions and batch_groups (refuse straddling groups; pack into n workers)
+
+
+def test_intersect_partitions_none_when_neither_side_constrains() -> None:
+    assert intersect_partitions(None, None) is None
+
+
+def test_intersect_partitions_one_side_is_returned_as_given() -> None:
+    assert intersect_partitions([[4, 5], [0, 1]], None) == [[4, 5], [0, 1]]
+    assert intersect_partitions(None, [[2], [1, 0]]) == [[2], [1, 0]]
+
+
+def test_intersect_partitions_agreeing_sides_give_sorted_groups() -> None:
+    source = [[9, 7], [2, 1, 3]]
+    assert intersect_partitions(source, [[3, 2, 1], [7, 9]]) == [[1, 2, 3], [7, 9]]
+    # an index only one side names goes with its group on that side
+    assert intersect_partitions([[0, 1], [8]], [[1, 0]]) == [[0, 1], [8]]
+
+
+@pytest.mark.parametrize(
+    ("source", "sink", "side"),
+    [([[0, 1, 2, 3]], [[0, 1], [2, 3]], "source"),
+     ([[0, 1], [2, 3]], [[0, 1, 2, 3]], "sink"),
+     ([[i] for i in range(6)], [[0, 1, 2], [3, 4, 5]], "sink")],
+)
+def test_intersect_partitions_refuses_a_group_the_other_side_splits(
+    source: list[list[int]], sink: list[list[int]], side: str
+) -> None:
+    with pytest.raises(PartitionConflictError, match=f"the {side} requires indices") as info:
+        intersect_partitions(source, sink)
+    assert isinstance(info.value, ValueError)
+
+
+def test_batch_groups_makes_at_most_n_balanced_batches() -> None:
+    sizes = sorted(len(b) for b in batch_groups([[i] for i in range(10)], 3))
+    assert sizes == [3, 3, 4]
+    big_first = batch_groups([[0, 1, 2, 3, 4], [5], [6], [7], [8], [9]], 2)
+    assert sorted(map(len, big_first)) == [5, 5]
+    assert batch_groups([[0, 1], [2]], 5) == [[0, 1], [2]]  # no more groups than workers
+
+
+def test_batch_groups_keeps_every_group_whole_and_in_order() -> None:
+    groups = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10]]
+    batches = batch_groups(groups, 2)
+    assert len(batches) == 2 and sorted(_flatten(batches)) == list(range(11))
+    for group in groups:
+        (home,) = [b for b in batches if group[0] in b]
+        start = home.index(group[0])
+        assert home[start:start + len(group)] == group
+    for batch in batches:
+        assert batch == sorted(batch)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
+def test_batch_groups_rejects_bad_worker_counts(n: Any) -> None:
+    with pytest.raises(ValueError, match="n_workers"):
+        batch_groups([[0], [1]], n)
+
+
+def test_celery_batches_are_still_cut_by_size() -> None:
+    assert [b.indices for b in plan_batches([[i] for i in range(10)], 4)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
