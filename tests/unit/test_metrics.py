@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -289,3 +290,21 @@ def test_store_reset_forgets_a_run(tmp_path: Path) -> None:
     p.reset()
     assert p.metrics.indices == []
     assert MetricsStore(p.db_path).completed() == {}
+
+
+class SlowAfterTwo(Names):
+    """Indices 0 and 1 are quick, the others slow: the threads' batches end apart."""
+
+    def __call__(self, items: Iterator[int], index: int) -> list[str]:
+        paths = super().__call__(items, index)
+        time.sleep(0.01 if index < 2 else 0.06)
+        return paths
+
+
+def test_thread_backend_traces_memory_for_every_index(tmp_path: Path) -> None:
+    """One thread's batch ending must not stop memory tracing under the others (peaks are
+    the process's: threads share one tracer, so only their presence is checked)."""
+    p = Pipeline(source=Counted(12), filters=[Grow()], sink=SlowAfterTwo(), db_dir=tmp_path)
+    run_pipeline(p, backend="thread", n_jobs=3, batch_size=2)
+    assert len(p.metrics.indices) == 12
+    assert all(m.peak_memory_bytes > 0 for m in p.metrics.indices)
