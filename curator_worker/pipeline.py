@@ -703,7 +703,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Pipeline:
-        """Build a pipeline from a YAML or JSON spec file.
+        """Build a pipeline from a YAML or JSON spec file (``track_metrics`` on, the default).
 
         Raises
         ------
@@ -712,7 +712,9 @@ class Pipeline:
         """
         from curator_worker.spec import load_spec
 
-        return load_spec(path)
+        pipeline = load_spec(path)
+        pipeline.track_metrics = True
+        return pipeline
 
     def __repr__(self) -> str:
         parts = [type(self._source).__name__]

@@ -157,3 +157,14 @@ def test_physicsnemo_style_script_on_the_process_pool(tmp_path: Path) -> None:
     physicsnemo_script(tmp_path / "seq", "sequential")
     assert (tmp_path / "pp" / "rows.csv").read_bytes() == (
         tmp_path / "seq" / "rows.csv").read_bytes()
+
+
+def test_a_loaded_spec_records_metrics_by_default(tmp_path: Path) -> None:
+    pipeline = compat_pipeline(tmp_path / "a", n=3)
+    pipeline.save(tmp_path / "saved.yaml")
+    loaded = Pipeline.load(tmp_path / "saved.yaml")
+    assert loaded.track_metrics is True
+    loaded.db_dir = tmp_path / "db"
+    run_pipeline(loaded)
+    assert [m.index for m in loaded.metrics.indices] == [0, 1, 2]
+    assert loaded.db_path.name == pipeline.db_path.name  # the same configuration
