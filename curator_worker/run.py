@@ -143,6 +143,11 @@ class RunBackend(ABC):
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Run ``config.indices``; return each index's sink paths in that order."""
 
+    def completed_before(self, pipeline: Pipeline, config: RunConfig) -> dict[int, list[str]]:
+        """Indices of ``config.indices`` that earlier runs completed, as this backend knows
+        them beyond the local metrics store (``resume=True``); none by default."""
+        return {}
+
 
 _REGISTRY: dict[str, type[RunBackend]] = {}
 _BUILTINS = (
@@ -343,7 +348,7 @@ def _resume(pipeline: Pipeline, runner: RunBackend, chosen: list[int],
             "to resume from)."
         )
     store = pipeline.metrics_store()
-    done = store.completed()
+    done = {**runner.completed_before(pipeline, config), **store.completed()}
     skipped = [i for i in chosen if i in done]
     todo = [i for i in chosen if i not in done]
     store.adopt(pipeline.invocation_id, skipped)

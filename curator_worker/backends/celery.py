@@ -16,13 +16,13 @@ from typing import Any
 
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
-from curator_worker.errors import JobFailedError, JobWaitTimeout
+from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
 from curator_worker.jobs import SUCCEEDED
 from curator_worker.metrics import record_of_job_entry, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
-from curator_worker.spec import pipeline_to_spec
+from curator_worker.spec import pipeline_to_spec, spec_hash
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,37 @@ class CeleryBackend(RunBackend):
     name = "celery"
     description = "Celery workers fed through Redis; embedded local cluster if none configured."
     requires = ("celery", "redis")
+
+    #: How many of a cluster's most recent jobs ``resume`` looks through.
+    resume_lookback = 100
+
+    def completed_before(self, pipeline: Pipeline, config: RunConfig) -> dict[int, list[str]]:
+        """On a configured cluster: indices earlier jobs of the same spec committed.
+
+        Resume reads the job store too, so a run whose client stopped before the job ended
+        (and so never copied its records locally) still counts. The embedded cluster keeps
+        nothing between runs: there the local metrics store is the only record.
+        """
+        from producer.clients import clients_for
+
+        kwargs = config.backend_options
+        settings = Settings.from_env(**{k: kwargs.get(k) for k in _SETTING_KWARGS})
+        if not settings.configured:
+            return {}
+        settings.require_cluster()
+        _, store = clients_for(settings)
+        wanted = spec_hash(pipeline_to_spec(pipeline))
+        indices = list(range(len(pipeline))) if config.indices is None else config.indices
+        done: dict[int, list[str]] = {}
+        for job_id in reversed(store.list_jobs(limit=self.resume_lookback)):  # oldest first
+            try:
+                if spec_hash(store.record(job_id)["spec"]) != wanted:
+                    continue
+                paths = store.paths(job_id, indices)
+            except CuratorError:  # expired meanwhile
+                continue
+            done.update((i, p) for i, p in zip(indices, paths, strict=True) if p is not None)
+        return done
 
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Submit the run as a job, wait for it, return the sink paths in order."""

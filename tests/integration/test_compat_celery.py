@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from curator_worker import Pipeline, run_pipeline
+from curator_worker.config import Settings
 from tests.support.compat_components import CsvSink, OffsetFilter, RowStatsFilter, SquaresSource
 
 
@@ -66,3 +67,24 @@ def test_resume_on_celery_runs_only_the_rest(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         f"sample_{i:04d}.csv" for i in (1, 3, 5)]
     assert [m.index for m in again.metrics.indices] == list(range(6))
+
+
+@pytest.mark.usefixtures("worker_nodes")
+def test_resume_on_a_cluster_counts_earlier_jobs_of_the_same_spec(
+    tmp_path: Path, cluster_settings: Settings
+) -> None:
+    """The earlier run recorded nothing locally (metrics off, as if its client had died):
+    resume finds its committed indices in the cluster's job store."""
+    where = {"broker_url": cluster_settings.broker_url, "queue": cluster_settings.queue}
+    first = pipeline_in(tmp_path)
+    first.track_metrics = False
+    run_pipeline(first, backend="celery", n_jobs=2, indices=[1, 3], **where)
+    for i in (1, 3):
+        Path(sample(tmp_path, i)).unlink()
+    other = pipeline_in(tmp_path / "elsewhere")  # another spec: its jobs do not count
+    run_pipeline(other, backend="celery", n_jobs=2, indices=[0], **where)
+    again = pipeline_in(tmp_path)
+    results = run_pipeline(again, backend="celery", n_jobs=2, resume=True, **where)
+    assert results == [[sample(tmp_path, i)] for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        f"sample_{i:04d}.csv" for i in (0, 2, 4, 5)]
