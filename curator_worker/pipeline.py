@@ -311,7 +311,8 @@ class Pipeline:
     filters : Sequence[Filter], optional
         Applied in order to each index's items.
     sink : Sink, optional
-        Writes each index's items; required before running.
+        Writes each index's items; required before running. A sink with a
+        ``set_source(source)`` method is given the source (as physicsnemo-curator does).
     track_metrics : bool, optional
         Record each index's per-stage wall time, peak memory and outcome in a local store
         (:mod:`curator_worker.metrics`), on every backend; read them with :attr:`metrics`.
@@ -364,6 +365,9 @@ class Pipeline:
                 raise PipelineError(f"Filter {f!r} is neither a Filter nor callable.")
         if sink is not None and not isinstance(sink, Sink) and not callable(sink):
             raise PipelineError(f"Sink {sink!r} is neither a Sink nor callable.")
+        set_source = getattr(sink, "set_source", None)
+        if callable(set_source):  # physicsnemo-curator's hook: sinks that name outputs
+            set_source(source)  # after the source's files (every way a pipeline is built)
         set_slot = object.__setattr__
         set_slot(self, "_source", source)
         set_slot(self, "_filters", tuple(filters))

@@ -915,3 +915,22 @@ def test_empty_index_list_runs_nothing() -> None:
     assert run_pipeline(p, indices=[]) == []
     assert run_pipeline(p, indices=np.array([], dtype=int)) == []
     assert source.accessed == [] and sink.calls == []
+
+
+class SourceAwareSink(Recorder):
+    """A sink that names its outputs after the source (physicsnemo-curator's hook)."""
+
+    def set_source(self, source: Source[Any]) -> None:
+        self.tag = f"from-{type(source).__name__}-{len(source)}"
+
+
+def test_a_sink_with_set_source_gets_the_source_however_the_pipeline_is_built() -> None:
+    built = [
+        lambda s, k: s.write(k),
+        lambda s, k: s.filter(Doubler()).write(k),
+        lambda s, k: Pipeline(source=s, sink=k),
+        lambda s, k: pickle.loads(pickle.dumps(Pipeline(source=s, sink=k))),
+    ]
+    for build in built:
+        p = build(Numbers(3), SourceAwareSink())
+        assert p[1] == ["from-Numbers-3/1.txt"]
