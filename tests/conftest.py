@@ -79,7 +79,8 @@ def store(cluster_settings: Settings) -> JobStore:
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``CURATOR_*`` variables from the developer's shell leak into a test."""
+    """No ``CURATOR_*`` variables from the developer's shell leak into a test (but metrics
+    stay in the session's folder, see :func:`metrics_db_dir`)."""
     for name in list(os.environ):
-        if name.startswith("CURATOR_"):
+        if name.startswith("CURATOR_") and name != "CURATOR_DB_DIR":
             monkeypatch.delenv(name)
