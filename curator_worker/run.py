@@ -12,7 +12,7 @@ import importlib.util
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -248,7 +248,7 @@ def run_pipeline(
     *,
     n_jobs: int = 1,
     backend: str = "sequential",
-    indices: Sequence[int] | None = None,
+    indices: Iterable[int] | None = None,
     use_tui: bool | None = None,
     progress: bool | str | None = None,
     db_dir: str | os.PathLike[str] | None = None,
@@ -270,8 +270,8 @@ def run_pipeline(
     backend : str
         ``sequential``, ``thread`` (``thread_pool``), ``process_pool``, ``loky``, ``dask``,
         ``celery``, or ``auto`` (see :func:`list_backends`).
-    indices : Sequence[int], optional
-        Indices to run (default: all), each at most once.
+    indices : Iterable[int], optional
+        Indices to run (default: all), each at most once; an empty list runs nothing.
     use_tui, progress : bool | "log", optional
         Show progress (``progress`` is the newer spelling; either is accepted).
     db_dir : str | os.PathLike, optional
@@ -306,7 +306,14 @@ def run_pipeline(
     >>> len(p.metrics.indices)
     3
     """
+    if backend == "auto":
+        backend = _pick_auto_backend()
+    _load_builtins()
+    if backend not in _REGISTRY:
+        get_backend(backend)  # raises, naming the known backends
     pipeline.require_sink()
+    if indices is not None and not hasattr(indices, "__len__"):
+        indices = list(indices)  # a generator or other iterable
     if indices is not None and len(indices) == 0:
         return []
     if indices is None:  # every index: valid by construction, unless there are none
@@ -319,11 +326,6 @@ def run_pipeline(
     shown: bool | str = progress if progress is not None else bool(use_tui)
     if db_dir is not None:
         pipeline.db_dir = db_dir
-    if backend == "auto":
-        backend = _pick_auto_backend()
-    _load_builtins()
-    if backend not in _REGISTRY:
-        get_backend(backend)  # raises, naming the known backends
     name = backend
     if jobs == 1 and backend != "celery" and not backend_kwargs:
         name = "sequential"

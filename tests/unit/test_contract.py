@@ -913,6 +913,8 @@ def test_unknown_backend_is_refused_even_with_one_job() -> None:
 def test_empty_index_list_runs_nothing() -> None:
     source, sink, p = make_pipeline(3)
     assert run_pipeline(p, indices=[]) == []
+    with pytest.raises(ValueError, match="Unknown backend"):
+        run_pipeline(p, indices=[], backend="magic")
     assert run_pipeline(p, indices=np.array([], dtype=int)) == []
     assert source.accessed == [] and sink.calls == []
 
@@ -934,3 +936,9 @@ def test_a_sink_with_set_source_gets_the_source_however_the_pipeline_is_built() 
     for build in built:
         p = build(Numbers(3), SourceAwareSink())
         assert p[1] == ["from-Numbers-3/1.txt"]
+
+
+def test_indices_may_be_any_iterable() -> None:
+    source, _, p = make_pipeline(5)
+    assert run_pipeline(p, indices=(i for i in (4, 2))) == [["out/4.txt"], ["out/2.txt"]]
+    assert run_pipeline(p, indices=range(1, 3)) == [["out/1.txt"], ["out/2.txt"]]
