@@ -1,11 +1,14 @@
 """curator-worker: run dataset-curation pipelines on a Celery cluster fed through Redis.
 
 The pipeline contract matches physicsnemo-curator (``Source``, ``Filter``, ``Sink``,
-``Pipeline``, ``run_pipeline``), so its components run here unchanged::
+``Pipeline``, ``run_pipeline``, ``RunConfig``, the backend classes), so its components run
+here unchanged::
 
     from curator_worker import run_pipeline
     results = run_pipeline(pipeline, backend="celery", n_jobs=4)
 """
+
+from typing import Any
 
 from curator_worker.errors import (
     CuratorError,
@@ -18,7 +21,16 @@ from curator_worker.errors import (
 )
 from curator_worker.gather import gather_pipeline
 from curator_worker.jobs import Job, JobStatus, JobStore
-from curator_worker.pipeline import REQUIRED, Filter, Param, Pipeline, Sink, Source
+from curator_worker.metrics import IndexMetrics, PipelineMetrics, StageMetrics
+from curator_worker.pipeline import (
+    REQUIRED,
+    Filter,
+    Param,
+    Pipeline,
+    PipelineStateError,
+    Sink,
+    Source,
+)
 from curator_worker.planning import batch_groups, intersect_partitions
 from curator_worker.run import (
     RunBackend,
@@ -31,10 +43,22 @@ from curator_worker.run import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    """The backend classes by name (``from curator_worker import ProcessPoolBackend``),
+    imported on first use."""
+    from curator_worker import run
+
+    if name in run.BACKEND_CLASSES:
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "REQUIRED",
     "CuratorError",
     "Filter",
+    "IndexMetrics",
     "IndexSelectionError",
     "Job",
     "JobFailedError",
@@ -45,11 +69,14 @@ __all__ = [
     "PartitionConflictError",
     "Pipeline",
     "PipelineError",
+    "PipelineMetrics",
+    "PipelineStateError",
     "RunBackend",
     "RunConfig",
     "Sink",
     "Source",
     "SpecError",
+    "StageMetrics",
     "batch_groups",
     "gather_pipeline",
     "get_backend",

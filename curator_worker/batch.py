@@ -185,7 +185,7 @@ def execute_batch(
     on_start: Callable[[int], None] | None = None,
     on_index: Callable[[IndexResult], None] | None = None,
     on_stuck: Callable[[int, str], None] | None = None,
-    timings: bool = False,
+    timings: bool | str = False,
     trace_memory: bool = False,
 ) -> BatchOutcome:
     """Run ``indices`` in order through ``pipeline`` with private copies of stateful filters.
@@ -215,10 +215,10 @@ def execute_batch(
     on_stuck : callable, optional
         Called by the watchdog with an index stuck past its deadline in code that ignores
         signals, just before the process kills itself.
-    timings : bool
+    timings : bool or "all"
         Record per-stage seconds: on every index after one that took at least
         :data:`STAGE_TIMING_ALWAYS`, and on one index in :data:`STAGE_TIMING_SAMPLE`
-        after faster ones (those results have no ``stages``).
+        after faster ones (those results have no ``stages``); ``"all"``: on every index.
     trace_memory : bool
         Record each index's peak Python memory (``tracemalloc``; slows Python code).
 
@@ -275,7 +275,7 @@ def execute_batch(
             while True:
                 saved = [copy.deepcopy(filters[n]) for n in positions] if positions else ()
                 stages: dict[str, float] | None = None
-                if timings and (previous >= STAGE_TIMING_ALWAYS
+                if timings and (timings == "all" or previous >= STAGE_TIMING_ALWAYS
                                 or position % STAGE_TIMING_SAMPLE == 0):
                     stages = {}
                 start = perf_counter()

@@ -16,8 +16,11 @@ import functools
 import inspect
 import operator
 import time
+import tracemalloc
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -25,6 +28,8 @@ from curator_worker.errors import PipelineError
 
 if TYPE_CHECKING:
     from os import PathLike
+
+    from curator_worker.metrics import MetricsStore, PipelineMetrics
 
 T = TypeVar("T")
 
@@ -279,8 +284,25 @@ class _Timed:
             self._clock[0] += time.perf_counter() - start
 
 
+class PipelineStateError(PipelineError, RuntimeError):
+    """A pipeline is asked for something it is not set up for (no sink, metrics off).
+
+    A ``RuntimeError`` too, as physicsnemo-curator raises in these cases.
+    """
+
+
+#: Attributes a user may set on a pipeline (physicsnemo-curator's dataclass fields that
+#: do not change what it computes); everything else is immutable.
+SETTABLE = ("track_metrics", "track_memory", "track_gpu", "db_dir", "db_file", "resume")
+
+
 class Pipeline:
-    """An immutable source → filters → sink chain.
+    """A source → filters → sink chain; the chain is immutable, its run settings are not.
+
+    Built like physicsnemo-curator's dataclass, ``Pipeline(source=, filters=, sink=,
+    track_metrics=, db_dir=)``, or with the builders ``source.filter(f).write(s)``, which
+    return new pipelines. ``track_metrics``, ``track_memory``, ``track_gpu``, ``db_dir``,
+    ``db_file`` and ``resume`` may be set on a pipeline; source, filters and sink may not.
 
     Parameters
     ----------
@@ -289,9 +311,24 @@ class Pipeline:
     filters : Sequence[Filter], optional
         Applied in order to each index's items.
     sink : Sink, optional
-        Writes each index's items; required before running.
+        Writes each index's items; required before running. A sink with a
+        ``set_source(source)`` method is given the source (as physicsnemo-curator does).
     track_metrics : bool, optional
-        Record per-stage timings when run by a backend that supports it.
+        Record each index's per-stage wall time, peak memory and outcome in a local store
+        (:mod:`curator_worker.metrics`), on every backend; read them with :attr:`metrics`.
+        Needed by ``resume``. Default True.
+    track_memory : bool, optional
+        With ``track_metrics``, measure each index's peak Python memory (``tracemalloc``,
+        which slows Python code). Default True.
+    track_gpu : bool, optional
+        Accepted for compatibility; GPU memory is not measured.
+    db_dir : str | os.PathLike, optional
+        Folder of the metrics store (default: ``$CURATOR_DB_DIR`` or the user cache).
+    db_file : str | os.PathLike, optional
+        The metrics store file itself (overrides ``db_dir``).
+    resume : bool, optional
+        Default of ``run_pipeline(..., resume=)``: skip indices a previous run of the same
+        pipeline completed.
 
     Examples
     --------
@@ -299,17 +336,25 @@ class Pipeline:
     >>> p = SyntheticArrays(count=4).write(NpzPerIndex(output_dir="/tmp/cw-doc"))
     >>> len(p)
     4
+    >>> p.track_metrics = False      # run settings may change; the chain may not
     """
 
-    __slots__ = ("_source", "_filters", "_sink", "_track_metrics")
+    __slots__ = ("_source", "_filters", "_sink", "_track_metrics", "_track_memory",
+                 "_track_gpu", "_db_dir", "_db_file", "_resume", "_store", "_invocation")
 
     def __init__(
         self,
         source: Source[Any],
         filters: Sequence[Filter[Any]] = (),
         sink: Sink[Any] | None = None,
+        track_metrics: bool = True,
+        track_memory: bool = True,
+        track_gpu: bool = False,
+        db_dir: str | PathLike[str] | None = None,
+        db_file: str | PathLike[str] | None = None,
+        resume: bool = False,
         *,
-        track_metrics: bool = False,
+        invocation_id: str | None = None,
     ) -> None:
         if not isinstance(source, Source):
             raise PipelineError(
@@ -320,14 +365,31 @@ class Pipeline:
                 raise PipelineError(f"Filter {f!r} is neither a Filter nor callable.")
         if sink is not None and not isinstance(sink, Sink) and not callable(sink):
             raise PipelineError(f"Sink {sink!r} is neither a Sink nor callable.")
-        object.__setattr__(self, "_source", source)
-        object.__setattr__(self, "_filters", tuple(filters))
-        object.__setattr__(self, "_sink", sink)
-        object.__setattr__(self, "_track_metrics", bool(track_metrics))
+        set_source = getattr(sink, "set_source", None)
+        if callable(set_source):  # physicsnemo-curator's hook: sinks that name outputs
+            set_source(source)  # after the source's files (every way a pipeline is built)
+        set_slot = object.__setattr__
+        set_slot(self, "_source", source)
+        set_slot(self, "_filters", tuple(filters))
+        set_slot(self, "_sink", sink)
+        set_slot(self, "_store", None)
+        set_slot(self, "_invocation", invocation_id or uuid.uuid4().hex)
+        for name, value in zip(SETTABLE, (track_metrics, track_memory, track_gpu, db_dir,
+                                          db_file, resume), strict=True):
+            set_slot(self, f"_{name}", _checked(name, value))
 
     def __setattr__(self, key: str, value: Any) -> None:
+        if key in SETTABLE:
+            object.__setattr__(self, f"_{key}", _checked(key, value))
+            if key in ("db_dir", "db_file"):
+                object.__setattr__(self, "_store", None)  # a different store from now on
+            return
+        if key == "_store":  # physicsnemo-curator's tests and tools reset it
+            object.__setattr__(self, "_store", value)
+            return
         raise AttributeError(
-            "Pipeline is immutable; .filter() and .write() return a new pipeline."
+            f"Pipeline is immutable; .filter() and .write() return a new pipeline (only "
+            f"{', '.join(SETTABLE)} may be set, not {key!r})."
         )
 
     def __delattr__(self, key: str) -> None:
@@ -336,11 +398,16 @@ class Pipeline:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Rebuild through __init__: the default slot-state restore would call __setattr__.
-        return (
-            _rebuild_pipeline,
-            (self._source, self._filters, self._sink, self._track_metrics),
-        )
+        # Rebuild through __init__ (the open metrics store is not pickled; the invocation
+        # id is, so a copy in a worker records as the same run).
+        return (_rebuild_pipeline, (self._source, self._filters, self._sink, self._settings(),
+                                    self._invocation))
+
+    def _settings(self) -> dict[str, Any]:
+        return {name: getattr(self, f"_{name}") for name in SETTABLE}
+
+    def _with(self, filters: Sequence[Filter[Any]], sink: Sink[Any] | None) -> Pipeline:
+        return Pipeline(self._source, filters, sink, **self._settings())
 
     @property
     def source(self) -> Source[Any]:
@@ -359,21 +426,124 @@ class Pipeline:
 
     @property
     def track_metrics(self) -> bool:
-        """Whether per-stage metrics are recorded."""
+        """Whether per-index metrics are recorded (see :mod:`curator_worker.metrics`)."""
         return self._track_metrics
+
+    @property
+    def track_memory(self) -> bool:
+        """Whether each index's peak Python memory is measured (with ``track_metrics``)."""
+        return self._track_memory
+
+    @property
+    def track_gpu(self) -> bool:
+        """Accepted for compatibility; GPU memory is not measured."""
+        return self._track_gpu
+
+    @property
+    def db_dir(self) -> Any:
+        """Folder of the metrics store, as given (``None``: the default folder)."""
+        return self._db_dir
+
+    @property
+    def db_file(self) -> Any:
+        """The metrics store file, as given (``None``: ``<db_dir>/<config hash>.db``)."""
+        return self._db_file
+
+    @property
+    def resume(self) -> bool:
+        """Default of ``run_pipeline(..., resume=)``."""
+        return self._resume
+
+    @property
+    def invocation_id(self) -> str:
+        """This pipeline object's run id in the metrics store (kept by copies and pickles)."""
+        return self._invocation
 
     def filter(self, f: Filter[Any]) -> Pipeline:
         """Return a new pipeline with filter ``f`` appended."""
-        return Pipeline(self._source, (*self._filters, f), self._sink,
-                        track_metrics=self._track_metrics)
+        return self._with((*self._filters, f), self._sink)
 
     def write(self, s: Sink[Any]) -> Pipeline:
         """Return a new pipeline that writes with sink ``s`` (replacing any sink)."""
-        return Pipeline(self._source, self._filters, s, track_metrics=self._track_metrics)
+        return self._with(self._filters, s)
 
     def with_metrics(self, track_metrics: bool = True) -> Pipeline:
         """Return a new pipeline with ``track_metrics`` set."""
-        return Pipeline(self._source, self._filters, self._sink, track_metrics=track_metrics)
+        settings = self._settings()
+        settings["track_metrics"] = track_metrics
+        return Pipeline(self._source, self._filters, self._sink, **settings)
+
+    # -- metrics -----------------------------------------------------------------------
+
+    @property
+    def db_path(self) -> Path | None:
+        """The metrics store file, or ``None`` when ``track_metrics`` is off."""
+        if not self._track_metrics:
+            return None
+        if self._db_file is not None:
+            return Path(self._db_file)
+        from curator_worker.metrics import default_db_dir, pipeline_key
+
+        folder = Path(self._db_dir) if self._db_dir is not None else default_db_dir()
+        return folder / f"{pipeline_key(self)}.db"
+
+    def metrics_store(self) -> MetricsStore:
+        """The metrics store of this pipeline (opened on first use).
+
+        Raises
+        ------
+        PipelineStateError
+            If ``track_metrics`` is off.
+        """
+        if not self._track_metrics:
+            raise PipelineStateError(
+                "Pipeline metrics are disabled (track_metrics=False). Set "
+                "pipeline.track_metrics = True before running to record them."
+            )
+        store = self._store
+        if store is None or not hasattr(store, "record"):
+            from curator_worker.metrics import MetricsStore
+
+            store = MetricsStore(self.db_path)  # type: ignore[arg-type]
+            object.__setattr__(self, "_store", store)
+        return store
+
+    _get_store = metrics_store  # physicsnemo-curator's name
+
+    @property
+    def metrics(self) -> PipelineMetrics:
+        """Per-index, per-stage metrics of the indices this pipeline completed.
+
+        Raises
+        ------
+        PipelineStateError
+            (a ``RuntimeError``) if ``track_metrics`` is off.
+        """
+        return self.metrics_store().metrics(self._invocation)
+
+    @property
+    def completed_indices(self) -> set[int]:
+        """Indices this pipeline completed (a ``RuntimeError`` if metrics are off)."""
+        return set(self.metrics_store().completed(self._invocation))
+
+    @property
+    def failed_indices(self) -> dict[int, str]:
+        """Indices this pipeline failed, with ``"Type: message"``."""
+        return self.metrics_store().failed(self._invocation)
+
+    def remaining_indices(self) -> list[int]:
+        """Indices this pipeline has neither completed nor failed."""
+        store = self.metrics_store()
+        seen = set(store.completed(self._invocation)) | set(store.failed(self._invocation))
+        return [i for i in range(len(self)) if i not in seen]
+
+    def output_paths_for_index(self, index: int) -> list[str]:
+        """The sink paths this pipeline recorded for ``index`` (``[]`` if none)."""
+        return self.metrics_store().completed(self._invocation).get(index, [])
+
+    def reset(self) -> None:
+        """Forget this pipeline's records (other runs' records stay for resume)."""
+        self.metrics_store().reset(self._invocation)
 
     def __len__(self) -> int:
         return len(self._source)
@@ -406,7 +576,9 @@ class Pipeline:
     def require_sink(self) -> Sink[Any]:
         """The sink, or a :class:`PipelineError` saying how to add one."""
         if self._sink is None:
-            raise PipelineError("Pipeline has no sink. Call .write(sink) before running it.")
+            raise PipelineStateError(
+                "Pipeline has no sink. Call .write(sink) before running it."
+            )
         return self._sink
 
     def run_index(
@@ -468,8 +640,42 @@ class Pipeline:
         return [str(p) for p in (paths or [])]
 
     def __getitem__(self, index: int) -> list[str]:
-        """Run ``index`` and return the paths the sink wrote."""
-        return self.run_index(index)
+        """Run ``index`` and return the paths the sink wrote.
+
+        With ``track_metrics`` the index's stage timings, peak memory and outcome are
+        recorded in the metrics store (a store that cannot be written only logs a warning).
+        """
+        if not self._track_metrics:
+            return self.run_index(index)
+        self.require_sink()
+        index = self.check_index(index)
+        from curator_worker.batch import IndexResult, error_record
+        from curator_worker.metrics import record_of, safe_record, stage_names
+
+        timings: dict[str, float] = {}
+        tracing = self._track_memory and not tracemalloc.is_tracing()
+        if tracing:
+            tracemalloc.start()
+        elif self._track_memory:
+            tracemalloc.reset_peak()
+        start = time.perf_counter()
+        try:
+            paths = self.run_valid_index(index, None, timings)
+        except Exception as exc:
+            result = IndexResult(index, error=error_record(exc),
+                                 seconds=time.perf_counter() - start)
+            safe_record(self, [record_of(result, stage_names(self))])
+            raise
+        else:
+            result = IndexResult(index, paths, seconds=time.perf_counter() - start,
+                                 stages=timings)
+            if self._track_memory:
+                result.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+            safe_record(self, [record_of(result, stage_names(self))])
+            return paths
+        finally:
+            if tracing:
+                tracemalloc.stop()
 
     def partition_groups(self, indices: Sequence[int]) -> list[list[int]]:
         """The finest groups of ``indices`` that satisfy both source and sink partitions."""
@@ -478,14 +684,14 @@ class Pipeline:
 
     def partition_groups_or_none(self, indices: Sequence[int]) -> list[list[int]] | None:
         """Like :meth:`partition_groups`, but ``None`` when neither side has partitions."""
-        from curator_worker.planning import intersect_partitions
+        from curator_worker.planning import merge_partitions
 
         source_groups = self._source.partition_indices(list(indices))
         sink = self._sink
         sink_groups = sink.partition_indices(list(indices)) if isinstance(sink, Sink) else None
         if source_groups is None and sink_groups is None:
             return None
-        return intersect_partitions(source_groups, sink_groups, indices=indices)
+        return merge_partitions(source_groups, sink_groups, indices=indices)
 
     def to_spec(self) -> dict[str, Any]:
         """This pipeline as a spec dict (see :mod:`curator_worker.spec`)."""
@@ -501,7 +707,7 @@ class Pipeline:
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Pipeline:
-        """Build a pipeline from a YAML or JSON spec file.
+        """Build a pipeline from a YAML or JSON spec file (``track_metrics`` on, the default).
 
         Raises
         ------
@@ -510,7 +716,9 @@ class Pipeline:
         """
         from curator_worker.spec import load_spec
 
-        return load_spec(path)
+        pipeline = load_spec(path)
+        pipeline.track_metrics = True
+        return pipeline
 
     def __repr__(self) -> str:
         parts = [type(self._source).__name__]
@@ -519,11 +727,23 @@ class Pipeline:
         return "Pipeline(" + " -> ".join(parts) + ")"
 
 
+def _checked(name: str, value: Any) -> Any:
+    """A settable pipeline attribute's value, checked (booleans stay booleans)."""
+    if name in ("db_dir", "db_file"):
+        return value
+    if not isinstance(value, bool):
+        raise TypeError(f"Pipeline.{name} must be True or False, got {value!r}.")
+    return value
+
+
 def _rebuild_pipeline(
     source: Source[Any],
     filters: Sequence[Filter[Any]],
     sink: Sink[Any] | None,
-    track_metrics: bool,
+    settings: Any,
+    invocation_id: str | None = None,
 ) -> Pipeline:
     """Unpickling (and ``copy``) helper of :class:`Pipeline`."""
-    return Pipeline(source, filters, sink, track_metrics=track_metrics)
+    if isinstance(settings, bool):  # pickled by an older version: the track_metrics flag
+        settings = {"track_metrics": settings}
+    return Pipeline(source, filters, sink, **settings, invocation_id=invocation_id)

@@ -176,14 +176,106 @@ def _check_side(
 def intersect_partitions(
     source_groups: Sequence[Sequence[int]] | None,
     sink_groups: Sequence[Sequence[int]] | None,
+) -> list[list[int]] | None:
+    """Combine the source's and the sink's partitions, as physicsnemo-curator defines it.
+
+    Each side's groups are indices that must run in one worker. The result groups indices
+    by their (source group, sink group) pair, smallest index first, each group sorted; an
+    index named by one side only goes with its group there. If that splits any group of
+    either side, the two sides disagree.
+
+    Parameters
+    ----------
+    source_groups, sink_groups : list[list[int]] | None
+        Each side's groups; ``None`` means that side sets no constraint.
+
+    Returns
+    -------
+    list[list[int]] | None
+        ``None`` when neither side constrains; one side's groups as given when only it
+        does.
+
+    Raises
+    ------
+    PartitionConflictError
+        (a ``ValueError``) naming the group of one side that the other side splits.
+
+    Examples
+    --------
+    >>> intersect_partitions(None, None) is None
+    True
+    >>> intersect_partitions([[3, 2], [0, 1]], [[0, 1], [2, 3]])
+    [[0, 1], [2, 3]]
+    """
+    if source_groups is None:
+        return None if sink_groups is None else [list(g) for g in sink_groups]
+    if sink_groups is None:
+        return [list(g) for g in source_groups]
+    source_of = {i: k for k, group in enumerate(source_groups) for i in group}
+    sink_of = {i: k for k, group in enumerate(sink_groups) for i in group}
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for i in sorted(source_of.keys() | sink_of.keys()):
+        pairs.setdefault((source_of.get(i, -1), sink_of.get(i, -1)), []).append(i)
+    for side, groups, other, other_of in (("source", source_groups, "sink", sink_of),
+                                          ("sink", sink_groups, "source", source_of)):
+        for k, group in enumerate(groups):
+            spans = {other_of.get(i, -1) for i in group}
+            if len(spans) > 1:
+                raise PartitionConflictError(
+                    f"Incompatible partitions: the {side} requires indices {list(group)} to "
+                    f"run together ({side} group {k}), but the {other} puts them in "
+                    f"{len(spans)} different groups. Make the {other}'s groups (e.g. a "
+                    f"sink's chunk size) line up with the {side}'s."
+                )
+    return sorted(pairs.values(), key=lambda g: g[0])
+
+
+def batch_groups(groups: Sequence[Sequence[int]], n_workers: int) -> list[list[int]]:
+    """Pack groups into at most ``n_workers`` batches of balanced size, never splitting one.
+
+    physicsnemo-curator's packing: with no more groups than workers, the groups are the
+    batches; otherwise the largest groups go first, each to the batch holding the fewest
+    indices so far. Within a batch, groups keep their original order.
+
+    Raises
+    ------
+    ValueError
+        If ``n_workers`` is not a positive integer.
+
+    Examples
+    --------
+    >>> batch_groups([[0, 1, 2, 3], [4], [5], [6]], 2)
+    [[0, 1, 2, 3], [4, 5, 6]]
+    """
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}.")
+    if len(groups) <= n_workers:
+        return [list(g) for g in groups]
+    by_size = sorted(range(len(groups)), key=lambda k: -len(groups[k]))  # stable
+    members: list[list[int]] = [[] for _ in range(n_workers)]
+    heap = [(0, b) for b in range(n_workers)]
+    for k in by_size:
+        size, b = heapq.heappop(heap)
+        members[b].append(k)
+        heapq.heappush(heap, (size + len(groups[k]), b))
+    batches = [[i for k in sorted(ks) for i in groups[k]] for ks in members if ks]
+    batches.sort(key=lambda batch: batch[0] if batch else 0)
+    return batches
+
+
+def merge_partitions(
+    source_groups: Sequence[Sequence[int]] | None,
+    sink_groups: Sequence[Sequence[int]] | None,
     *,
     indices: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """The finest partition that keeps every source group and every sink group whole.
 
-    Two groups that share an index are merged. Within a merged group indices keep the
-    order of ``indices`` (or of first appearance), and each side's groups must keep their
-    own order inside it.
+    How runs are planned here. Unlike :func:`intersect_partitions` (physicsnemo-curator's,
+    which refuses groups that straddle each other), two groups that share an index are
+    merged into one, so any source and sink partitions can run together. Within a merged
+    group indices keep the order of ``indices`` (or of first appearance), and each side's
+    groups must keep their own order inside it.
 
     Parameters
     ----------
@@ -205,7 +297,7 @@ def intersect_partitions(
 
     Examples
     --------
-    >>> intersect_partitions([[0, 1], [2, 3]], [[1, 2]])
+    >>> merge_partitions([[0, 1], [2, 3]], [[1, 2]])
     [[0, 1, 2, 3]]
     """
     if source_groups is None and sink_groups is None:
@@ -281,8 +373,11 @@ def _ordered(members: list[int], after: dict[int, set[int]], position: dict[int,
     return out
 
 
-def batch_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
+def pack_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
     """Pack groups into batches of about ``n`` indices, never splitting a group.
+
+    How batches of a given size are cut (``batch_size``); :func:`batch_groups` instead
+    packs into a given number of batches.
 
     Groups are packed greedily in order, so consecutive indices stay together; a group
     larger than ``n`` is a batch of its own.
@@ -294,7 +389,7 @@ def batch_groups(groups: Sequence[Sequence[int]], n: int) -> list[list[int]]:
 
     Examples
     --------
-    >>> batch_groups([[0], [1, 2], [3], [4]], 2)
+    >>> pack_groups([[0], [1, 2], [3], [4]], 2)
     [[0], [1, 2], [3, 4]]
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -397,7 +492,7 @@ def plan_batches(
     """
     return [
         Batch(key=f"{prefix}{number:06d}", indices=indices)
-        for number, indices in enumerate(batch_groups(groups, batch_size))
+        for number, indices in enumerate(pack_groups(groups, batch_size))
     ]
 
 

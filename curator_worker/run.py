@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from curator_worker.pipeline import Pipeline
-from curator_worker.planning import check_indices
+from curator_worker.planning import batch_groups, check_indices, intersect_partitions
+
+log = logging.getLogger(__name__)
+
+# Also importable by name (lazily, see __getattr__): the backend classes of
+# BACKEND_CLASSES and gather_pipeline.
+__all__ = [
+    "RunBackend",
+    "RunConfig",
+    "batch_groups",
+    "get_backend",
+    "intersect_partitions",
+    "list_backends",
+    "register_backend",
+    "run_pipeline",
+]
 
 
 def resolve_n_jobs(n_jobs: int) -> int:
     """``n_jobs`` as a process count: ``n_jobs <= 0`` means ``cpu_count + 1 + n_jobs`` (≥ 1).
+
+    ``-1`` is every CPU, ``-2`` all but one.
 
     Examples
     --------
@@ -38,24 +56,49 @@ def resolve_n_jobs(n_jobs: int) -> int:
 
 @dataclass
 class RunConfig:
-    """What a backend is asked to do.
+    """What a backend is asked to do (physicsnemo-curator's ``RunConfig``).
 
     Parameters
     ----------
     n_jobs : int
-        Worker processes (already resolved: ≥ 1).
-    indices : list[int]
-        The indices to run, validated, in the caller's order.
+        Workers; ``<= 0`` means ``cpu_count + 1 + n_jobs`` (see :attr:`resolved_n_jobs`).
     progress : bool | str
         ``True`` for a progress bar, ``"log"`` for periodic log lines, ``False`` for none.
-    backend_kwargs : dict
+    indices : list[int] | None
+        The indices to run, in the caller's order; ``None`` means all. :func:`run_pipeline`
+        always gives backends the validated list.
+    backend_options : dict
         Extra keyword options for the backend.
+    use_tui : bool, optional
+        The older spelling of ``progress``; when given, it sets ``progress``.
+
+    Examples
+    --------
+    >>> RunConfig(n_jobs=-10_000).resolved_n_jobs
+    1
     """
 
     n_jobs: int = 1
-    indices: list[int] = field(default_factory=list)
-    progress: bool | str = False
-    backend_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: bool | str = True
+    indices: list[int] | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    use_tui: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.use_tui is None:
+            self.use_tui = bool(self.progress)
+        else:
+            self.progress = bool(self.use_tui)
+
+    @property
+    def resolved_n_jobs(self) -> int:
+        """The worker count: ``n_jobs`` if positive, else ``cpu_count + 1 + n_jobs`` (≥ 1)."""
+        return resolve_n_jobs(self.n_jobs)
+
+    @property
+    def backend_kwargs(self) -> dict[str, Any]:
+        """Alias of :attr:`backend_options`."""
+        return self.backend_options
 
 
 class RunBackend(ABC):
@@ -99,6 +142,11 @@ class RunBackend(ABC):
     @abstractmethod
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Run ``config.indices``; return each index's sink paths in that order."""
+
+    def completed_before(self, pipeline: Pipeline, config: RunConfig) -> dict[int, list[str]]:
+        """Indices of ``config.indices`` that earlier runs completed, as this backend knows
+        them beyond the local metrics store (``resume=True``); none by default."""
+        return {}
 
 
 _REGISTRY: dict[str, type[RunBackend]] = {}
@@ -166,14 +214,45 @@ def list_backends() -> dict[str, dict[str, Any]]:
     }
 
 
+#: Backend classes importable from this module by name, and the module defining each.
+BACKEND_CLASSES = {
+    "SequentialBackend": "curator_worker.backends.sequential",
+    "ThreadBackend": "curator_worker.backends.thread",
+    "ThreadPoolBackend": "curator_worker.backends.thread",
+    "ProcessPoolBackend": "curator_worker.backends.process_pool",
+    "LokyBackend": "curator_worker.backends.loky",
+    "DaskBackend": "curator_worker.backends.dask",
+    "CeleryBackend": "curator_worker.backends.celery",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Backend classes by name (``from curator_worker.run import ProcessPoolBackend``)."""
+    if name == "gather_pipeline":
+        from curator_worker.gather import gather_pipeline
+
+        return gather_pipeline
+    module = BACKEND_CLASSES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _pick_auto_backend() -> str:
+    """The backend ``backend="auto"`` runs: ``process_pool`` (timeouts, crash isolation)."""
+    return "process_pool"
+
+
 def run_pipeline(
     pipeline: Pipeline,
     *,
     n_jobs: int = 1,
     backend: str = "sequential",
-    indices: Sequence[int] | None = None,
+    indices: Iterable[int] | None = None,
     use_tui: bool | None = None,
     progress: bool | str | None = None,
+    db_dir: str | os.PathLike[str] | None = None,
+    resume: bool | None = None,
     **backend_kwargs: Any,
 ) -> list[list[str]]:
     """Run ``pipeline`` over ``indices`` and return each index's sink paths, in order.
@@ -189,12 +268,18 @@ def run_pipeline(
         embedded cluster when no broker is configured (a configured cluster has its own
         workers).
     backend : str
-        ``sequential``, ``thread``, ``process_pool``, ``loky``, ``dask`` or ``celery``
-        (see :func:`list_backends`).
-    indices : Sequence[int], optional
-        Indices to run (default: all), each at most once.
+        ``sequential``, ``thread`` (``thread_pool``), ``process_pool``, ``loky``, ``dask``,
+        ``celery``, or ``auto`` (see :func:`list_backends`).
+    indices : Iterable[int], optional
+        Indices to run (default: all), each at most once; an empty list runs nothing.
     use_tui, progress : bool | "log", optional
         Show progress (``progress`` is the newer spelling; either is accepted).
+    db_dir : str | os.PathLike, optional
+        Folder of the metrics store; sets ``pipeline.db_dir``.
+    resume : bool, optional
+        Skip the indices a previous run of the same pipeline (same components and params,
+        any backend) completed; their recorded paths are returned. Default:
+        ``pipeline.resume``. Needs ``track_metrics``.
     **backend_kwargs
         Passed to the backend (for ``celery``: ``broker_url``, ``queue``, ``batch_size``...).
 
@@ -206,20 +291,31 @@ def run_pipeline(
     Raises
     ------
     PipelineError
-        If the pipeline has no sink.
+        If the pipeline has no sink (a ``RuntimeError`` too), or ``resume`` without metrics.
     IndexSelectionError
         For out-of-range or duplicate indices.
     JobFailedError
-        (``celery``) when some indices failed; it lists them.
+        When some indices failed; it lists them.
 
     Examples
     --------
     >>> from curator_worker.components import SyntheticArrays, NpzPerIndex
     >>> p = SyntheticArrays(count=3).write(NpzPerIndex(output_dir="/tmp/cw-run-doc"))
-    >>> [len(paths) for paths in run_pipeline(p)]
+    >>> [len(paths) for paths in run_pipeline(p, db_dir="/tmp/cw-run-doc/.db")]
     [1, 1, 1]
+    >>> len(p.metrics.indices)
+    3
     """
+    if backend == "auto":
+        backend = _pick_auto_backend()
+    _load_builtins()
+    if backend not in _REGISTRY:
+        get_backend(backend)  # raises, naming the known backends
     pipeline.require_sink()
+    if indices is not None and not hasattr(indices, "__len__"):
+        indices = list(indices)  # a generator or other iterable
+    if indices is not None and len(indices) == 0:
+        return []
     if indices is None:  # every index: valid by construction, unless there are none
         chosen = list(range(len(pipeline)))
         if not chosen:
@@ -228,9 +324,50 @@ def run_pipeline(
         chosen = check_indices(list(indices), len(pipeline))
     jobs = resolve_n_jobs(n_jobs)
     shown: bool | str = progress if progress is not None else bool(use_tui)
+    if db_dir is not None:
+        pipeline.db_dir = db_dir
     name = backend
     if jobs == 1 and backend != "celery" and not backend_kwargs:
         name = "sequential"
     runner = get_backend(name)
-    config = RunConfig(n_jobs=jobs, indices=chosen, progress=shown, backend_kwargs=backend_kwargs)
-    return runner.run(pipeline, config)
+    if not (pipeline.resume if resume is None else resume):
+        config = RunConfig(n_jobs=jobs, progress=shown, indices=chosen,
+                           backend_options=backend_kwargs)
+        return runner.run(pipeline, config)
+    return _resume(pipeline, runner, chosen, RunConfig(
+        n_jobs=jobs, progress=shown, indices=chosen, backend_options=backend_kwargs))
+
+
+def _resume(pipeline: Pipeline, runner: RunBackend, chosen: list[int],
+            config: RunConfig) -> list[list[str]]:
+    """Run only the indices of ``chosen`` that no earlier run completed; merge the paths."""
+    from curator_worker.pipeline import PipelineStateError, is_stateful
+
+    if not pipeline.track_metrics:
+        raise PipelineStateError(
+            "resume=True reads completed indices from the metrics store, but this pipeline "
+            "has track_metrics=False. Set pipeline.track_metrics = True (also for the run "
+            "to resume from)."
+        )
+    store = pipeline.metrics_store()
+    done = {**runner.completed_before(pipeline, config), **store.completed()}
+    skipped = [i for i in chosen if i in done]
+    todo = [i for i in chosen if i not in done]
+    store.adopt(pipeline.invocation_id, skipped)
+    log.info("resume: %d of %d indices already completed, running %d", len(skipped),
+             len(chosen), len(todo))
+    if skipped and any(is_stateful(f) for f in pipeline.filters):
+        log.warning("resume: stateful filters' outputs (flush/merge) cover only the %d "
+                    "indices run now, not the %d skipped", len(todo), len(skipped))
+    if not todo:
+        return [list(done[i]) for i in chosen]
+    config.indices = todo
+    ran = runner.run(pipeline, config)
+    by_index = dict(zip(todo, ran, strict=True))
+    merged = [list(done[i]) if i in done else by_index[i] for i in chosen]
+    errors = getattr(ran, "errors", None)
+    if errors is not None:  # keep a local backend's RunResult (failures as data)
+        from curator_worker.backends.local import RunResult
+
+        return RunResult(merged, run_id=getattr(ran, "run_id", ""), errors=errors)
+    return merged

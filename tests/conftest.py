@@ -21,6 +21,20 @@ TEST_QUEUE = "curator-test"
 NODE_NAMES = ["w1@test-host-a", "w2@test-host-b"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metrics_db_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Pipelines record metrics (``track_metrics`` is on by default) in a session folder,
+    not in the user's cache."""
+    folder = str(tmp_path_factory.mktemp("metrics-db"))
+    before = os.environ.get("CURATOR_DB_DIR")
+    os.environ["CURATOR_DB_DIR"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("CURATOR_DB_DIR", None)
+    else:
+        os.environ["CURATOR_DB_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A Redis server of the test session's own, on a free port, with a password."""
@@ -65,7 +79,8 @@ def store(cluster_settings: Settings) -> JobStore:
 
 @pytest.fixture()
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``CURATOR_*`` variables from the developer's shell leak into a test."""
+    """No ``CURATOR_*`` variables from the developer's shell leak into a test (but metrics
+    stay in the session's folder, see :func:`metrics_db_dir`)."""
     for name in list(os.environ):
-        if name.startswith("CURATOR_"):
+        if name.startswith("CURATOR_") and name != "CURATOR_DB_DIR":
             monkeypatch.delenv(name)

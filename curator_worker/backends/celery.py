@@ -3,23 +3,28 @@
 With ``CURATOR_BROKER_URL`` (or ``broker_url=``) set, the job goes to that cluster's
 workers. Without, a private local cluster (Redis + prefork workers as subprocesses) is
 started for the run and stopped after it. Either way the pipeline travels as a spec, so its
-components must be importable classes.
+components must be importable classes. With ``track_metrics`` the job's per-index records
+are copied into the pipeline's local metrics store when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
-from curator_worker.errors import JobFailedError, JobWaitTimeout
+from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
 from curator_worker.jobs import SUCCEEDED
+from curator_worker.metrics import record_of_job_entry, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
-from curator_worker.spec import pipeline_to_spec
+from curator_worker.spec import pipeline_to_spec, spec_hash
+
+log = logging.getLogger(__name__)
 
 _SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
 _JOB_KWARGS = ("index_timeout", "batch_time_limit", "index_memory_mb", "max_attempts",
@@ -50,12 +55,37 @@ def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, Lo
             forget(cluster.settings)
 
 
-def _job_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Job options (policy, metrics) from the backend's keyword options."""
+def _job_options(kwargs: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
+    """Job options (policy, metrics) from the backend's keyword options.
+
+    ``metrics`` and ``trace_memory`` default to the pipeline's ``track_metrics`` and
+    ``track_metrics and track_memory``.
+    """
     options = {k: kwargs[k] for k in _JOB_KWARGS if kwargs.get(k) is not None}
     policy = BatchPolicy.from_options(options).as_options()
-    return {**policy, "metrics": bool(options.get("metrics", True)),
-            "trace_memory": bool(options.get("trace_memory", False))}
+    tracked = pipeline.track_metrics
+    return {**policy, "metrics": bool(options.get("metrics", tracked)),
+            "trace_memory": bool(options.get("trace_memory", tracked and pipeline.track_memory))}
+
+
+def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
+    """Copy a job's per-index records from the job store into the pipeline's metrics store.
+
+    The job store already holds each index's wall time, stage timings (one fast index in
+    16, every slow one) and, with ``trace_memory``, peak memory; copying them lets
+    :attr:`Pipeline.metrics` and ``resume`` work as on the local backends, also after an
+    embedded cluster is gone. Never raises: metrics must not fail a run.
+    """
+    if not pipeline.track_metrics:
+        return
+    try:
+        names = stage_names(pipeline)
+        records = [record_of_job_entry(index, entry, names)
+                   for index, (_, entry) in sorted(store.result_records(job_id).items())]
+        safe_record(pipeline, records)
+    except Exception as exc:  # noqa: BLE001 - a broken job store must not hide the outcome
+        log.warning("job %s: could not copy its metrics: %s: %s", job_id,
+                    type(exc).__name__, exc)
 
 
 @register_backend
@@ -72,35 +102,71 @@ class CeleryBackend(RunBackend):
     description = "Celery workers fed through Redis; embedded local cluster if none configured."
     requires = ("celery", "redis")
 
+    #: How many of a cluster's most recent jobs ``resume`` looks through.
+    resume_lookback = 100
+
+    def completed_before(self, pipeline: Pipeline, config: RunConfig) -> dict[int, list[str]]:
+        """On a configured cluster: indices earlier jobs of the same spec committed.
+
+        Resume reads the job store too, so a run whose client stopped before the job ended
+        (and so never copied its records locally) still counts. The embedded cluster keeps
+        nothing between runs: there the local metrics store is the only record.
+        """
+        from producer.clients import clients_for
+
+        kwargs = config.backend_options
+        settings = Settings.from_env(**{k: kwargs.get(k) for k in _SETTING_KWARGS})
+        if not settings.configured:
+            return {}
+        settings.require_cluster()
+        _, store = clients_for(settings)
+        wanted = spec_hash(pipeline_to_spec(pipeline))
+        indices = list(range(len(pipeline))) if config.indices is None else config.indices
+        done: dict[int, list[str]] = {}
+        for job_id in reversed(store.list_jobs(limit=self.resume_lookback)):  # oldest first
+            try:
+                if spec_hash(store.record(job_id)["spec"]) != wanted:
+                    continue
+                paths = store.paths(job_id, indices)
+            except CuratorError:  # expired meanwhile
+                continue
+            done.update((i, p) for i, p in zip(indices, paths, strict=True) if p is not None)
+        return done
+
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Submit the run as a job, wait for it, return the sink paths in order."""
         from producer.clients import clients_for
         from producer.submit import submit_job
         from producer.wait import wait_for_job
 
-        kwargs = dict(config.backend_kwargs)
+        kwargs = dict(config.backend_options)
+        indices = list(range(len(pipeline))) if config.indices is None else config.indices
+        n_jobs = config.resolved_n_jobs
         unknown = set(kwargs) - {*_SETTING_KWARGS, *_JOB_KWARGS, "batch_size", "timeout"}
         if unknown:
             raise TypeError(f"Unknown celery backend option(s): {', '.join(sorted(unknown))}.")
         spec = pipeline_to_spec(pipeline)
         base = Settings.from_env(**{k: kwargs.get(k) for k in _SETTING_KWARGS})
-        with cluster_for(base, config.n_jobs) as (settings, cluster):
+        with cluster_for(base, n_jobs) as (settings, cluster):
             job = submit_job(
                 spec,
                 settings,
                 origin="run_pipeline",
-                indices=config.indices,
+                indices=indices,
                 batch_size=kwargs.get("batch_size"),
-                n_workers_hint=config.n_jobs if cluster is not None else None,
-                options=_job_options(kwargs),
+                n_workers_hint=n_jobs if cluster is not None else None,
+                options=_job_options(kwargs, pipeline),
             )
             _, store = clients_for(settings)
-            status = wait_for_job(
-                store, job.job_id, settings=settings, progress=config.progress,
-                timeout=kwargs.get("timeout"),
-                watchdog=cluster.check_alive if cluster is not None else None,
-            )
-            paths = store.paths(job.job_id, config.indices)
+            try:
+                status = wait_for_job(
+                    store, job.job_id, settings=settings, progress=config.progress,
+                    timeout=kwargs.get("timeout"),
+                    watchdog=cluster.check_alive if cluster is not None else None,
+                )
+            finally:  # what finished is recorded even when waiting stops early
+                record_job_metrics(pipeline, store, job.job_id)
+            paths = store.paths(job.job_id, indices)
             failures = store.failures(job.job_id) if status.state != SUCCEEDED else {}
         if status.state != SUCCEEDED:
             raise JobFailedError(

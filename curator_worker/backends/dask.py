@@ -63,7 +63,7 @@ class DaskBackend(LocalBackend):
             client = Client(extra["scheduler_address"])
         elif client is None:
             cluster = LocalCluster(
-                n_workers=min(run.config.n_jobs, len(run.units)),
+                n_workers=min(run.n_jobs, len(run.units)),
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,

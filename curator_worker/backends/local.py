@@ -4,7 +4,7 @@ Every local parallel run goes the same way, whatever dispatches the work:
 
 1. **Plan.** The run's indices are grouped with :meth:`Pipeline.partition_groups` (source
    and sink partitions intersected; a group is never split) and packed into batches with
-   :func:`~curator_worker.planning.batch_groups`.
+   :func:`~curator_worker.planning.pack_groups`.
 2. **Run batches.** Each batch runs in a worker through
    :func:`~curator_worker.batch.execute_batch` with private copies of the stateful filters
    (a failed index is rolled back, the batch goes on), then flushes each stateful filter to
@@ -61,8 +61,9 @@ from curator_worker.batch import (
 )
 from curator_worker.errors import JobFailedError
 from curator_worker.gather import merge_shards
+from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline, is_stateful
-from curator_worker.planning import auto_batch_size, batch_groups
+from curator_worker.planning import auto_batch_size, pack_groups
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
 
@@ -249,7 +250,7 @@ def plan_units(pipeline: Pipeline, indices: Sequence[int], batch_size: int) -> l
     groups = pipeline.partition_groups(list(indices))
     return [
         WorkUnit(f"b{number:06d}", batch, (number, 0))
-        for number, batch in enumerate(batch_groups(groups, batch_size))
+        for number, batch in enumerate(pack_groups(groups, batch_size))
     ]
 
 
@@ -285,8 +286,10 @@ def run_unit(
         If flushing a stateful filter fails, every index of the unit is reported failed
         (their contributions to the filter's state are lost) and no shard is kept.
     """
+    tracked = pipeline.track_metrics
     outcome = execute_batch(
-        pipeline, list(indices), on_error="record", on_start=before_index, on_index=on_index
+        pipeline, list(indices), on_error="record", on_start=before_index, on_index=on_index,
+        timings="all" if tracked else False, trace_memory=tracked and pipeline.track_memory,
     )
     try:
         shards = write_filter_shards(
@@ -365,10 +368,12 @@ class LocalRun:
         self.config = config
         self.options = options
         self.run_id = f"{backend}-{uuid.uuid4().hex}"
-        self.indices = list(config.indices)
+        self.indices = (list(range(len(pipeline))) if config.indices is None
+                        else list(config.indices))
         self.stateful = [n for n, f in enumerate(pipeline.filters) if is_stateful(f)]
         self.finals = {n: output_path_of(pipeline.filters[n]) for n in self.stateful}
-        size = options.batch_size or auto_batch_size(len(self.indices), config.n_jobs)
+        self.n_jobs = config.resolved_n_jobs
+        size = options.batch_size or auto_batch_size(len(self.indices), self.n_jobs)
         self.units = plan_units(pipeline, self.indices, size)
         self.results: dict[int, IndexResult] = {}
         self.shards: dict[int, list[tuple[tuple[int, int], str]]] = {n: [] for n in self.stateful}
@@ -376,6 +381,7 @@ class LocalRun:
         self._done: set[int] = set()
         self._failed: set[int] = set()
         self._progress = ProgressReporter(len(self.indices), config.progress, label=backend)
+        self._names = stage_names(pipeline) if pipeline.track_metrics else {}
         log.debug("%s run %s: %d indices in %d batches", backend, self.run_id,
                   len(self.indices), len(self.units))
 
@@ -408,6 +414,12 @@ class LocalRun:
         for result in report.results:
             self.results[result.index] = result
             self.index_finished(result)
+        self._record(report.results)
+
+    def _record(self, results: Sequence[IndexResult]) -> None:
+        """Record ``results`` in the pipeline's metrics store (with ``track_metrics``)."""
+        if self.pipeline.track_metrics:
+            safe_record(self.pipeline, [record_of(r, self._names) for r in results])
 
     def fail(self, index: int, record: dict[str, Any]) -> None:
         """Record ``index`` as failed with ``record`` (it contributes no filter state)."""
@@ -416,6 +428,7 @@ class LocalRun:
         result = IndexResult(index, error=record)
         self.results[index] = result
         self.index_finished(result)
+        self._record([result])
 
     def fail_unit(self, unit: WorkUnit, exc: BaseException) -> None:
         """Record every index of ``unit`` as failed because running the unit raised."""
@@ -540,7 +553,7 @@ class LocalBackend(RunBackend):
             A ``list[list[str]]`` with ``failures`` (see :class:`RunResult`).
         """
         pipeline.require_sink()
-        options = parse_options(self.name, config.backend_kwargs, self.options)
+        options = parse_options(self.name, config.backend_options, self.options)
         self.check_options(options)
         with LocalRun(self.name, pipeline, config, options) as run:
             self.execute(run)

@@ -1,7 +1,8 @@
-"""The ``loky`` backend: batches on a private loky process pool.
+"""The ``loky`` backend: batches on a private loky process pool (joblib's).
 
-loky's executor starts robust worker processes (no ``fork`` of a threaded parent) and pickles
-with cloudpickle, so closures and lambdas work. The pool is private to the run and shut
+As in physicsnemo-curator, the backend needs ``joblib``: it uses the loky that joblib
+ships. loky's executor starts robust worker processes (no ``fork`` of a threaded parent)
+and pickles with cloudpickle, so closures and lambdas work. The pool is private to the run and shut
 down with it. A worker that crashes breaks loky's pool (``TerminatedWorkerError``); the
 batches it fails are recorded as failed. Use ``process_pool`` for crash isolation and
 per-index timeouts.
@@ -25,7 +26,7 @@ from curator_worker.run import register_backend
 
 @register_backend
 class LokyBackend(LocalBackend):
-    """Batches on a private ``loky.ProcessPoolExecutor`` of ``n_jobs`` processes.
+    """Batches on a private loky ``ProcessPoolExecutor`` of ``n_jobs`` processes.
 
     Keyword options, besides ``batch_size``, ``gather`` and ``on_error`` (see
     :mod:`curator_worker.backends.local`): ``initializer`` and ``initargs`` (run once in
@@ -35,7 +36,7 @@ class LokyBackend(LocalBackend):
 
     name = "loky"
     description = "A private loky process pool (robust process start, cloudpickle)."
-    requires = ("loky", "cloudpickle")
+    requires = ("joblib", "cloudpickle")
     extra = "loky"
     options = frozenset({"initializer", "initargs", "env"})
 
@@ -52,12 +53,12 @@ class LokyBackend(LocalBackend):
 
     def execute(self, run: LocalRun) -> None:
         """Submit every unit to a private loky pool; commit each as it completes."""
-        from loky import ProcessPoolExecutor
+        from joblib.externals.loky import ProcessPoolExecutor
 
         extra = run.options.extra
         payload = pipeline_payload(run.pipeline)
         pool = ProcessPoolExecutor(
-            max_workers=min(run.config.n_jobs, len(run.units)),
+            max_workers=min(run.n_jobs, len(run.units)),
             initializer=extra.get("initializer"),
             initargs=tuple(extra.get("initargs", ())),
             env=extra.get("env"),

@@ -138,7 +138,7 @@ class _Supervisor:
     def __init__(self, run: LocalRun, options: LocalOptions) -> None:
         extra = options.extra
         self.run = run
-        self.n_jobs = run.config.n_jobs
+        self.n_jobs = run.n_jobs
         self.timeout: float | None = extra.get("timeout")
         self.max_tasks: int | None = extra.get("max_tasks_per_child")
         self.context = multiprocessing.get_context(extra.get("mp_context") or "spawn")

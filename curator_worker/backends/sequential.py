@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from curator_worker.atomic import temp_path_for
-from curator_worker.batch import execute_batch, flush_to, output_path_of
+from curator_worker.batch import IndexResult, error_record, execute_batch, flush_to, output_path_of
+from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig, register_backend
@@ -17,7 +18,8 @@ class SequentialBackend(RunBackend):
 
     An exception in an index propagates at once, as in physicsnemo-curator. Stateful
     filters work on private copies (running the same pipeline twice never double-counts)
-    and are flushed straight to their final outputs, atomically.
+    and are flushed straight to their final outputs, atomically. With ``track_metrics``
+    every index is timed per stage and recorded, the failing one included.
     """
 
     name = "sequential"
@@ -25,18 +27,32 @@ class SequentialBackend(RunBackend):
 
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
         """Run ``config.indices`` in order; return their sink paths."""
-        with ProgressReporter(len(config.indices), config.progress) as progress:
-            done = 0
+        indices = list(range(len(pipeline))) if config.indices is None else config.indices
+        tracked = pipeline.track_metrics
+        names = stage_names(pipeline) if tracked else {}
+        finished: list[IndexResult] = []
+        current: list[int] = []
+        with ProgressReporter(len(indices), config.progress) as progress:
 
-            def advance(_: object) -> None:
-                nonlocal done
-                done += 1
-                progress.update(done)
+            def advance(result: IndexResult) -> None:
+                finished.append(result)
+                progress.update(len(finished))
 
-            outcome = execute_batch(
-                pipeline, config.indices, on_error="raise", on_index=advance
-            )
-            progress.update(done, force=True)
+            try:
+                outcome = execute_batch(
+                    pipeline, indices, on_error="raise", on_index=advance,
+                    on_start=current.append if tracked else None,
+                    timings="all" if tracked else False,
+                    trace_memory=tracked and pipeline.track_memory,
+                )
+            except Exception as exc:
+                if tracked and current:
+                    finished.append(IndexResult(current[-1], error=error_record(exc)))
+                raise
+            finally:
+                if tracked:
+                    safe_record(pipeline, [record_of(r, names) for r in finished])
+            progress.update(len(finished), force=True)
         for n in outcome.stateful_positions:
             final = output_path_of(pipeline.filters[n])
             os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)

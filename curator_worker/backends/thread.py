@@ -9,6 +9,7 @@ filters are called from several threads at once, so they must be thread-safe.
 
 from __future__ import annotations
 
+import tracemalloc
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from curator_worker.backends.local import LocalBackend, LocalRun, WorkUnit, run_unit
@@ -35,9 +36,24 @@ class ThreadBackend(LocalBackend):
     description = "A pool of threads in this process (I/O-bound pipelines)."
 
     def execute(self, run: LocalRun) -> None:
-        """Submit every unit to a thread pool; commit each as it completes."""
+        """Submit every unit to a thread pool; commit each as it completes.
+
+        With ``track_memory``, memory is traced for the whole run (tracing is per process,
+        so each index's peak is the process's while it ran, other threads included).
+        """
+        tracing = (run.pipeline.track_metrics and run.pipeline.track_memory
+                   and not tracemalloc.is_tracing())
+        if tracing:
+            tracemalloc.start()
+        try:
+            self._execute(run)
+        finally:
+            if tracing:
+                tracemalloc.stop()
+
+    def _execute(self, run: LocalRun) -> None:
         with ThreadPoolExecutor(
-            max_workers=run.config.n_jobs, thread_name_prefix="curator-thread"
+            max_workers=run.n_jobs, thread_name_prefix="curator-thread"
         ) as pool:
             futures: dict[Future, WorkUnit] = {
                 pool.submit(

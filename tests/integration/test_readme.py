@@ -32,8 +32,10 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def user_env(**extra: str) -> dict[str, str]:
-    """A user's shell: the venv's bin on PATH, no CURATOR_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CURATOR_")}
+    """A user's shell: the venv's bin on PATH, no CURATOR_* settings (but metrics stores
+    in the test session's folder, not the user's cache)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CURATOR_") or k == "CURATOR_DB_DIR"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

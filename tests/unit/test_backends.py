@@ -520,7 +520,7 @@ def test_every_backend_is_listed() -> None:
 
 @pytest.mark.parametrize(
     ("backend", "package", "extra"),
-    [("dask", "distributed", "dask"), ("loky", "loky", "loky"),
+    [("dask", "distributed", "dask"), ("loky", "joblib", "loky"),
      ("process_pool", "cloudpickle", "local")],
 )
 def test_missing_optional_dependency_names_package_and_extra(

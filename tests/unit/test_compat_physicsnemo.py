@@ -129,3 +129,42 @@ def test_physicsnemo_save_pipeline_layout_with_class_keys(tmp_path: Path) -> Non
         "version": 1,
     }
     assert len(run_pipeline(build_pipeline(spec, "saved.yaml"))) == 3
+
+
+def physicsnemo_script(out: Path, backend: str, **options: Any) -> Pipeline:
+    """What a physicsnemo-curator user writes: the dataclass constructor, metrics on."""
+    pipeline = Pipeline(
+        source=SquaresSource(n=6, scale=0.5),
+        filters=[OffsetFilter(offset=1.25), RowStatsFilter(output=str(out / "rows.csv"))],
+        sink=CsvSink(output_dir=str(out / "samples")),
+        track_metrics=True,
+        db_dir=out / ".db",
+    )
+    results = run_pipeline(pipeline, backend=backend, n_jobs=2, **options)
+    assert results == [[str(out / "samples" / f"sample_{i:04d}.csv")] for i in range(6)]
+    return pipeline
+
+
+def test_physicsnemo_style_script_on_the_process_pool(tmp_path: Path) -> None:
+    pipeline = physicsnemo_script(tmp_path / "pp", "process_pool")
+    metrics = pipeline.metrics
+    assert [m.index for m in metrics.indices] == list(range(6))
+    for m in metrics.indices:
+        assert [s.name for s in m.stages] == [
+            "source", OffsetFilter.name, RowStatsFilter.name, "sink"]
+    assert metrics.total_wall_time_ns > 0 and metrics.total_peak_memory_bytes > 0
+    # the stateful filter's merged output equals a sequential run's flush
+    physicsnemo_script(tmp_path / "seq", "sequential")
+    assert (tmp_path / "pp" / "rows.csv").read_bytes() == (
+        tmp_path / "seq" / "rows.csv").read_bytes()
+
+
+def test_a_loaded_spec_records_metrics_by_default(tmp_path: Path) -> None:
+    pipeline = compat_pipeline(tmp_path / "a", n=3)
+    pipeline.save(tmp_path / "saved.yaml")
+    loaded = Pipeline.load(tmp_path / "saved.yaml")
+    assert loaded.track_metrics is True
+    loaded.db_dir = tmp_path / "db"
+    run_pipeline(loaded)
+    assert [m.index for m in loaded.metrics.indices] == [0, 1, 2]
+    assert loaded.db_path.name == pipeline.db_path.name  # the same configuration

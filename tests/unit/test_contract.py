@@ -291,7 +291,7 @@ def test_pipeline_is_immutable() -> None:
         p._track_metrics = True  # type: ignore[misc]
     with pytest.raises(AttributeError):
         del p._sink
-    assert p.sink is not None and p.track_metrics is False
+    assert p.sink is not None and p.track_metrics is True  # physicsnemo-curator's default
 
 
 def test_filter_and_write_return_new_pipelines() -> None:
@@ -678,8 +678,8 @@ def test_run_pipeline_accepts_numpy_indices() -> None:
 
 @pytest.mark.parametrize(
     "indices",
-    [[0, 1, 1], [2, 0, 2], [5], [0, 99], [-1], [], [0.5], [True]],
-    ids=["dup", "dup-apart", "len", "far", "negative", "empty", "float", "bool"],
+    [[0, 1, 1], [2, 0, 2], [5], [0, 99], [-1], [0.5], [True]],
+    ids=["dup", "dup-apart", "len", "far", "negative", "float", "bool"],
 )
 def test_run_pipeline_rejects_bad_indices(indices: list[Any]) -> None:
     source, sink, p = make_pipeline(5)
@@ -815,3 +815,130 @@ def test_stateful_filter_stats_match_a_direct_computation(tmp_path: Path) -> Non
     assert got["count"] == 10
     assert got["mean"] == pytest.approx(values.mean())
     assert got["min"] == values.min() and got["max"] == values.max()
+
+
+# --------------------------------------------------------------------------- physicsnemo-curator's
+# dataclass Pipeline, RunConfig and backend names
+
+
+def test_dataclass_style_constructor_and_its_defaults(tmp_path: Path) -> None:
+    source, f, sink = Numbers(3), Doubler(), Recorder()
+    p = Pipeline(source=source, filters=[f], sink=sink, track_metrics=False, db_dir=tmp_path)
+    assert (p.source, p.filters, p.sink) == (source, (f,), sink)
+    assert p.track_metrics is False and p.db_dir == tmp_path
+    assert p[1] == ["out/1.txt"]
+    bare = Pipeline(source=source)
+    assert (bare.track_metrics, bare.track_memory, bare.track_gpu) == (True, True, False)
+    assert (bare.db_dir, bare.db_file, bare.resume, bare.sink) == (None, None, False, None)
+    assert source.write(sink).track_metrics is True  # builders start from the same defaults
+
+
+def test_run_settings_may_be_set_but_the_chain_may_not(tmp_path: Path) -> None:
+    _, _, p = make_pipeline(3)
+    p.track_metrics = False
+    p.track_memory = False
+    p.db_dir = tmp_path
+    p.resume = True
+    assert (p.track_metrics, p.track_memory, p.db_dir, p.resume) == (False, False, tmp_path, True)
+    for name in ("source", "filters", "sink", "_filters", "invocation_id", "metrics"):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(p, name, None)
+    q = p.filter(Doubler())  # builders copy the settings into a new pipeline
+    assert q is not p and len(p.filters) == 0
+    assert (q.track_metrics, q.track_memory, q.db_dir, q.resume) == (False, False, tmp_path, True)
+    assert q.invocation_id != p.invocation_id
+    with pytest.raises(TypeError, match="track_metrics must be True or False"):
+        p.track_metrics = "yes"  # type: ignore[assignment]
+
+
+def test_pickle_keeps_settings_and_run_id_but_not_the_open_store(tmp_path: Path) -> None:
+    _, _, p = make_pipeline(3)
+    p.db_dir = tmp_path
+    p[0]  # opens the store
+    clone = pickle.loads(pickle.dumps(p))
+    assert clone.db_dir == tmp_path and clone.invocation_id == p.invocation_id
+    assert clone._store is None and p._store is not None
+    assert [m.index for m in clone.metrics.indices] == [0]  # the same run's records
+
+
+def test_no_sink_is_a_runtime_error() -> None:
+    p = Numbers(2).filter(Doubler())
+    for call in (lambda: p[0], lambda: run_pipeline(p)):
+        with pytest.raises(RuntimeError, match="no sink") as info:
+            call()
+        assert isinstance(info.value, PipelineError)
+
+
+def test_run_config_fields_and_resolved_n_jobs(eight_cpus: None) -> None:
+    config = RunConfig()
+    assert (config.n_jobs, config.progress, config.indices, config.backend_options) == (
+        1, True, None, {})
+    assert [RunConfig(n_jobs=n).resolved_n_jobs for n in (4, 1, -1, -2, -500)] == [
+        4, 1, 8, 7, 1]
+    assert RunConfig(use_tui=False).progress is False
+    assert RunConfig(progress="log").use_tui is True
+    options = RunConfig(n_jobs=2, indices=[3], backend_options={"batch_size": 2})
+    assert options.backend_kwargs == {"batch_size": 2} and options.indices == [3]
+
+
+def test_backend_classes_are_importable_by_name() -> None:
+    import curator_worker
+    import curator_worker.backends
+    from curator_worker import run
+
+    expected = {"SequentialBackend": "sequential", "ThreadBackend": "thread",
+                "ThreadPoolBackend": "thread_pool", "ProcessPoolBackend": "process_pool",
+                "LokyBackend": "loky", "DaskBackend": "dask", "CeleryBackend": "celery"}
+    for class_name, backend in expected.items():
+        classes = {getattr(m, class_name) for m in (curator_worker, run, curator_worker.backends)}
+        assert len(classes) == 1
+        (cls,) = classes
+        assert issubclass(cls, RunBackend) and cls.name == backend
+        assert type(get_backend(backend)) is cls
+    with pytest.raises(AttributeError):
+        run.NoSuchBackend  # noqa: B018
+
+
+def test_auto_backend_runs_the_process_pool(tmp_path: Path) -> None:
+    assert run_module._pick_auto_backend() == "process_pool"
+    p = SyntheticArrays(count=3, size=2).write(NpzPerIndex(output_dir=str(tmp_path)))
+    assert len(run_pipeline(p, backend="auto", n_jobs=2)) == 3
+
+
+def test_unknown_backend_is_refused_even_with_one_job() -> None:
+    with pytest.raises(ValueError, match="Unknown backend 'magic'"):
+        run_pipeline(make_pipeline(2)[2], backend="magic", n_jobs=1)
+
+
+def test_empty_index_list_runs_nothing() -> None:
+    source, sink, p = make_pipeline(3)
+    assert run_pipeline(p, indices=[]) == []
+    with pytest.raises(ValueError, match="Unknown backend"):
+        run_pipeline(p, indices=[], backend="magic")
+    assert run_pipeline(p, indices=np.array([], dtype=int)) == []
+    assert source.accessed == [] and sink.calls == []
+
+
+class SourceAwareSink(Recorder):
+    """A sink that names its outputs after the source (physicsnemo-curator's hook)."""
+
+    def set_source(self, source: Source[Any]) -> None:
+        self.tag = f"from-{type(source).__name__}-{len(source)}"
+
+
+def test_a_sink_with_set_source_gets_the_source_however_the_pipeline_is_built() -> None:
+    built = [
+        lambda s, k: s.write(k),
+        lambda s, k: s.filter(Doubler()).write(k),
+        lambda s, k: Pipeline(source=s, sink=k),
+        lambda s, k: pickle.loads(pickle.dumps(Pipeline(source=s, sink=k))),
+    ]
+    for build in built:
+        p = build(Numbers(3), SourceAwareSink())
+        assert p[1] == ["from-Numbers-3/1.txt"]
+
+
+def test_indices_may_be_any_iterable() -> None:
+    source, _, p = make_pipeline(5)
+    assert run_pipeline(p, indices=(i for i in (4, 2))) == [["out/4.txt"], ["out/2.txt"]]
+    assert run_pipeline(p, indices=range(1, 3)) == [["out/1.txt"], ["out/2.txt"]]

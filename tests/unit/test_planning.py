@@ -22,6 +22,8 @@ from curator_worker.planning import (
     batch_groups,
     check_indices,
     intersect_partitions,
+    merge_partitions,
+    pack_groups,
     parse_indices,
     plan_balanced_batches,
     plan_batches,
@@ -33,27 +35,27 @@ def _flatten(groups: list[list[int]]) -> list[int]:
     return [i for g in groups for i in g]
 
 
-# --------------------------------------------------------------------------- intersect_partitions
+# --------------------------------------------------------------------------- merge_partitions
 
 
 def test_both_sides_none_gives_singletons_in_run_order() -> None:
-    assert intersect_partitions(None, None, indices=[3, 1, 2]) == [[3], [1], [2]]
-    assert intersect_partitions(None, None) == []
+    assert merge_partitions(None, None, indices=[3, 1, 2]) == [[3], [1], [2]]
+    assert merge_partitions(None, None) == []
 
 
 def test_source_only_keeps_groups_and_fills_singletons() -> None:
-    assert intersect_partitions([[0, 1], [4, 5]], None, indices=range(6)) == [
+    assert merge_partitions([[0, 1], [4, 5]], None, indices=range(6)) == [
         [0, 1], [2], [3], [4, 5],
     ]
 
 
 def test_sink_only_keeps_groups() -> None:
-    assert intersect_partitions(None, [[2, 3]], indices=[0, 1, 2, 3]) == [[0], [1], [2, 3]]
+    assert merge_partitions(None, [[2, 3]], indices=[0, 1, 2, 3]) == [[0], [1], [2, 3]]
 
 
 def test_overlapping_groups_are_merged() -> None:
-    assert intersect_partitions([[0, 1], [2, 3]], [[1, 2]]) == [[0, 1, 2, 3]]
-    assert intersect_partitions(
+    assert merge_partitions([[0, 1], [2, 3]], [[1, 2]]) == [[0, 1, 2, 3]]
+    assert merge_partitions(
         [[0, 1], [2, 3], [4, 5], [6, 7]], [[0, 1, 2], [3, 4, 5], [6, 7]], indices=range(8)
     ) == [[0, 1, 2, 3, 4, 5], [6, 7]]
 
@@ -61,18 +63,18 @@ def test_overlapping_groups_are_merged() -> None:
 def test_merging_is_transitive_across_a_chain() -> None:
     source = [[0, 1], [2, 3], [4, 5]]
     sink = [[1, 2], [3, 4]]
-    assert intersect_partitions(source, sink, indices=range(7)) == [[0, 1, 2, 3, 4, 5], [6]]
+    assert merge_partitions(source, sink, indices=range(7)) == [[0, 1, 2, 3, 4, 5], [6]]
 
 
 def test_disjoint_sides_stay_separate() -> None:
-    assert intersect_partitions([[0, 1]], [[2, 3]], indices=range(5)) == [[0, 1], [2, 3], [4]]
+    assert merge_partitions([[0, 1]], [[2, 3]], indices=range(5)) == [[0, 1], [2, 3], [4]]
 
 
 def test_result_is_a_partition_of_the_run() -> None:
     indices = list(range(30))
     source = [indices[k:k + 4] for k in range(0, 30, 4)]
     sink = [indices[k:k + 7] for k in range(0, 30, 7)]
-    groups = intersect_partitions(source, sink, indices=indices)
+    groups = merge_partitions(source, sink, indices=indices)
     assert sorted(_flatten(groups)) == indices
     for g in [*source, *sink]:
         owners = {n for n, merged in enumerate(groups) for i in g if i in merged}
@@ -81,44 +83,44 @@ def test_result_is_a_partition_of_the_run() -> None:
 
 def test_groups_ordered_by_run_position() -> None:
     indices = [5, 4, 3, 2, 1, 0]
-    groups = intersect_partitions([[4, 3]], None, indices=indices)
+    groups = merge_partitions([[4, 3]], None, indices=indices)
     assert groups == [[5], [4, 3], [2], [1], [0]]
 
 
 def test_index_in_two_groups_of_one_side_is_a_conflict() -> None:
     with pytest.raises(PartitionConflictError, match="source.*index 1"):
-        intersect_partitions([[0, 1], [1, 2]], None, indices=range(3))
+        merge_partitions([[0, 1], [1, 2]], None, indices=range(3))
     with pytest.raises(PartitionConflictError, match="sink.*index 2"):
-        intersect_partitions(None, [[2], [2, 3]], indices=range(4))
+        merge_partitions(None, [[2], [2, 3]], indices=range(4))
 
 
 def test_partition_conflict_error_is_a_value_error() -> None:
     assert issubclass(PartitionConflictError, ValueError)
     assert issubclass(PartitionConflictError, PipelineError)
     with pytest.raises(ValueError):
-        intersect_partitions([[0, 1], [1]], None, indices=range(2))
+        merge_partitions([[0, 1], [1]], None, indices=range(2))
 
 
 def test_index_outside_the_run_is_a_conflict() -> None:
     with pytest.raises(PartitionConflictError, match="source.*index 9.*not in this run"):
-        intersect_partitions([[0, 9]], None, indices=[0, 1])
+        merge_partitions([[0, 9]], None, indices=[0, 1])
     with pytest.raises(PartitionConflictError, match="sink.*index 7"):
-        intersect_partitions(None, [[7]], indices=[0, 1])
+        merge_partitions(None, [[7]], indices=[0, 1])
 
 
 def test_opposite_orders_on_the_two_sides_are_a_conflict() -> None:
     with pytest.raises(PartitionConflictError, match="opposite orders"):
-        intersect_partitions([[0, 1]], [[1, 0]], indices=[0, 1])
+        merge_partitions([[0, 1]], [[1, 0]], indices=[0, 1])
     # a cycle through a merged group
     with pytest.raises(PartitionConflictError, match="opposite orders"):
-        intersect_partitions([[0, 1], [2, 3]], [[1, 2], [3, 0]], indices=range(4))
+        merge_partitions([[0, 1], [2, 3]], [[1, 2], [3, 0]], indices=range(4))
 
 
 def test_sink_order_different_from_run_order_is_not_a_conflict() -> None:
     # The run order is 0,1,2,3 but the sink wants its group written 3 then 2.
-    groups = intersect_partitions(None, [[3, 2]], indices=[0, 1, 2, 3])
+    groups = merge_partitions(None, [[3, 2]], indices=[0, 1, 2, 3])
     assert groups == [[0], [1], [3, 2]]
-    groups = intersect_partitions([[0, 1]], [[2, 1]], indices=[0, 1, 2])
+    groups = merge_partitions([[0, 1]], [[2, 1]], indices=[0, 1, 2])
     # source demands 0 before 1, sink demands 2 before 1: 0 and 2 are free -> run order
     assert groups == [[0, 2, 1]]
 
@@ -126,7 +128,7 @@ def test_sink_order_different_from_run_order_is_not_a_conflict() -> None:
 def test_each_side_order_is_respected_inside_a_merged_group() -> None:
     source = [[3, 0], [1, 2]]
     sink = [[0, 1]]
-    (group,) = intersect_partitions(source, sink, indices=[0, 1, 2, 3])
+    (group,) = merge_partitions(source, sink, indices=[0, 1, 2, 3])
     assert sorted(group) == [0, 1, 2, 3]
     for side in (*source, *sink):
         positions = [group.index(i) for i in side]
@@ -134,27 +136,27 @@ def test_each_side_order_is_respected_inside_a_merged_group() -> None:
 
 
 def test_agreeing_sides_are_fine() -> None:
-    assert intersect_partitions([[2, 1]], [[2, 1]], indices=[1, 2]) == [[2, 1]]
+    assert merge_partitions([[2, 1]], [[2, 1]], indices=[1, 2]) == [[2, 1]]
 
 
 def test_without_indices_the_order_is_first_appearance() -> None:
-    assert intersect_partitions([[5, 6]], [[6, 7]]) == [[5, 6, 7]]
-    assert intersect_partitions([[9], [2, 3]], None) == [[9], [2, 3]]
+    assert merge_partitions([[5, 6]], [[6, 7]]) == [[5, 6, 7]]
+    assert merge_partitions([[9], [2, 3]], None) == [[9], [2, 3]]
 
 
-# --------------------------------------------------------------------------- batch_groups
+# --------------------------------------------------------------------------- pack_groups
 
 
 def test_batch_groups_greedy_packing() -> None:
-    assert batch_groups([[0], [1, 2], [3], [4]], 2) == [[0], [1, 2], [3, 4]]
-    assert batch_groups([[i] for i in range(7)], 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert batch_groups([[0, 1], [2], [3, 4, 5], [6]], 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert pack_groups([[0], [1, 2], [3], [4]], 2) == [[0], [1, 2], [3, 4]]
+    assert pack_groups([[i] for i in range(7)], 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert pack_groups([[0, 1], [2], [3, 4, 5], [6]], 3) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_batch_groups_never_splits_a_group() -> None:
     groups = [[0, 1, 2], [3, 4], [5], [6, 7, 8, 9], [10]]
     for n in range(1, 12):
-        batches = batch_groups(groups, n)
+        batches = pack_groups(groups, n)
         assert _flatten(batches) == list(range(11))
         for g in groups:
             (owner,) = [b for b in batches if g[0] in b]
@@ -166,14 +168,14 @@ def test_batch_groups_never_splits_a_group() -> None:
 
 
 def test_group_larger_than_n_is_a_batch_of_its_own() -> None:
-    assert batch_groups([[0], [1, 2, 3, 4], [5]], 2) == [[0], [1, 2, 3, 4], [5]]
-    assert batch_groups([[0, 1, 2, 3, 4]], 1) == [[0, 1, 2, 3, 4]]
+    assert pack_groups([[0], [1, 2, 3, 4], [5]], 2) == [[0], [1, 2, 3, 4], [5]]
+    assert pack_groups([[0, 1, 2, 3, 4]], 1) == [[0, 1, 2, 3, 4]]
 
 
 def test_batch_groups_empty_and_does_not_alias_input() -> None:
-    assert batch_groups([], 3) == []
+    assert pack_groups([], 3) == []
     groups = [[0, 1]]
-    batches = batch_groups(groups, 5)
+    batches = pack_groups(groups, 5)
     batches[0].append(99)
     assert groups == [[0, 1]]
 
@@ -181,7 +183,7 @@ def test_batch_groups_empty_and_does_not_alias_input() -> None:
 @pytest.mark.parametrize("n", [0, -1, 1.5, "2", None, True], ids=repr)
 def test_batch_groups_rejects_bad_n(n: Any) -> None:
     with pytest.raises(ValueError, match="positive integer"):
-        batch_groups([[0]], n)
+        pack_groups([[0]], n)
 
 
 # --------------------------------------------------------------------------- parse_indices
@@ -305,7 +307,7 @@ def test_auto_batch_size(n_indices: int, n_workers: int, expected: int) -> None:
 def test_auto_batch_size_gives_about_batches_per_worker() -> None:
     for workers in (1, 3, 8):
         size = auto_batch_size(1000, workers)
-        n_batches = len(batch_groups([[i] for i in range(1000)], size))
+        n_batches = len(pack_groups([[i] for i in range(1000)], size))
         assert n_batches <= BATCHES_PER_WORKER * workers
         assert n_batches >= BATCHES_PER_WORKER * workers - 1
 
@@ -432,7 +434,7 @@ def test_plan_batches_keys_are_deterministic() -> None:
     second = plan_batches([list(g) for g in groups], 2)
     assert first == second
     assert [b.key for b in first] == [f"b{n:06d}" for n in range(len(first))]
-    assert [b.indices for b in first] == batch_groups(groups, 2)
+    assert [b.indices for b in first] == pack_groups(groups, 2)
     assert all(isinstance(b, Batch) for b in first)
     assert plan_batches([], 3) == []
     with pytest.raises(ValueError):
@@ -443,3 +445,68 @@ def test_batch_is_frozen() -> None:
     batch = Batch(key="b000000", indices=[1])
     with pytest.raises(AttributeError):
         batch.key = "other"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- physicsnemo-curator's
+# intersect_partitions and batch_groups (refuse straddling groups; pack into n workers)
+
+
+def test_intersect_partitions_none_when_neither_side_constrains() -> None:
+    assert intersect_partitions(None, None) is None
+
+
+def test_intersect_partitions_one_side_is_returned_as_given() -> None:
+    assert intersect_partitions([[4, 5], [0, 1]], None) == [[4, 5], [0, 1]]
+    assert intersect_partitions(None, [[2], [1, 0]]) == [[2], [1, 0]]
+
+
+def test_intersect_partitions_agreeing_sides_give_sorted_groups() -> None:
+    source = [[9, 7], [2, 1, 3]]
+    assert intersect_partitions(source, [[3, 2, 1], [7, 9]]) == [[1, 2, 3], [7, 9]]
+    # an index only one side names goes with its group on that side
+    assert intersect_partitions([[0, 1], [8]], [[1, 0]]) == [[0, 1], [8]]
+
+
+@pytest.mark.parametrize(
+    ("source", "sink", "side"),
+    [([[0, 1, 2, 3]], [[0, 1], [2, 3]], "source"),
+     ([[0, 1], [2, 3]], [[0, 1, 2, 3]], "sink"),
+     ([[i] for i in range(6)], [[0, 1, 2], [3, 4, 5]], "sink")],
+)
+def test_intersect_partitions_refuses_a_group_the_other_side_splits(
+    source: list[list[int]], sink: list[list[int]], side: str
+) -> None:
+    with pytest.raises(PartitionConflictError, match=f"the {side} requires indices") as info:
+        intersect_partitions(source, sink)
+    assert isinstance(info.value, ValueError)
+
+
+def test_batch_groups_makes_at_most_n_balanced_batches() -> None:
+    sizes = sorted(len(b) for b in batch_groups([[i] for i in range(10)], 3))
+    assert sizes == [3, 3, 4]
+    big_first = batch_groups([[0, 1, 2, 3, 4], [5], [6], [7], [8], [9]], 2)
+    assert sorted(map(len, big_first)) == [5, 5]
+    assert batch_groups([[0, 1], [2]], 5) == [[0, 1], [2]]  # no more groups than workers
+
+
+def test_batch_groups_keeps_every_group_whole_and_in_order() -> None:
+    groups = [[0, 1, 2], [3], [4, 5], [6, 7, 8, 9], [10]]
+    batches = batch_groups(groups, 2)
+    assert len(batches) == 2 and sorted(_flatten(batches)) == list(range(11))
+    for group in groups:
+        (home,) = [b for b in batches if group[0] in b]
+        start = home.index(group[0])
+        assert home[start:start + len(group)] == group
+    for batch in batches:
+        assert batch == sorted(batch)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
+def test_batch_groups_rejects_bad_worker_counts(n: Any) -> None:
+    with pytest.raises(ValueError, match="n_workers"):
+        batch_groups([[0], [1]], n)
+
+
+def test_celery_batches_are_still_cut_by_size() -> None:
+    assert [b.indices for b in plan_batches([[i] for i in range(10)], 4)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -1,0 +1,429 @@
+"""Per-index metrics and checkpoints of pipeline runs, in a local SQLite store.
+
+A pipeline with ``track_metrics=True`` (the default, as in physicsnemo-curator) records,
+for every index it runs on any backend, the wall time of each stage (``source``, each
+filter by its ``name``, ``sink``), the index's wall time and peak Python memory
+(``tracemalloc``, when ``track_memory``), and the sink's paths or the error. The local
+backends record what their workers report; the ``celery`` backend copies the job store's
+records when the job ends. :attr:`Pipeline.metrics` reads them back as
+:class:`PipelineMetrics`, and ``run_pipeline(..., resume=True)`` skips the indices a
+previous run of the same pipeline (same components, same params) completed.
+
+One SQLite file per pipeline configuration, ``<db_dir>/<config hash>.db``; ``db_dir`` is
+the pipeline's, else ``$CURATOR_DB_DIR``, else ``$XDG_CACHE_HOME/curator-worker`` (default
+``~/.cache/curator-worker``). Each pipeline object records under its own invocation id, so
+:attr:`Pipeline.metrics` shows what that pipeline ran, while resume looks at every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from curator_worker.batch import IndexResult
+    from curator_worker.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the folder of metrics stores (when a pipeline has no db_dir).
+DB_DIR_ENV = "CURATOR_DB_DIR"
+
+
+# --------------------------------------------------------------------------- metrics shape
+
+
+@dataclass
+class StageMetrics:
+    """Wall time of one stage of one index: ``source``, a filter (by name) or ``sink``."""
+
+    name: str
+    wall_time_ns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name", "wall_time_ns"}``."""
+        return {"name": self.name, "wall_time_ns": self.wall_time_ns}
+
+
+@dataclass
+class IndexMetrics:
+    """What one index cost.
+
+    Attributes
+    ----------
+    index : int
+        The source index.
+    stages : list[StageMetrics]
+        Per-stage wall time, in pipeline order (empty when the backend did not time
+        stages for this index: the celery backend times one fast index in 16).
+    wall_time_ns : int
+        The index's wall time.
+    peak_memory_bytes : int
+        Peak Python memory while it ran (``tracemalloc``; 0 when not tracked).
+    gpu_memory_bytes : int | None
+        Not measured (``None``).
+    """
+
+    index: int
+    stages: list[StageMetrics]
+    wall_time_ns: int
+    peak_memory_bytes: int = 0
+    gpu_memory_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "index": self.index,
+            "stages": [s.to_dict() for s in self.stages],
+            "wall_time_ns": self.wall_time_ns,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IndexMetrics:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            index=int(data["index"]),
+            stages=[StageMetrics(str(s["name"]), int(s["wall_time_ns"]))
+                    for s in data.get("stages", [])],
+            wall_time_ns=int(data.get("wall_time_ns", 0)),
+            peak_memory_bytes=int(data.get("peak_memory_bytes", 0)),
+            gpu_memory_bytes=data.get("gpu_memory_bytes"),
+        )
+
+
+@dataclass
+class PipelineMetrics:
+    """The metrics of every index a pipeline completed, in index order.
+
+    Examples
+    --------
+    >>> m = PipelineMetrics([IndexMetrics(0, [], 2_000), IndexMetrics(1, [], 4_000, 10)])
+    >>> m.total_wall_time_ns, m.mean_index_time_ns, m.total_peak_memory_bytes
+    (6000, 3000.0, 10)
+    """
+
+    indices: list[IndexMetrics] = field(default_factory=list)
+
+    @property
+    def total_wall_time_ns(self) -> int:
+        """Sum of the indices' wall times."""
+        return sum(m.wall_time_ns for m in self.indices)
+
+    @property
+    def mean_index_time_ns(self) -> float:
+        """Mean wall time per index (0.0 when there is none)."""
+        return self.total_wall_time_ns / len(self.indices) if self.indices else 0.0
+
+    @property
+    def total_peak_memory_bytes(self) -> int:
+        """The highest peak memory of any index."""
+        return max((m.peak_memory_bytes for m in self.indices), default=0)
+
+    def stage_totals_ns(self) -> dict[str, int]:
+        """Total wall time per stage name, in first-seen order."""
+        totals: dict[str, int] = {}
+        for m in self.indices:
+            for s in m.stages:
+                totals[s.name] = totals.get(s.name, 0) + s.wall_time_ns
+        return totals
+
+    def summary(self) -> dict[str, Any]:
+        """Totals and the per-index records, as one JSON-ready dict."""
+        return {
+            "num_indices": len(self.indices),
+            "total_wall_time_ns": self.total_wall_time_ns,
+            "mean_index_time_ns": self.mean_index_time_ns,
+            "total_peak_memory_bytes": self.total_peak_memory_bytes,
+            "indices": [m.to_dict() for m in self.indices],
+        }
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`summary` as JSON."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(self.summary(), indent=2))
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        """One row per index; each stage's wall time in a ``stage_<name>_ns`` column."""
+        names = list(self.stage_totals_ns())
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["index", "wall_time_ns", "peak_memory_bytes", "gpu_memory_bytes",
+                             *(f"stage_{n}_ns" for n in names)])
+            for m in self.indices:
+                stages = {s.name: s.wall_time_ns for s in m.stages}
+                writer.writerow([m.index, m.wall_time_ns, m.peak_memory_bytes,
+                                 "" if m.gpu_memory_bytes is None else m.gpu_memory_bytes,
+                                 *(stages.get(n, "") for n in names)])
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class IndexRecord:
+    """One index's outcome as stored: paths or error, wall time, memory, stages."""
+
+    index: int
+    paths: list[str] | None = None
+    error: str | None = None
+    wall_time_ns: int = 0
+    peak_memory_bytes: int = 0
+    stages: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the index succeeded."""
+        return self.error is None
+
+
+def stage_names(pipeline: Pipeline) -> dict[str, str]:
+    """Our stage keys (``filter[0]:ClassName``) to physicsnemo's names (the filter's ``name``)."""
+    names = {"source": "source", "sink": "sink"}
+    for n, f in enumerate(pipeline.filters):
+        cls = type(f)
+        label = getattr(cls, "name", "") if isinstance(getattr(cls, "name", ""), str) else ""
+        if not label:
+            label = getattr(f, "__name__", "") or cls.__name__
+        names[f"filter[{n}]:{cls.__name__}"] = label
+    return names
+
+
+def _stages(stages: Mapping[str, float] | None, names: Mapping[str, str]) -> list[tuple[str, int]]:
+    return [(names.get(key, key), round(seconds * 1e9)) for key, seconds in (stages or {}).items()]
+
+
+def record_of(result: IndexResult, names: Mapping[str, str]) -> IndexRecord:
+    """An :class:`IndexRecord` from a backend's :class:`~curator_worker.batch.IndexResult`."""
+    error = None
+    if result.error is not None:
+        error = f"{result.error.get('type', 'Error')}: {result.error.get('message', '')}"
+    return IndexRecord(
+        index=result.index,
+        paths=list(result.paths or []) if error is None else None,
+        error=error,
+        wall_time_ns=round(result.seconds * 1e9),
+        peak_memory_bytes=round((result.peak_mb or 0.0) * 2**20),
+        stages=_stages(result.stages, names),
+    )
+
+
+def record_of_job_entry(
+    index: int, entry: Mapping[str, Any], names: Mapping[str, str]
+) -> IndexRecord:
+    """An :class:`IndexRecord` from a job store per-index record (``celery`` backend)."""
+    error = None
+    if "error" in entry:
+        err = entry["error"] or {}
+        error = f"{err.get('type', 'Error')}: {err.get('message', '')}"
+    return IndexRecord(
+        index=index,
+        paths=list(entry.get("paths") or []) if error is None else None,
+        error=error,
+        wall_time_ns=round(float(entry.get("seconds", 0.0)) * 1e9),
+        peak_memory_bytes=round(float(entry.get("peak_mb", 0.0)) * 2**20),
+        stages=_stages(entry.get("stages"), names),
+    )
+
+
+# --------------------------------------------------------------------------- where
+
+
+def default_db_dir() -> Path:
+    """``$CURATOR_DB_DIR``, else ``$XDG_CACHE_HOME/curator-worker``, else ``~/.cache/...``."""
+    explicit = os.environ.get(DB_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "curator-worker"
+
+
+def pipeline_key(pipeline: Pipeline) -> str:
+    """A stable hash of what ``pipeline`` runs (its components and their params).
+
+    The spec hash when the pipeline can be saved as a spec; otherwise a hash of each
+    component's class and constructor arguments.
+    """
+    from curator_worker.errors import CuratorError
+    from curator_worker.spec import pipeline_to_spec, spec_hash
+
+    try:
+        return spec_hash(pipeline_to_spec(pipeline))
+    except (CuratorError, TypeError, ValueError):
+        pass
+    parts = []
+    for component in (pipeline.source, *pipeline.filters, pipeline.sink):
+        cls = type(component)
+        params = getattr(component, "init_params", {})
+        parts.append([cls.__module__, cls.__qualname__,
+                      sorted((str(k), repr(v)) for k, v in dict(params).items())])
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    invocation TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    paths TEXT,
+    error TEXT,
+    wall_time_ns INTEGER NOT NULL DEFAULT 0,
+    peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
+    stages TEXT NOT NULL DEFAULT '[]',
+    finished REAL NOT NULL,
+    PRIMARY KEY (invocation, idx)
+);
+CREATE INDEX IF NOT EXISTS results_by_index ON results (idx, finished);
+"""
+
+
+class MetricsStore:
+    """A SQLite file of per-index records, shared by the runs of one pipeline configuration.
+
+    Safe to use from several threads; each process opens its own connection. Write
+    transactions are short (one per batch), readers never block writers (WAL).
+
+    Parameters
+    ----------
+    path : str | os.PathLike
+        The database file (its folder is created).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with conn:
+                conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        """Close this process's connection (reopened on next use)."""
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def record(self, invocation: str, records: Iterable[IndexRecord]) -> None:
+        """Store ``records`` under ``invocation`` (a later record of an index replaces it)."""
+        now = time.time()
+        rows = [
+            (invocation, r.index, int(r.ok), None if r.paths is None else json.dumps(r.paths),
+             r.error, r.wall_time_ns, r.peak_memory_bytes, json.dumps(r.stages), now)
+            for r in records
+        ]
+        if not rows:
+            return
+        with self._lock:
+            conn = self._connection()
+            with conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def metrics(self, invocation: str) -> PipelineMetrics:
+        """The completed indices of ``invocation``, in index order."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT idx, stages, wall_time_ns, peak_memory_bytes FROM results "
+                "WHERE invocation = ? AND ok = 1 ORDER BY idx", (invocation,)).fetchall()
+        return PipelineMetrics([
+            IndexMetrics(idx, [StageMetrics(n, ns) for n, ns in json.loads(stages)], wall, peak)
+            for idx, stages, wall, peak in rows
+        ])
+
+    def completed(self, invocation: str | None = None) -> dict[int, list[str]]:
+        """Index to sink paths of completed indices: of ``invocation``, or of any run.
+
+        Over every run, an index counts when its latest record is a success.
+        """
+        with self._lock:
+            conn = self._connection()
+            if invocation is not None:
+                rows = conn.execute("SELECT idx, paths FROM results WHERE invocation = ? "
+                                    "AND ok = 1", (invocation,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT idx, ok, paths FROM results ORDER BY idx, finished").fetchall()
+                latest = {idx: (ok, paths) for idx, ok, paths in rows}
+                rows = [(idx, paths) for idx, (ok, paths) in latest.items() if ok]
+        return {idx: json.loads(paths) for idx, paths in rows}
+
+    def failed(self, invocation: str) -> dict[int, str]:
+        """Index to ``"Type: message"`` of the failed indices of ``invocation``."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT idx, error FROM results WHERE invocation = ? AND ok = 0 ORDER BY idx",
+                (invocation,)).fetchall()
+        return dict(rows)
+
+    def adopt(self, invocation: str, indices: Sequence[int]) -> None:
+        """Copy the latest successful record of each of ``indices`` into ``invocation``.
+
+        A resumed run's pipeline then reports the indices it skipped as its own.
+        """
+        wanted = set(indices)
+        if not wanted:
+            return
+        with self._lock:
+            conn = self._connection()
+            rows = conn.execute(
+                "SELECT idx, paths, wall_time_ns, peak_memory_bytes, stages FROM results "
+                "WHERE ok = 1 AND invocation != ? ORDER BY idx, finished",
+                (invocation,)).fetchall()
+            latest = {row[0]: row for row in rows if row[0] in wanted}
+            now = time.time()
+            with conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, 1, ?, NULL, ?, ?, ?, ?)",
+                    [(invocation, idx, paths, wall, peak, stages, now)
+                     for idx, paths, wall, peak, stages in latest.values()])
+
+    def reset(self, invocation: str | None = None) -> None:
+        """Forget the records of ``invocation`` (of every run when ``None``)."""
+        with self._lock:
+            conn = self._connection()
+            with conn:
+                if invocation is None:
+                    conn.execute("DELETE FROM results")
+                else:
+                    conn.execute("DELETE FROM results WHERE invocation = ?", (invocation,))
+
+
+def safe_record(pipeline: Pipeline, records: Sequence[IndexRecord]) -> None:
+    """Record into ``pipeline``'s store; a store that cannot be written only logs a warning.
+
+    The outputs of a run never depend on its metrics being saved.
+    """
+    if not records or not pipeline.track_metrics:
+        return
+    try:
+        pipeline.metrics_store().record(pipeline.invocation_id, records)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("could not record metrics in %s: %s: %s",
+                    getattr(pipeline, "db_path", None), type(exc).__name__, exc)
