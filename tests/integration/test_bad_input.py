@@ -334,6 +334,12 @@ def test_broker_that_accepts_but_never_answers_fails_within_5s(tmp_path: Path) -
     """A port that accepts TCP but never speaks (hung server, wrong service): still <= 5 s."""
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(good(tmp_path / "out")))
+    # What starting the command costs on this machine right now (imports; a loaded CI
+    # machine takes well over a second), so the bound below is the broker check's own.
+    begin = time.monotonic()
+    subprocess.run([str(BIN / "curator-submit"), "--help"], env={**os.environ,
+                   "PYTHONPATH": str(REPO)}, capture_output=True, timeout=60, check=True)
+    start_cost = time.monotonic() - begin
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
@@ -345,12 +351,13 @@ def test_broker_that_accepts_but_never_answers_fails_within_5s(tmp_path: Path) -
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         try:
-            _, err = proc.communicate(timeout=7)
+            _, err = proc.communicate(timeout=7 + 2 * start_cost)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate(timeout=10)
-            raise AssertionError("no answer after 7 s") from None
-    assert time.monotonic() - started <= 5.0 + 1.0  # 5 s budget plus interpreter start
+            raise AssertionError("no answer after 7 s and the start-up") from None
+    # the 5 s budget, plus starting the command, plus slack for a loaded machine
+    assert time.monotonic() - started <= 5.0 + 1.5 * start_cost + 0.5
     assert proc.returncode == 2 and f"127.0.0.1:{port}" in err and "hunter2" not in err
 
 
