@@ -93,6 +93,12 @@ return 0
 """
 
 _COMMIT_SCRIPT = resources.files("curator_worker").joinpath("lua/commit_batch.lua").read_text()
+_SET_STATE_SCRIPT = resources.files("curator_worker").joinpath("lua/set_state.lua").read_text()
+_LOCKED_HSET_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 def new_job_id() -> str:
@@ -227,6 +233,8 @@ class JobStore:
         self.ttl = ttl
         self._commit = client.register_script(_COMMIT_SCRIPT)
         self._begin = client.register_script(_BEGIN_SCRIPT)
+        self._set_state = client.register_script(_SET_STATE_SCRIPT)
+        self._locked_hset = client.register_script(_LOCKED_HSET_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, ttl: int = 7 * 24 * 3600, timeout: float = 5.0) -> JobStore:
@@ -330,31 +338,51 @@ class JobStore:
     def gather_lock(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[bool]:
         """Hold the job's gather lock within the block; yields False if another holds it.
 
+        See :meth:`gather_lease`, which also yields the token a holder's writes are checked
+        against.
+        """
+        with self.gather_lease(job_id, ttl) as token:
+            yield token is not None
+
+    @contextmanager
+    def gather_lease(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[str | None]:
+        """Hold the job's gather lock within the block; yields its token, or ``None`` if
+        another holds it.
+
         Only one gather merges a job's shards at a time (the last batch's own and the chord
-        callback can overlap). The lock expires ``ttl`` seconds after its holder died; a
-        live holder renews it from a thread every ``ttl / 3`` seconds.
+        callback can overlap). The lock expires ``ttl`` seconds after its holder died or
+        froze; a live holder renews it from a thread every ``ttl / 3`` seconds. A holder
+        whose lock expired (a node frozen longer than ``ttl``) has lost it for good: its
+        writes that pass the token (:meth:`set_state`, :meth:`mark_merged`) are refused,
+        and :meth:`holds_gather_lock` says so before it touches a file.
         """
         key, token = self.key(job_id, "gathering"), uuid.uuid4().hex
         if not self.client.set(key, token, nx=True, px=int(ttl * 1000)):
-            yield False
+            yield None
             return
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(ttl / 3):
                 try:
-                    self.client.eval(_RENEW_SCRIPT, 1, key, token, int(ttl * 1000))
+                    if not self.client.eval(_RENEW_SCRIPT, 1, key, token, int(ttl * 1000)):
+                        return  # lost (expired, then taken or not): never taken back
                 except redis.RedisError:
                     pass  # retried at the next period; the lock outlives a short outage
 
         renewer = threading.Thread(target=renew, name=f"gather-lock-{job_id}", daemon=True)
         renewer.start()
         try:
-            yield True
+            yield token
         finally:
             stop.set()
             renewer.join()
             self.client.eval(_RELEASE_SCRIPT, 1, key, token)
+
+    def holds_gather_lock(self, job_id: str, token: str) -> bool:
+        """Whether the gather lock of ``job_id`` is still the one ``token`` was given."""
+        value = self.client.get(self.key(job_id, "gathering"))
+        return value is not None and value.decode() == token
 
     def report_inflight(self, job_id: str, batch_key: str, processed: int) -> None:
         """Live progress of a running batch: ``processed`` of its indices so far."""
@@ -397,11 +425,19 @@ class JobStore:
 
     # -- job control
     def cancel(self, job_id: str) -> str:
-        """Mark a job cancelled (running batches stop at their next index); return old state."""
-        state = self.status(job_id).state
-        if state not in FINAL_STATES:
-            self.set_state(job_id, CANCELLED)
-        return state
+        """Mark a job cancelled (running batches stop at their next index); return old state.
+
+        A compare-and-set: a job that ended meanwhile (a gather finished it) keeps its state.
+
+        Raises
+        ------
+        JobNotFoundError
+            If no such job exists.
+        """
+        _, before = self._compare_and_set_state(job_id, CANCELLED, (RUNNING,), None, {})
+        if before is None:
+            self.record(job_id)  # raises JobNotFoundError
+        return before or RUNNING
 
     def reopen(self, job_id: str, clear_error: bool = False) -> None:
         """Put a job back to ``running`` (resume, retry) and cancel its expiry."""
@@ -429,27 +465,53 @@ class JobStore:
         committed = {k.decode() for k in self.client.hkeys(self.key(job_id, "committed"))}
         return {k: v for k, v in self.batches(job_id).items() if k not in committed}
 
-    def set_state(self, job_id: str, state: str, **fields: Any) -> None:
-        """Set the job's state (and other record fields)."""
-        mapping: dict[str, Any] = {"state": state, **fields}
-        if state in FINAL_STATES:
+    def set_state(
+        self, job_id: str, state: str, *, expect: Sequence[str] = (RUNNING,),
+        lock: str | None = None, **fields: Any,
+    ) -> bool:
+        """Set the job's state (and other record fields) if it is one of ``expect``.
+
+        A compare-and-set in one round trip (``lua/set_state.lua``): a job that ended keeps
+        its state, so a late or duplicate writer changes nothing. With ``lock`` (a gather's
+        token, :meth:`gather_lease`) the write also needs the gather lock still held. A
+        final state sets ``finished``, wakes waiters and starts the keys' expiry in the same
+        step. Returns whether the state was written.
+        """
+        return self._compare_and_set_state(job_id, state, expect, lock, fields)[0]
+
+    def _compare_and_set_state(
+        self, job_id: str, state: str, expect: Sequence[str], lock: str | None,
+        fields: Mapping[str, Any],
+    ) -> tuple[bool, str | None]:
+        """:meth:`set_state`; also returns the state before (``None``: no such job)."""
+        final = state in FINAL_STATES
+        mapping = dict(fields)
+        if final:
             mapping.setdefault("finished", time.time())
-        self.client.hset(self.key(job_id), mapping=mapping)
-        if state in FINAL_STATES:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.rpush(self.key(job_id, "done"), state)  # wakes waiters (wait_for_change)
-            for key in self._keys(job_id):
-                pipe.expire(key, self.ttl)
-            pipe.execute()
+        args: list[Any] = [state, ",".join(expect), lock or "", self.ttl if final else ""]
+        for name, value in mapping.items():
+            args += [name, value]
+        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "gathering"),
+                *self._keys(job_id)]
+        written, before = self._set_state(keys=keys, args=args)
+        return bool(written), (before.decode() if before else None)
 
     def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Sleep up to ``timeout`` seconds, waking early when the job reaches a final state."""
         self.client.blpop([self.key(job_id, "done")], timeout=max(timeout, 0.01))
 
-    def mark_merged(self, job_id: str) -> None:
+    def mark_merged(self, job_id: str, lock: str | None = None) -> bool:
         """Record that gather merged the job's shards into its final outputs (and will
-        remove them): a gather running again after that must not merge again."""
-        self.client.hset(self.key(job_id), "merged", time.time())
+        remove them): a gather running again after that must not merge again.
+
+        With ``lock`` (a gather's token) only while that gather still holds the lock.
+        Returns whether it was recorded.
+        """
+        if lock is None:
+            self.client.hset(self.key(job_id), "merged", time.time())
+            return True
+        return bool(self._locked_hset(keys=[self.key(job_id, "gathering"), self.key(job_id)],
+                                      args=[lock, "merged", time.time()]))
 
     def is_merged(self, job_id: str) -> bool:
         """Whether :meth:`mark_merged` was called for the job."""

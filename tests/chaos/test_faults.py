@@ -1,0 +1,158 @@
+"""Issue 15: faults the first chaos scenarios did not cover.
+
+Each scenario injects one fault where the code is most fragile (a node frozen while it
+gathers, a cancel racing the gather, ...), audits the job like ``test_chaos.py`` does and
+prints one line of figures (faults injected, items lost, items double-counted, final state,
+leftovers). Most drive the worker's own functions in this process, with the interleaving
+made certain, against the private Redis of the ``chaos`` fixture: seconds each.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from curator_worker import tasks
+from curator_worker.components.filters import FieldStats
+from curator_worker.gather import gather_job
+from curator_worker.jobs import CANCELLED, RUNNING, SUCCEEDED, JobStatus, JobStore
+from curator_worker.tasks import process_batch
+from producer.submit import submit_job
+from tests.chaos.harness import (
+    ChaosCluster,
+    assert_exactly_once,
+    audit_job,
+    chaos_spec,
+    clean_spec,
+)
+
+Report = Callable[..., None]
+
+
+@pytest.fixture()
+def inline_worker(chaos: ChaosCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobStore]:
+    """This process plays a worker of the chaos cluster: its job store, fresh job caches."""
+    monkeypatch.setattr(tasks, "_store", chaos.store)
+    tasks._job_context.cache_clear()
+    tasks.pipeline_for_job.cache_clear()
+    yield chaos.store
+    tasks._job_context.cache_clear()
+    tasks.pipeline_for_job.cache_clear()
+
+
+def _done_pushes(store: JobStore, job_id: str) -> list[str]:
+    """Every final state announced to waiters (one push per final state written)."""
+    return [v.decode() for v in store.client.lrange(store.key(job_id, "done"), 0, -1)]
+
+
+def test_gather_frozen_past_its_lock_changes_nothing_when_thawed(
+    chaos: ChaosCluster, out_dir: Path, inline_worker: JobStore, chaos_report: Report,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Point 1: the last batch's gather freezes mid-merge longer than its lock lives; the
+    chord callback's gather takes over and finishes the job; the thawed gather goes on.
+
+    The freeze is made certain: the first merge blocks until released, and its lock is
+    expired meanwhile (what a SIGSTOPped node's lock does: its renewer is frozen too).
+    """
+    store = inline_worker
+    spec = chaos_spec(out_dir, count=40, sleep_ms=0)
+    job = submit_job(spec, chaos.settings, batch_size=10)
+    frozen, thaw = threading.Event(), threading.Event()
+    real_merge = FieldStats.merge
+
+    def merge(shard_paths: list[str], output_path: str) -> Any:
+        if not frozen.is_set():  # the first gather: frozen before it reads the shards
+            frozen.set()
+            assert thaw.wait(30)
+        return real_merge(shard_paths, output_path)
+
+    monkeypatch.setattr(FieldStats, "merge", staticmethod(merge))
+
+    def node_a() -> None:  # runs every batch; the last commit gathers at once (and freezes)
+        for key, indices in sorted(store.batches(job.job_id).items()):
+            process_batch(store, job.job_id, key, indices, "frozen@node-a")
+
+    runner = threading.Thread(target=node_a, daemon=True)
+    runner.start()
+    assert frozen.wait(30), "the first gather never started merging"
+    store.client.delete(store.key(job.job_id, "gathering"))  # its lock expired meanwhile
+    # the chord callback's gather, on another node, finishes the job
+    second = gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id))
+    finished = store.status(job.job_id)
+    merged = (out_dir / "stats.json").read_bytes()
+    thaw.set()
+    runner.join(30)
+    # and a third, late duplicate of the callback
+    third = gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id))
+    status = store.status(job.job_id)
+    audit = audit_job(store, job.job_id, out_dir, clean_spec(spec), range(40))
+    chaos_report(faults_injected="gather frozen mid-merge past its lock, then thawed",
+                 state_at_second_gather=second, final_state=status.state,
+                 final_announcements=len(_done_pushes(store, job.job_id)), **audit.figures())
+    assert not runner.is_alive()
+    assert (second, third) == (SUCCEEDED, SUCCEEDED)
+    assert status.state == SUCCEEDED and status.error is None, status
+    assert status.finished == finished.finished, "the finished job was written again"
+    assert (out_dir / "stats.json").read_bytes() == merged, "the merged output was replaced"
+    assert _done_pushes(store, job.job_id) == [SUCCEEDED]
+    assert_exactly_once(audit, SUCCEEDED)
+
+
+class _StaleCancelStore(JobStore):
+    """A job store whose reads of a job's status are followed by a gather finishing it.
+
+    That is the window of a cancel that reads the state, then writes: the gather finishing
+    the job in between is made certain. ``finish`` is the gather to run (once).
+    """
+
+    finish: Callable[[], str] | None = None
+
+    def status(self, job_id: str) -> JobStatus:
+        status = super().status(job_id)
+        if self.finish is not None:
+            finish, self.finish = self.finish, None
+            finish()
+        return status
+
+
+def test_cancel_racing_the_gather_that_finishes_the_job_keeps_one_final_state(
+    chaos: ChaosCluster, out_dir: Path, inline_worker: JobStore, chaos_report: Report,
+) -> None:
+    """Point 8: `cancel` reads the state, a gather finishes the job, then cancel writes.
+
+    Whatever wins, the job has exactly one final state, announced once, and it never
+    changes afterwards; a cancel that found the job running is the one final state.
+    """
+    store = inline_worker
+    spec = chaos_spec(out_dir, count=20, sleep_ms=0)
+    job = submit_job(spec, chaos.settings, batch_size=10)
+    batches = sorted(store.batches(job.job_id).items())
+    key, indices = batches[0]
+    process_batch(store, job.job_id, key, indices, "inline@test")
+    last_key, last_indices = batches[1]
+
+    def finish() -> str:  # the job's last batch commits, and its gather finishes the job
+        process_batch(store, job.job_id, last_key, last_indices, "inline@test")
+        return store.state(job.job_id) or ""
+
+    racing = _StaleCancelStore(store.client, ttl=store.ttl)
+    racing.finish = finish
+    before = racing.cancel(job.job_id)
+    if racing.finish is not None:  # the cancel read nothing first: the gather comes after
+        finish()
+    gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id))  # the chord callback
+    status = store.status(job.job_id)
+    announced = _done_pushes(store, job.job_id)
+    chaos_report(faults_injected="cancel racing the gather", cancel_saw=before,
+                 final_state=status.state, final_announcements=len(announced))
+    assert announced == [status.state], f"final states written: {announced}"
+    expected = CANCELLED if before == RUNNING else before
+    assert status.state == expected, (before, status.state)
+    if status.state == SUCCEEDED:
+        audit = audit_job(store, job.job_id, out_dir, clean_spec(spec), range(20))
+        assert_exactly_once(audit, SUCCEEDED)
