@@ -17,6 +17,10 @@ One namespace per job::
     curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
+    curator:job:<id>:deaths       hash: batch key -> deliveries that found the previous
+                                  attempt dead (duplicates of a live attempt not counted)
+    curator:job:<id>:alive:<batch> string "host/pid/token" of the attempt running the batch,
+                                  renewed while it lives, expiring soon after it died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:job:<id>:tags         hash, in the *broker's* Redis: batch key -> delivery tag
                                   of its message, for lease renewal (``lease.py``)
@@ -37,7 +41,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -75,6 +81,9 @@ COMMITTED_LAST = 2  # committed, and every planned batch of the job is now commi
 
 #: Seconds a gather lock lives without renewal (its holder renews it while it runs).
 GATHER_LOCK_TTL = 30.0
+#: Seconds a running batch attempt's liveness mark lives without renewal.
+ATTEMPT_MARK_TTL = 4.0
+_HOST = socket.gethostname()
 
 _BEGIN_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0, ''} end
@@ -213,6 +222,79 @@ class BatchStart:
     state: str | None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class AttemptMark:
+    """Tells a worker's death from a duplicate delivery of a batch that is still running.
+
+    A batch attempt keeps a mark (``host/pid/token``, with a time to live) renewed by a
+    thread while it runs. A redelivered batch first asks :meth:`another_alive`: a mark of
+    a process of this host is checked by its pid at once; another host's mark is alive
+    when it is still there after one full time to live (someone renewed it). Only a
+    delivery that finds the previous attempt dead counts as a worker death (crash blame,
+    ``max_attempts``); a visibility-timeout duplicate of a live attempt does not.
+
+    Use as a context manager around the attempt; :meth:`start` once the check is done.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, ttl: float) -> None:
+        self.client, self.key, self.ttl = client, key, ttl
+        self.value = f"{_HOST}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def another_alive(self) -> bool:
+        """Whether another attempt of the batch is running now (waits up to one TTL)."""
+        deadline = time.monotonic() + self.ttl + 0.5
+        while True:
+            raw = self.client.get(self.key)
+            if raw is None:
+                return False
+            host, _, rest = raw.decode().partition("/")
+            pid = rest.partition("/")[0]
+            if host == _HOST and pid.isdigit():
+                return int(pid) != os.getpid() and _pid_alive(int(pid))
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        """Set the mark and renew it every third of its TTL until the block ends."""
+        px = int(self.ttl * 1000)
+        self.client.set(self.key, self.value, px=px)
+
+        def renew() -> None:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    self.client.set(self.key, self.value, px=px)
+                except redis.RedisError:
+                    pass  # next period; a short outage only makes the mark look dead
+
+        self._thread = threading.Thread(target=renew, name="attempt-mark", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> AttemptMark:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.client.eval(_RELEASE_SCRIPT, 1, self.key, self.value)
+        except redis.RedisError:
+            pass  # it expires by itself
+
+
 def _float(value: bytes | None) -> float | None:
     return float(value) if value not in (None, b"") else None
 
@@ -249,7 +331,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
-                 "blame", "workers", "inflight", "done")
+                 "blame", "workers", "inflight", "done", "deaths")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -415,6 +497,19 @@ class JobStore:
         entry["kind"] = kind if kind != "crash" else entry["kind"]
         self.client.hset(key, field_name, json.dumps(entry))
         return int(entry["count"])
+
+    def record_death(self, job_id: str, batch_key: str) -> int:
+        """Count one death of a worker running ``batch_key``; return the deaths so far."""
+        return int(self.client.hincrby(self.key(job_id, "deaths"), batch_key, 1))
+
+    def deaths(self, job_id: str, batch_key: str) -> int:
+        """Deaths of workers running ``batch_key`` so far (:meth:`record_death`)."""
+        return int(self.client.hget(self.key(job_id, "deaths"), batch_key) or 0)
+
+    def attempt_mark(self, job_id: str, batch_key: str,
+                     ttl: float = ATTEMPT_MARK_TTL) -> AttemptMark:
+        """The liveness mark of a batch attempt of this process (see :class:`AttemptMark`)."""
+        return AttemptMark(self.client, self.key(job_id, f"alive:{batch_key}"), ttl)
 
     def blamed(self, job_id: str, batch_key: str) -> dict[int, dict[str, Any]]:
         """Indices of ``batch_key`` blamed for worker deaths: index -> {count, kind}."""

@@ -48,6 +48,7 @@ from curator_worker.jobs import (
     CANCELLED,
     COMMITTED_LAST,
     SUCCEEDED,
+    AttemptMark,
     JobStore,
     announce_node,
     forget_node,
@@ -197,16 +198,32 @@ def process_batch(
     """Run, shard and commit one batch; exactly-once whatever the number of deliveries.
 
     ``node`` is the Celery worker node name, stored with the commit. A redelivered batch
-    (its worker died) tracks the running index in the job store; an index that was running
-    at :data:`BLAME_THRESHOLD` deaths is skipped and recorded as ``crash`` (or ``timeout``
-    when the watchdog killed it), and after ``max_attempts`` deliveries every index is
-    recorded failed, so a batch that always kills its worker cannot loop forever.
+    whose previous attempt died (not a duplicate of a live one: :class:`AttemptMark`)
+    tracks the running index in the job store; an index that was running at
+    :data:`BLAME_THRESHOLD` deaths is skipped and recorded as ``crash`` (or ``timeout``
+    when the watchdog killed it). After ``max_attempts`` deliveries with deaths, every
+    index that was running at a death is skipped, so a batch that always kills its worker
+    cannot loop forever; only when a death cannot be pinned on an index (the worker died
+    outside one) are the batch's indices all recorded failed.
     """
+    with store.attempt_mark(job_id, batch_key) as mark:
+        return _process_batch(store, job_id, batch_key, indices, node, mark)
+
+
+def _process_batch(
+    store: JobStore, job_id: str, batch_key: str, indices: list[int], node: str,
+    mark: AttemptMark,
+) -> str:
     start = store.begin_batch(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
     if start is None:
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
         return batch_key
     attempt = start.attempt
+    duplicate = attempt > 1 and mark.another_alive()
+    mark.start()
+    if duplicate:
+        log.info("job %s batch %s: delivered again while attempt %d runs (visibility "
+                 "timeout); not a worker death", job_id, batch_key, attempt - 1)
     if start.state == CANCELLED:
         return batch_key
     try:
@@ -223,8 +240,8 @@ def process_batch(
         )
         return batch_key
 
-    skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy)
-    careful = attempt > 1
+    skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy, duplicate)
+    careful = attempt > 1 and not duplicate
     last_check = [time.monotonic()]
 
     def cancelled() -> bool:
@@ -307,24 +324,37 @@ def _starting(store: JobStore, job_id: str, batch_key: str, track: bool, index: 
 
 def _skipped_indices(
     store: JobStore, job_id: str, batch_key: str, indices: list[int], attempt: int,
-    policy: BatchPolicy,
+    policy: BatchPolicy, duplicate: bool = False,
 ) -> dict[int, dict[str, Any]]:
-    """Indices this attempt must not run, with the error to record for each."""
+    """Indices this attempt must not run, with the error to record for each.
+
+    A delivery whose previous attempt died counts a death and blames the index that
+    attempt was running; a duplicate of a live attempt counts nothing. After
+    ``max_attempts`` deliveries with deaths, every index blamed once is skipped (each
+    further death pins one more index, so the batch ends); a death with no index to blame
+    then gives up on the whole batch.
+    """
     if attempt == 1:
         return {}
-    died_at = store.take_current(job_id, batch_key)
-    if died_at is not None:
-        store.blame(job_id, batch_key, died_at, "crash")
-    if attempt > policy.max_attempts:
+    if duplicate:
+        died_at, deaths = None, store.deaths(job_id, batch_key)
+    else:
+        died_at, deaths = store.take_current(job_id, batch_key), store.record_death(
+            job_id, batch_key)
+        if died_at is not None:
+            store.blame(job_id, batch_key, died_at, "crash")
+    give_up = deaths + 1 > policy.max_attempts
+    if give_up and died_at is None and not duplicate:
         reason = RuntimeError(
             f"batch {batch_key} was delivered {attempt - 1} times and its worker died every "
-            f"time; giving up on its indices (max_attempts={policy.max_attempts})"
+            f"time outside any index; giving up on its indices "
+            f"(max_attempts={policy.max_attempts})"
         )
         failure = error_record(reason, attempt, kind="crash")
         return {i: failure for i in indices}
     skip = {}
     for index, entry in store.blamed(job_id, batch_key).items():
-        if entry["count"] >= BLAME_THRESHOLD:
+        if entry["count"] >= BLAME_THRESHOLD or (give_up and entry["count"] >= 1):
             kind = entry.get("kind", "crash")
             what = ("was stuck past its timeout in code that ignores signals"
                     if kind == "timeout" else "was running each time its worker process died")

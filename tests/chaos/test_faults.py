@@ -19,10 +19,13 @@ import pytest
 from curator_worker import tasks
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
-from curator_worker.jobs import CANCELLED, RUNNING, SUCCEEDED, JobStatus, JobStore
+from curator_worker.jobs import CANCELLED, PARTIAL, RUNNING, SUCCEEDED, JobStatus, JobStore
+from curator_worker.policy import BatchPolicy
 from curator_worker.tasks import process_batch
 from producer.submit import submit_job
+from producer.wait import wait_for_job
 from tests.chaos.harness import (
+    JOB_TIMEOUT,
     ChaosCluster,
     assert_exactly_once,
     audit_job,
@@ -156,3 +159,59 @@ def test_cancel_racing_the_gather_that_finishes_the_job_keeps_one_final_state(
     if status.state == SUCCEEDED:
         audit = audit_job(store, job.job_id, out_dir, clean_spec(spec), range(20))
         assert_exactly_once(audit, SUCCEEDED)
+
+
+def _wait(chaos: ChaosCluster, job_id: str, timeout: float = JOB_TIMEOUT) -> JobStatus:
+    """The producer's own wait (job store counters; re-sends a lost gather)."""
+    return wait_for_job(chaos.store, job_id, settings=chaos.settings, progress=False,
+                        timeout=timeout)
+
+
+def test_only_the_index_running_at_each_death_is_blamed(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 6: `--max-attempts 3`, one index of a batch of 25 kills its worker every time.
+
+    Only that index may be recorded `crash`; the 24 healthy indices of its batch succeed.
+    """
+    chaos.start_nodes(1, concurrency=2)
+    killer = 7
+    spec = chaos_spec(out_dir, count=50, sleep_ms=0)
+    spec["source"].update(name="CrashingArrays", module="tests.support.faulty")
+    spec["source"]["params"]["crash"] = str(killer)
+    options = BatchPolicy(max_attempts=3).as_options()
+    job = submit_job(spec, chaos.settings, batch_size=25, options=options)
+    _wait(chaos, job.job_id)
+    deliveries = max(int(v) for v in chaos.client.hvals(chaos.store.key(job.job_id, "attempts")))
+    audit = audit_job(chaos.store, job.job_id, out_dir, clean_spec(spec),
+                      [i for i in range(50) if i != killer])
+    chaos_report(faults_injected=f"index {killer} kills its worker (max_attempts=3)",
+                 deliveries_of_its_batch=deliveries, final_state=audit.state,
+                 crash_blamed=len(audit.failures), **audit.figures())
+    assert_exactly_once(audit, PARTIAL, {killer: "crash"}, killed_writers=True)
+
+
+@pytest.mark.visibility_timeout(2)
+def test_visibility_timeout_duplicates_are_not_worker_deaths(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 8: an index longer than the visibility timeout gets its batch delivered again
+    while it runs (no lease renewal inside one index); those duplicates are not deaths.
+
+    With `--max-attempts 2`, duplicates counted as deaths made every index `crash` and
+    blamed the healthy index each was running; nothing died, so every index succeeds.
+    """
+    chaos.start_nodes(1, concurrency=3)
+    slow = 3
+    spec = chaos_spec(out_dir, count=10, sleep_ms=0)
+    spec["source"].update(name="HangingArrays", module="tests.support.faulty")
+    spec["source"]["params"].update(hang=str(slow), hang_s=7.0)
+    options = BatchPolicy(max_attempts=2).as_options()
+    job = submit_job(spec, chaos.settings, batch_size=10, options=options)
+    _wait(chaos, job.job_id)
+    deliveries = max(int(v) for v in chaos.client.hvals(chaos.store.key(job.job_id, "attempts")))
+    audit = audit_job(chaos.store, job.job_id, out_dir, clean_spec(spec), range(10))
+    chaos_report(faults_injected=f"index {slow} runs 7 s under a 2 s visibility timeout",
+                 deliveries=deliveries, final_state=audit.state, **audit.figures())
+    assert deliveries >= 3, "the batch was not delivered again while it ran"
+    assert_exactly_once(audit, SUCCEEDED)
