@@ -163,7 +163,7 @@ def _gather_locked(
             return now or state
         raise GatherLockLost(job_id)
     if pipeline is not None:
-        _remove_abandoned_temps(pipeline)
+        remove_abandoned_temps(pipeline)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state
 
@@ -177,15 +177,19 @@ def _remember_cost(store: JobStore, job_id: str, spec_digest: str | None) -> Non
         log.debug("job %s: could not record its cost per index", job_id, exc_info=True)
 
 
-def _remove_abandoned_temps(pipeline: Pipeline) -> None:
-    """Temp files of writes killed mid-way (sink outputs, final filter outputs)."""
+def remove_abandoned_temps(pipeline: Pipeline, own: bool = False) -> None:
+    """Temp files of writes killed or failed mid-way (sink outputs, final filter outputs).
+
+    ``own``: also every temp file of this process (see
+    :func:`~curator_worker.atomic.remove_stale_temps`).
+    """
     folders = {os.path.dirname(os.path.abspath(output_path_of(f)))
                for f in pipeline.filters if is_stateful(f)}
     output_dir = getattr(pipeline.sink, "output_dir", None)
     if isinstance(output_dir, str | os.PathLike):
         folders.add(os.fspath(output_dir))
     for folder in folders:
-        remove_stale_temps(folder)
+        remove_stale_temps(folder, own=own)
 
 
 def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:

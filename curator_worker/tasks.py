@@ -42,7 +42,7 @@ from curator_worker.batch import (
 )
 from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
-from curator_worker.gather import gather_job
+from curator_worker.gather import gather_job, remove_abandoned_temps
 from curator_worker.jobs import (
     ALREADY_COMMITTED,
     CANCELLED,
@@ -265,6 +265,8 @@ def _process_batch(
     if outcome.stopped_early:
         log.info("job %s cancelled; batch %s stops uncommitted", job_id, batch_key)
         return batch_key
+    if any(r.error is not None for r in outcome.results):
+        remove_abandoned_temps(pipeline, own=True)  # a failed write may leave its temp file
     shards = write_shards(pipeline, outcome, job_id, batch_key)
     record = _commit_record(outcome.results, attempt, shards, node, started)
     committed = store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results),

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from curator_worker import Param
-from curator_worker.atomic import atomic_path
+from curator_worker.atomic import atomic_path, temp_path_for
 from curator_worker.components import NpzPerIndex
 
 
@@ -42,3 +44,23 @@ class KillMidWriteNpz(NpzPerIndex):
                 tmp.write_bytes(b"half an npz")
                 os.kill(os.getpid(), signal.SIGKILL)
         return super().__call__(items, index)
+
+
+class LeakyTempNpz(NpzPerIndex):
+    """:class:`NpzPerIndex` written the way many user sinks write: to a temp name from
+    :func:`~curator_worker.atomic.temp_path_for`, renamed when complete, and no cleanup
+    when the write fails (a full disk leaves the partial temp behind)."""
+
+    name = "LeakyTempNpz"
+    description = "NpzPerIndex through a temp file it does not remove on failure"
+
+    def __call__(self, items: Iterator[dict[str, Any]], index: int) -> list[str]:
+        from curator_worker.components.sinks import _item_arrays, _keyed
+
+        path = self.path_for(index)
+        os.makedirs(self.output_dir, exist_ok=True)
+        tmp = temp_path_for(path)
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **_keyed(_item_arrays(items)))
+        os.replace(tmp, path)
+        return [path]

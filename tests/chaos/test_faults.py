@@ -9,8 +9,11 @@ made certain, against the private Redis of the ``chaos`` fixture: seconds each.
 
 from __future__ import annotations
 
+import errno
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from tests.chaos.harness import (
     audit_job,
     chaos_spec,
     clean_spec,
+    cli,
 )
 
 Report = Callable[..., None]
@@ -215,3 +219,88 @@ def test_visibility_timeout_duplicates_are_not_worker_deaths(
                  deliveries=deliveries, final_state=audit.state, **audit.figures())
     assert deliveries >= 3, "the batch was not delivered again while it ran"
     assert_exactly_once(audit, SUCCEEDED)
+
+
+# -- disk full: a small tmpfs the test mounts and unmounts itself
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """Mount a tmpfs of ``size`` on ``folder`` for the block (skip where mounting is denied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def resize_disk(folder: Path, size: str) -> None:
+    """Give the tmpfs on ``folder`` a new size (space freed, or taken)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a filler file in ``folder`` until its disk is full; return the filler."""
+    filler = folder / "filler.bin"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    # the last partial pages too
+    with open(filler, "ab", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 512)
+        except OSError:
+            pass
+    return filler
+
+
+def _temps(folder: Path) -> list[str]:
+    """Every temporary file under ``folder`` (ours, users', merged files' neighbours)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and (p.name.endswith(".tmp") or ".tmp" in p.suffixes))
+
+
+def test_disk_full_while_the_sink_writes_then_retried(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 2: the sink's disk fills mid-job; indices fail naming the cause; after space
+    is freed `curator-jobs retry` completes exactly once, with no temp file left.
+
+    The sink leaves its partial temp file when a write fails, like many user sinks; its
+    writer process lives on (a pool process), so only gather can tell it is abandoned.
+    """
+    chaos.start_nodes(1, concurrency=2)
+    count = 200
+    with small_disk(out_dir / "arrays", "256k") as disk:
+        spec = chaos_spec(out_dir, count=count, sleep_ms=0)
+        spec["sink"].update(name="LeakyTempNpz", module="tests.chaos.components")
+        job = submit_job(spec, chaos.settings, batch_size=20)
+        first = _wait(chaos, job.job_id)
+        failures = chaos.store.failures(job.job_id)
+        temps_when_full = _temps(out_dir)
+        resize_disk(disk, "8m")
+        retried = cli(["curator-jobs", "retry", job.job_id, "--wait"], chaos.env())
+        audit = audit_job(chaos.store, job.job_id, out_dir, clean_spec(spec), range(count))
+        temps = _temps(out_dir)
+        chaos_report(faults_injected="sink disk full (256 KiB tmpfs)",
+                     state_when_full=first.state, failed_when_full=first.failed,
+                     temps_when_full=len(temps_when_full), final_state=audit.state,
+                     temps_left=len(temps), **audit.figures())
+    assert first.state == PARTIAL and first.failed > 0, first
+    assert all("No space left on device" in e["message"] for e in failures.values()), \
+        sorted({e["message"][:80] for e in failures.values()})
+    assert not temps_when_full, temps_when_full[:10]
+    assert retried.returncode == 0, retried.stderr[-2000:]
+    assert_exactly_once(audit, SUCCEEDED)
+    assert not temps, temps[:10]
