@@ -267,7 +267,11 @@ def _process_batch(
         return batch_key
     if any(r.error is not None for r in outcome.results):
         remove_abandoned_temps(pipeline, own=True)  # a failed write may leave its temp file
-    shards = write_shards(pipeline, outcome, job_id, batch_key)
+    try:
+        shards = write_shards(pipeline, outcome, job_id, batch_key)
+    except OSError as exc:  # a full or failing disk: the batch's filter state is lost
+        _fail_on_io_error(store, job_id, batch_key, outcome.results, attempt, exc)
+        shards = {}
     record = _commit_record(outcome.results, attempt, shards, node, started)
     committed = store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results),
                                    record)
@@ -282,6 +286,26 @@ def _process_batch(
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+def _fail_on_io_error(
+    store: JobStore, job_id: str, batch_key: str, results: list[IndexResult], attempt: int,
+    exc: OSError,
+) -> None:
+    """Writing the batch's filter shards failed (e.g. ``ENOSPC``): record it once, as what
+    it is, instead of letting the task fail (which looked like a worker death and ran the
+    batch again and again). Its succeeded indices become failures of kind ``io`` (their
+    share of the merged results is lost) and the job records the error, so it ends
+    ``failed`` saying what to do; ``curator-jobs retry`` re-runs them."""
+    message = (f"writing the filter shards of batch {batch_key} failed on {HOSTNAME}: "
+               f"{type(exc).__name__}: {exc}. Free space or fix the storage, then run "
+               f"`curator-jobs retry {job_id}`")
+    log.error("job %s: %s", job_id, message)
+    store.record_error(job_id, message)
+    for result in results:
+        if result.error is None:
+            result.error = error_record(exc, attempt, kind="io")
+            result.paths = None
 
 
 def _gather_now(store: JobStore, job_id: str, pipeline: Pipeline) -> None:

@@ -22,7 +22,15 @@ import pytest
 from curator_worker import tasks
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
-from curator_worker.jobs import CANCELLED, PARTIAL, RUNNING, SUCCEEDED, JobStatus, JobStore
+from curator_worker.jobs import (
+    CANCELLED,
+    FAILED,
+    PARTIAL,
+    RUNNING,
+    SUCCEEDED,
+    JobStatus,
+    JobStore,
+)
 from curator_worker.policy import BatchPolicy
 from curator_worker.tasks import process_batch
 from producer.submit import submit_job
@@ -301,6 +309,40 @@ def test_disk_full_while_the_sink_writes_then_retried(
     assert all("No space left on device" in e["message"] for e in failures.values()), \
         sorted({e["message"][:80] for e in failures.values()})
     assert not temps_when_full, temps_when_full[:10]
+    assert retried.returncode == 0, retried.stderr[-2000:]
+    assert_exactly_once(audit, SUCCEEDED)
+    assert not temps, temps[:10]
+
+
+def test_disk_full_while_shards_are_written_is_one_io_error_then_retried(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 3: the filter shards' disk is full (the sink's is not): each batch records
+    one I/O error, no worker death, no redelivery; the job fails saying so, and
+    `curator-jobs retry` after freeing space completes exactly once."""
+    chaos.start_nodes(1, concurrency=2)
+    count = 100
+    with small_disk(out_dir, "1m") as disk, small_disk(out_dir / "arrays", "8m"):
+        filler = fill_disk(disk)
+        spec = chaos_spec(out_dir, count=count, sleep_ms=0)
+        job = submit_job(spec, chaos.settings, batch_size=20)
+        first = _wait(chaos, job.job_id)
+        failures = chaos.store.failures(job.job_id)
+        deliveries = [int(v) for v in
+                      chaos.client.hvals(chaos.store.key(job.job_id, "attempts"))]
+        filler.unlink()
+        retried = cli(["curator-jobs", "retry", job.job_id, "--wait"], chaos.env())
+        audit = audit_job(chaos.store, job.job_id, out_dir, clean_spec(spec), range(count))
+        temps = _temps(out_dir)
+        kinds = sorted({e.get("kind", "") for e in failures.values()})
+        chaos_report(faults_injected="shard disk full (1 MiB tmpfs, filled)",
+                     state_when_full=first.state, failed_when_full=first.failed,
+                     failure_kinds=",".join(kinds), max_deliveries=max(deliveries),
+                     final_state=audit.state, temps_left=len(temps), **audit.figures())
+    assert first.state == FAILED and first.failed == count, first
+    assert first.error and "No space left on device" in first.error, first.error
+    assert kinds == ["io"], kinds
+    assert max(deliveries) == 1, "a batch whose shard could not be written was run again"
     assert retried.returncode == 0, retried.stderr[-2000:]
     assert_exactly_once(audit, SUCCEEDED)
     assert not temps, temps[:10]
