@@ -23,7 +23,7 @@ from curator_worker.errors import CuratorError
 from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.spec import read_spec_file
-from producer.control import cancel_job, resume_job, retry_job
+from producer.control import cancel_job, gather_again, resume_job, retry_job
 from producer.submit import check_job, submit_job
 from producer.wait import wait_for_job
 
@@ -303,6 +303,20 @@ def resume_command(job_id: str, wait: bool, broker: str | None) -> None:
     sent = resume_job(settings, job_id)
     click.echo(f"job {job_id}: re-sent {sent} uncommitted batches" if sent
                else f"job {job_id}: every batch is committed; gather re-sent")
+    if wait:
+        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
+
+
+@jobs_group.command("gather")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job afterwards.")
+@_broker_option
+def gather_command(job_id: str, wait: bool, broker: str | None) -> None:
+    """Merge JOB_ID's committed shards again and finish it (after a failed merge, e.g. a
+    full disk, once the cause is fixed)."""
+    settings = Settings.from_env(broker_url=broker)
+    gather_again(settings, job_id)
+    click.echo(f"job {job_id}: gather re-sent")
     if wait:
         _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from curator_worker import Param
 from curator_worker.atomic import atomic_path, temp_path_for
 from curator_worker.components import NpzPerIndex
+from curator_worker.components.filters import FieldStats
 
 
 class KillMidWriteNpz(NpzPerIndex):
@@ -64,3 +66,31 @@ class LeakyTempNpz(NpzPerIndex):
             np.savez(fh, **_keyed(_item_arrays(items)))
         os.replace(tmp, path)
         return [path]
+
+
+class FillingStats(FieldStats):
+    """:class:`FieldStats` whose first merge fills its output's disk before merging.
+
+    The disk fills during the merge only (the shards are all written by then): a filler
+    file ``filler.bin`` beside the output takes every free block, once (a marker beside
+    the output's folder records it), and the real merge then meets a full disk.
+    """
+
+    name = "FillingStats"
+    description = "FieldStats whose first merge meets a full disk"
+
+    @staticmethod
+    def merge(shard_paths: Iterable[str], output_path: str) -> str:
+        folder = Path(output_path).parent
+        marker = folder.parent / "merge-filled-once"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            with open(folder / "filler.bin", "wb", buffering=0) as fh:
+                for size in (65536, 512):
+                    try:
+                        while True:
+                            fh.write(b"\0" * size)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+        return FieldStats.merge(shard_paths, output_path)

@@ -346,3 +346,37 @@ def test_disk_full_while_shards_are_written_is_one_io_error_then_retried(
     assert retried.returncode == 0, retried.stderr[-2000:]
     assert_exactly_once(audit, SUCCEEDED)
     assert not temps, temps[:10]
+
+
+@pytest.mark.parametrize("command", ["gather", "resume"])
+def test_disk_full_during_the_merge_only_then_gathered_again(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report, command: str,
+) -> None:
+    """Point 4: every shard is written, then the disk fills while gather merges: the job
+    fails naming it with no temp beside the merged file; after space is freed,
+    `curator-jobs gather JOB` (or `resume JOB`) finishes it exactly once."""
+    chaos.start_nodes(1, concurrency=2)
+    count = 100
+    with small_disk(out_dir, "2m"):
+        spec = chaos_spec(out_dir, count=count, sleep_ms=0)
+        spec["filters"][0].update(name="FillingStats", module="tests.chaos.components")
+        job = submit_job(spec, chaos.settings, batch_size=20)
+        first = _wait(chaos, job.job_id)
+        temps_when_full = _temps(out_dir)
+        (out_dir / "filler.bin").unlink()
+        gathered = cli(["curator-jobs", command, job.job_id, "--wait"], chaos.env())
+        reference = clean_spec(spec)
+        reference["filters"][0].update(name="FieldStats",
+                                       module="curator_worker.components.filters")
+        audit = audit_job(chaos.store, job.job_id, out_dir, reference, range(count))
+        temps = _temps(out_dir)
+        chaos_report(faults_injected="disk filled during the merge (2 MiB tmpfs)",
+                     state_when_full=first.state, temps_when_full=len(temps_when_full),
+                     gather_exit=gathered.returncode, final_state=audit.state,
+                     temps_left=len(temps), **audit.figures())
+    assert first.state == FAILED and first.error, first
+    assert "merging" in first.error and "No space left on device" in first.error, first.error
+    assert not temps_when_full, temps_when_full
+    assert gathered.returncode == 0, (gathered.stdout, gathered.stderr[-2000:])
+    assert_exactly_once(audit, SUCCEEDED)
+    assert not temps, temps[:10]
