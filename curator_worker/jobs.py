@@ -4,7 +4,8 @@ One namespace per job::
 
     curator:job:<id>              hash: spec, options, state, timestamps, counters,
                                   ``merged`` once gather merged the shards of a job
-                                  that succeeds
+                                  that succeeds, ``publishing`` ({pid, host, since,
+                                  seen}) while its producer publishes the tasks
     curator:job:<id>:batches      hash: batch key -> JSON index list
     curator:job:<id>:committed    hash: batch key -> commit record (shards, host, pid)
     curator:job:<id>:results      hash: batch key -> JSON array of the batch's per-index
@@ -81,6 +82,10 @@ COMMITTED_LAST = 2  # committed, and every planned batch of the job is now commi
 
 #: Seconds a gather lock lives without renewal (its holder renews it while it runs).
 GATHER_LOCK_TTL = 30.0
+#: Seconds between heartbeats of a producer publishing a job's tasks, and the age after
+#: which a publishing producer is taken as dead (its submit did not finish).
+PUBLISH_HEARTBEAT = 2.0
+PUBLISH_STALE = 10.0
 #: Seconds a running batch attempt's liveness mark lives without renewal.
 ATTEMPT_MARK_TTL = 4.0
 _HOST = socket.gethostname()
@@ -91,6 +96,12 @@ local attempt = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HSETNX', KEYS[3], 'started', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[3]) end
 return {attempt, redis.call('HGET', KEYS[3], 'state') or ''}
+"""
+_REFRESH_PUBLISHING_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'publishing') == 1 then
+  return redis.call('HSET', KEYS[1], 'publishing', ARGV[1])
+end
+return 0
 """
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -172,6 +183,35 @@ class JobStatus:
     error: str | None
     queue: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: While (or if) the submit is publishing the job's tasks: its producer's pid, host,
+    #: start and last heartbeat (``None`` once every task was published).
+    publishing: dict[str, Any] | None = None
+
+    @property
+    def submit_unfinished(self) -> bool:
+        """True when the producer stopped publishing the job's tasks before the end (it was
+        killed: its heartbeat is older than :data:`PUBLISH_STALE` seconds, or its pid is
+        gone on this host)."""
+        if self.publishing is None or self.is_final:
+            return False
+        seen = float(self.publishing.get("seen") or 0)
+        if time.time() - seen > PUBLISH_STALE:
+            return True
+        pid = self.publishing.get("pid")
+        return self.publishing.get("host") == _HOST and isinstance(pid, int) \
+            and not _pid_alive(pid)
+
+    def submit_note(self) -> str | None:
+        """One line on an unfinished or ongoing submit, with what to run (else ``None``)."""
+        if self.publishing is None or self.is_final:
+            return None
+        who = f"pid {self.publishing.get('pid')} on {self.publishing.get('host')}"
+        if self.submit_unfinished:
+            ago = time.time() - float(self.publishing.get("seen") or 0)
+            return (f"the submit did not finish: its producer ({who}) stopped while publishing "
+                    f"the tasks (last seen {ago:.0f}s ago), so some batches may never have "
+                    f"been queued. Run `curator-jobs resume {self.job_id}` to send them.")
+        return f"the submit is still publishing the tasks ({who})"
 
     @property
     def processed(self) -> int:
@@ -211,6 +251,8 @@ class JobStatus:
             "finished": self.finished,
             "error": self.error,
             "queue": self.queue,
+            "publishing": self.publishing,
+            "submit_unfinished": self.submit_unfinished,
         }
 
 
@@ -295,6 +337,10 @@ class AttemptMark:
             pass  # it expires by itself
 
 
+def _publishing_marker(since: float, seen: float) -> str:
+    return json.dumps({"pid": os.getpid(), "host": _HOST, "since": since, "seen": seen})
+
+
 def _float(value: bytes | None) -> float | None:
     return float(value) if value not in (None, b"") else None
 
@@ -343,13 +389,21 @@ class JobStore:
         batches: Sequence[tuple[str, Sequence[int]]],
         total: int,
         queue: str,
+        publishing: bool = False,
     ) -> None:
-        """Write a new job's record and its batch plan in one transaction."""
+        """Write a new job's record and its batch plan in one transaction.
+
+        ``publishing``: mark the job as being published by this process (pid, host,
+        heartbeat) until :meth:`published` clears it, so a submit killed half-way is told
+        apart from a job with nothing left to run (:attr:`JobStatus.submit_unfinished`).
+        """
         now = time.time()
+        marker = {"publishing": _publishing_marker(now, now)} if publishing else {}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(
             self.key(job_id),
             mapping={
+                **marker,
                 "spec": json.dumps(spec),
                 "options": json.dumps(dict(options)),
                 "state": RUNNING,
@@ -370,6 +424,15 @@ class JobStore:
             )
         pipe.zadd(JOBS_INDEX, {job_id: now})
         pipe.execute()
+
+    def publishing_heartbeat(self, job_id: str, since: float) -> None:
+        """Refresh the heartbeat of this process publishing ``job_id`` (while marked)."""
+        self.client.eval(_REFRESH_PUBLISHING_SCRIPT, 1, self.key(job_id),
+                         _publishing_marker(since, time.time()))
+
+    def published(self, job_id: str) -> None:
+        """Every task of ``job_id`` is published: clear the publishing mark."""
+        self.client.hdel(self.key(job_id), "publishing")
 
     def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
         """Start a delivery of ``batch_key``: ``None`` if it is committed, else its start.
@@ -679,7 +742,7 @@ class JobStore:
 
     _STATUS_FIELDS = (
         "state", "total", "done", "failed", "n_batches", "committed_batches", "created",
-        "started", "finished", "error", "queue", "options",
+        "started", "finished", "error", "queue", "options", "publishing",
     )
 
     def status(self, job_id: str) -> JobStatus:
@@ -717,6 +780,7 @@ class JobStore:
             error=v["error"].decode() if v["error"] else None,
             queue=(v["queue"] or b"").decode(),
             options=json.loads(v["options"] or b"{}"),
+            publishing=json.loads(v["publishing"]) if v["publishing"] else None,
         )
 
     def state(self, job_id: str) -> str | None:

@@ -264,6 +264,8 @@ def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     _summary(status, store, as_json, detail=True)
     if not status.is_final and not as_json:
         click.echo(f"  running: {status.processed}/{status.total} indices processed")
+        if status.submit_note():
+            click.echo(f"  {status.submit_note()}")
     sys.exit(status.exit_code() if status.is_final else EXIT_OK)
 
 

@@ -60,6 +60,7 @@ def resume_job(settings: Settings, job_id: str) -> int:
         publish_chord(app, job_id, batches, status.queue or settings.queue)
     finally:
         app.close()
+    store.published(job_id)  # every batch is queued now, whatever a killed submit left
     log.info("job %s: re-sent %d uncommitted batches", job_id, len(batches))
     return len(batches)
 

@@ -10,7 +10,11 @@ made certain, against the private Redis of the ``chaos`` fixture: seconds each.
 from __future__ import annotations
 
 import errno
+import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +41,7 @@ from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.chaos.harness import (
     JOB_TIMEOUT,
+    REPO,
     ChaosCluster,
     assert_exactly_once,
     audit_job,
@@ -380,3 +385,55 @@ def test_disk_full_during_the_merge_only_then_gathered_again(
     assert gathered.returncode == 0, (gathered.stdout, gathered.stderr[-2000:])
     assert_exactly_once(audit, SUCCEEDED)
     assert not temps, temps[:10]
+
+
+# -- a producer killed mid-submit
+
+_KILLED_SUBMIT = """
+import os, signal, sys, json
+from curator_worker.config import Settings
+from producer import publish, submit
+
+real = publish.publish_chord
+
+def publish_half_then_die(app, job_id, batches, queue, **kwargs):
+    real(app, job_id, batches[: len(batches) // 2], queue, **kwargs)
+    print(job_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the producer dies mid-publishing
+
+publish.publish_chord = publish_half_then_die
+spec = json.loads(sys.argv[1])
+submit.submit_job(spec, Settings.from_env(), batch_size=int(sys.argv[2]))
+"""
+
+
+def test_producer_killed_mid_submit_is_explained_and_resumed(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 5: the producer is SIGKILLed after the job record, half-way through publishing.
+
+    `curator-jobs status` says the submit did not finish and names `curator-jobs resume`,
+    which then completes the job exactly once.
+    """
+    count, size = 400, 10
+    spec = chaos_spec(out_dir, count=count, sleep_ms=0)
+    producer = subprocess.run(
+        [sys.executable, "-c", _KILLED_SUBMIT, json.dumps(spec), str(size)],
+        env={**os.environ, **chaos.env(), "PYTHONPATH": str(REPO)}, cwd=REPO,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert producer.returncode == -signal.SIGKILL, producer.stderr[-2000:]
+    job_id = producer.stdout.split()[0]
+    status = cli(["curator-jobs", "status", job_id], chaos.env())
+    chaos.start_nodes(1, concurrency=2)
+    resumed = cli(["curator-jobs", "resume", job_id, "--wait"], chaos.env())
+    after = cli(["curator-jobs", "status", job_id], chaos.env())
+    audit = audit_job(chaos.store, job_id, out_dir, clean_spec(spec), range(count))
+    chaos_report(faults_injected="producer SIGKILLed half-way through publishing",
+                 batches_published=count // size // 2, resume_exit=resumed.returncode,
+                 final_state=audit.state, **audit.figures())
+    assert "did not finish" in status.stdout and f"curator-jobs resume {job_id}" \
+        in status.stdout, status.stdout
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "did not finish" not in after.stdout, after.stdout
+    assert_exactly_once(audit, SUCCEEDED)
