@@ -40,6 +40,7 @@ from curator_worker.batch import (
     execute_batch,
     write_shards,
 )
+from curator_worker.broker_keys import BrokerKeys
 from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job, remove_abandoned_temps
@@ -53,7 +54,7 @@ from curator_worker.jobs import (
     announce_node,
     forget_node,
 )
-from curator_worker.lease import UNACKED_INDEX_KEY, LeaseRenewal
+from curator_worker.lease import LeaseRenewal
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
@@ -147,7 +148,7 @@ def _broker_client() -> tuple[redis.Redis | None, float, str]:
     url = str(app.conf.broker_url or "")
     options = dict(app.conf.broker_transport_options or {})
     timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
-    index_key = str(options.get("unacked_index_key", UNACKED_INDEX_KEY))
+    index_key = BrokerKeys.from_options(options).unacked_index
     if not url.startswith(("redis://", "rediss://")) or options.get("global_keyprefix"):
         return None, timeout, index_key
     return redis.Redis.from_url(url, socket_timeout=5.0), timeout, index_key
@@ -158,7 +159,10 @@ def _lease(job_id: str, batch_key: str) -> LeaseRenewal | None:
     client, timeout, index_key = _broker_client()
     if client is None:
         return None
-    return LeaseRenewal(client, job_id, batch_key, timeout, index_key)
+    expires = app.conf.result_expires
+    tags_ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds")
+                   else expires or 0)
+    return LeaseRenewal(client, job_id, batch_key, timeout, index_key, tags_ttl)
 
 
 @lru_cache(maxsize=64)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 import pytest
 
 from curator_worker import tasks
-from curator_worker.app import create_app
+from curator_worker.app import RUN_BATCH, create_app
+from curator_worker.broker_keys import BrokerKeys
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
 from curator_worker.jobs import (
@@ -36,8 +38,10 @@ from curator_worker.jobs import (
     JobStatus,
     JobStore,
 )
+from curator_worker.lease import LeaseRenewal, delivery_tags_key
 from curator_worker.policy import BatchPolicy
 from curator_worker.tasks import process_batch
+from producer.rescue import missing_batches
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.chaos.harness import (
@@ -509,3 +513,47 @@ def test_worker_node_survives_a_long_redis_outage_and_resumes(
     assert alive_after_outage and node.proc.poll() is None, chaos.logs_tail(40)
     assert_exactly_once(audit, SUCCEEDED)
     assert second_state == SUCCEEDED
+
+
+# -- kombu's key names, and the lease tags' expiry
+
+
+def test_rescue_reads_the_keys_kombu_writes_under_a_global_keyprefix(
+    chaos: ChaosCluster, chaos_report: Report,
+) -> None:
+    """Point 8: with a ``global_keyprefix`` kombu writes ``<prefix><queue>``; the waiter's
+    lost-batch check used fixed names, so every queued batch looked lost."""
+    options = {"global_keyprefix": "pfx:"}
+    app = create_app(chaos.settings)
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **options}
+    try:
+        for key in ("b1", "b2", "b3"):
+            app.send_task(RUN_BATCH, args=("prefixed-job", key, [0]), queue=chaos.queue)
+    finally:
+        app.close()
+    keys = BrokerKeys.from_options(options)
+    missing = missing_batches(chaos.client, "prefixed-job", chaos.queue,
+                              {"b1", "b2", "b3", "b4"}, keys)
+    chaos_report(faults_injected="global_keyprefix pfx:", queued=3, taken_for_lost=missing)
+    assert missing == {"b4"}, missing
+
+
+def test_lease_tags_outlive_their_first_expiry_while_batches_renew(chaos: ChaosCluster) -> None:
+    """Point 8: the job's delivery tags expire ``result_expires`` after publishing; a batch
+    that renews its lease keeps them alive, so batches of a job longer than that still
+    find their tags (here: a 3 s expiry, 4.5 s of renewals)."""
+    client = chaos.client
+    tags = delivery_tags_key("long-job")
+    client.hset(tags, mapping={"b1": "tag-1", "b2": "tag-2"})
+    client.expire(tags, 3)  # what the publisher does, with result_expires
+    client.zadd("unacked_index", {"tag-1": 1.0, "tag-2": 1.0})
+    first = LeaseRenewal(client, "long-job", "b1", visibility_timeout=2, tags_ttl=3)
+    deadline = time.monotonic() + 4.5
+    while time.monotonic() < deadline:
+        first()
+        time.sleep(0.25)
+    second = LeaseRenewal(client, "long-job", "b2", visibility_timeout=2, tags_ttl=3)
+    second.last -= 1.0  # its first renewal is due
+    second()
+    assert client.exists(tags), "the tags expired while a batch of the job renewed"
+    assert client.zscore("unacked_index", "tag-2") > 1.0, "a later batch could not renew"
