@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,12 @@ class LeakyTempNpz(NpzPerIndex):
 
 
 class FillingStats(FieldStats):
-    """:class:`FieldStats` whose first merge fills its output's disk before merging.
+    """:class:`FieldStats` whose first merge meets a disk that fills while it writes.
 
-    The disk fills during the merge only (the shards are all written by then): a filler
-    file ``filler.bin`` beside the output takes every free block, once (a marker beside
-    the output's folder records it), and the real merge then meets a full disk.
+    The disk fills during the merge only (the shards are all written by then). Like many
+    user merges, the first one opens the path it is given and writes to it directly; a
+    filler file ``filler.bin`` beside the output then takes every free block, once (a
+    marker beside the output's folder records it), and the write fails with ``ENOSPC``.
     """
 
     name = "FillingStats"
@@ -83,8 +85,11 @@ class FillingStats(FieldStats):
     def merge(shard_paths: Iterable[str], output_path: str) -> str:
         folder = Path(output_path).parent
         marker = folder.parent / "merge-filled-once"
-        if not marker.exists():
-            marker.write_text(str(os.getpid()))
+        if marker.exists():
+            return FieldStats.merge(shard_paths, output_path)
+        marker.write_text(str(os.getpid()))
+        with open(output_path, "wb", buffering=0) as out:
+            out.write(b"{")
             with open(folder / "filler.bin", "wb", buffering=0) as fh:
                 for size in (65536, 512):
                     try:
@@ -93,4 +98,24 @@ class FillingStats(FieldStats):
                     except OSError as exc:
                         if exc.errno != errno.ENOSPC:
                             raise
+            while True:  # the merged document no longer fits: ENOSPC
+                out.write(b" " * 65536)
+
+
+class SlowFirstMergeStats(FieldStats):
+    """:class:`FieldStats` whose first merge announces itself and takes 3 s.
+
+    It writes its pid to ``slow-merge`` beside the output's folder, so a test can freeze
+    the node that is merging while it merges.
+    """
+
+    name = "SlowFirstMergeStats"
+    description = "FieldStats whose first merge is slow and says which process runs it"
+
+    @staticmethod
+    def merge(shard_paths: Iterable[str], output_path: str) -> str:
+        marker = Path(output_path).parent.parent / "slow-merge"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(3.0)
         return FieldStats.merge(shard_paths, output_path)

@@ -43,7 +43,7 @@ from curator_worker.policy import BatchPolicy
 from curator_worker.tasks import process_batch
 from producer.rescue import missing_batches
 from producer.submit import submit_job
-from producer.wait import wait_for_job
+from producer.wait import resend_gather, wait_for_job
 from tests.chaos.harness import (
     BIN,
     JOB_TIMEOUT,
@@ -130,6 +130,53 @@ def test_gather_frozen_past_its_lock_changes_nothing_when_thawed(
     assert status.finished == finished.finished, "the finished job was written again"
     assert (out_dir / "stats.json").read_bytes() == merged, "the merged output was replaced"
     assert _done_pushes(store, job.job_id) == [SUCCEEDED]
+    assert_exactly_once(audit, SUCCEEDED)
+
+
+def test_node_sigstopped_while_it_gathers_changes_nothing_when_thawed(
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report,
+) -> None:
+    """Point 1 with real nodes: the node whose last commit gathers is SIGSTOPped while it
+    merges; its lock goes (as it would expire), the other node's gather finishes the job;
+    the frozen node is thawed and its gather goes on: the job stays as it was."""
+    nodes = chaos.start_nodes(2, concurrency=1)
+    spec = chaos_spec(out_dir, count=40, sleep_ms=0)
+    spec["filters"][0].update(name="SlowFirstMergeStats", module="tests.chaos.components")
+    job = submit_job(spec, chaos.settings, batch_size=10)
+    marker = out_dir.parent / "slow-merge"
+    wait_until(marker.exists, 60, "the first gather to start merging")
+    merging = int(marker.read_text())
+    frozen = [n for n in nodes if merging in {c.pid for c in chaos.pool_children(n)}]
+    assert frozen, "the merging process belongs to no node"
+    (node,) = frozen
+    victims = [node.proc.pid, *(c.pid for c in chaos.pool_children(node))]
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        chaos.client.delete(chaos.store.key(job.job_id, "gathering"))  # its lock expired
+        resend_gather(chaos.settings, job.job_id, chaos.queue)  # what a waiter does
+        wait_until(lambda: chaos.store.status(job.job_id).is_final, 60, "the job to end")
+    finally:
+        for pid in victims:
+            os.kill(pid, signal.SIGCONT)
+    finished = chaos.store.status(job.job_id)
+    merged = (out_dir / "stats.json").read_bytes()
+    time.sleep(5.0)  # the thawed merge finishes its sleep and goes on
+    status = chaos.store.status(job.job_id)
+    reference = clean_spec(spec)
+    reference["filters"][0].update(name="FieldStats",
+                                   module="curator_worker.components.filters")
+    audit = audit_job(chaos.store, job.job_id, out_dir, reference, range(40))
+    chaos_report(faults_injected=f"node SIGSTOPped mid-merge ({len(victims)} processes), "
+                 "thawed after another gather finished", state_before_thaw=finished.state,
+                 final_state=status.state,
+                 final_announcements=len(_done_pushes(chaos.store, job.job_id)),
+                 **audit.figures())
+    assert finished.state == SUCCEEDED, finished
+    assert (status.state, status.finished, status.error) == (
+        SUCCEEDED, finished.finished, None), status
+    assert (out_dir / "stats.json").read_bytes() == merged
+    assert _done_pushes(chaos.store, job.job_id) == [SUCCEEDED]
     assert_exactly_once(audit, SUCCEEDED)
 
 
