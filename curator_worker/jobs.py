@@ -130,13 +130,15 @@ def new_job_id() -> str:
 RETRY_ATTEMPTS = 40
 
 
-def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+def connect(url: str, *, timeout: float = 5.0, retries: int = RETRY_ATTEMPTS) -> redis.Redis:
     """A Redis client for ``url``: checked within ``timeout`` seconds, then resilient.
 
     A first PING on a probe connection (no retries, ``timeout`` for connect and reply)
     answers within ``timeout`` whether the server is there. The returned client retries
-    connection errors with exponential backoff (about a minute in all), so a Redis restart
-    mid-job is ridden out; every job store write is idempotent, so retries are safe.
+    connection errors ``retries`` times with exponential backoff (about a minute in all
+    by default), so a Redis restart mid-job is ridden out; every job store write is
+    idempotent, so retries are safe. ``retries=0``: a client that fails within
+    ``timeout`` instead (for code that must never block, like a worker's event loop).
 
     Raises
     ------
@@ -151,9 +153,11 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
         finally:
             probe.close()
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 30.0),
+            url, socket_connect_timeout=timeout,
+            socket_timeout=max(timeout, 30.0) if retries else timeout,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), RETRY_ATTEMPTS),
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries) if retries
+            else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
     except (redis.RedisError, OSError, ValueError) as exc:

@@ -52,6 +52,7 @@ from curator_worker.jobs import (
     AttemptMark,
     JobStore,
     announce_node,
+    connect,
     forget_node,
 )
 from curator_worker.lease import LeaseRenewal
@@ -109,9 +110,15 @@ def _node_gone(**_: Any) -> None:
 
 @lru_cache(maxsize=1)
 def _node_store() -> JobStore:
-    """The worker main process's own job store connection (heartbeats only)."""
+    """The worker main process's own job store connection (heartbeats only).
+
+    It fails fast, without retries: heartbeats run in the node's event loop, and a client
+    riding out an outage there froze the whole node (no reconnecting, no pool upkeep) for
+    as long as the broker was down.
+    """
     settings = Settings.from_env()
-    return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+    url = settings.effective_job_store_url or ""
+    return JobStore(connect(url, timeout=2.0, retries=0), ttl=settings.job_ttl)
 
 
 @worker_process_init.connect

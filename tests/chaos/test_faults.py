@@ -558,6 +558,10 @@ def test_worker_node_survives_a_long_redis_outage_and_resumes(
                  node_alive_after_outage=alive_after_outage, batches_lost=len(lost),
                  next_job=second_state, **audit.figures())
     assert alive_after_outage and node.proc.poll() is None, chaos.logs_tail(40)
+    # its event loop kept going through the outage: Celery's consumer tried to reconnect
+    # (a heartbeat handler stuck in the job store client's retries froze it instead)
+    assert "consumer: Cannot connect to" in node.log.read_text(errors="replace"), \
+        "the node's main process was frozen during the outage"
     assert_exactly_once(audit, SUCCEEDED)
     assert second_state == SUCCEEDED
 
