@@ -27,6 +27,9 @@ HOST = socket.gethostname().split(".")[0] or "host"
 _TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 #: Seconds after which another host's temporary file is taken as abandoned.
 FOREIGN_TEMP_AGE = 120.0
+#: Seconds a temporary file of a live writer of this host must be untouched, and not open
+#: in that writer, to be taken as abandoned (a failed write whose writer lives on).
+IDLE_TEMP_AGE = 2.0
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
@@ -62,11 +65,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+def _holds_open(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` open (True when that cannot be told)."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return True
+    target = os.path.realpath(path)
+    for fd in fds:
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], *, own: bool = False) -> int:
     """Remove temporary files in ``folder`` whose writer is gone; return how many.
 
-    A file of this host is stale when its writer's pid no longer runs; a file of another
-    host when it has not changed for :data:`FOREIGN_TEMP_AGE` seconds.
+    A file of this host is stale when its writer's pid no longer runs, or when its writer
+    lives on (a pool process whose write failed, e.g. on a full disk, without removing its
+    temp) but does not have it open and has not changed it for :data:`IDLE_TEMP_AGE`
+    seconds; a file of another host when it has not changed for :data:`FOREIGN_TEMP_AGE`
+    seconds. ``own``: also every temporary file of this very process (call it when none
+    of its writes is in progress, e.g. after a batch in which a write failed).
     """
     removed = 0
     try:
@@ -79,7 +103,14 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
         if not found or not entry.is_file(follow_symlinks=False):
             continue
         if found["host"] == HOST:
-            stale = not _alive(int(found["pid"]))
+            pid = int(found["pid"])
+            stale = not _alive(pid) or (own and pid == os.getpid())
+            if not stale:
+                try:
+                    idle = now - entry.stat().st_mtime > IDLE_TEMP_AGE
+                except OSError:
+                    continue
+                stale = idle and not _holds_open(pid, entry.path)
         else:
             try:
                 stale = now - entry.stat().st_mtime > FOREIGN_TEMP_AGE

@@ -420,6 +420,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": dict(transport),
         "result_backend_transport_options": dict(transport),
         "broker_connection_retry_on_startup": True,
+        # A node rides out a broker outage of any length and resumes on its own: retry the
+        # connection forever (Celery's default gives up after 100 tries, ~47 minutes).
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

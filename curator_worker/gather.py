@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,37 @@ from curator_worker.spec import spec_hash
 log = logging.getLogger(__name__)
 
 
-def merge_shards(f: Filter[Any], shard_paths: Sequence[str], final_output: str) -> str:
-    """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically."""
+class GatherLockLost(Exception):
+    """This gather's lock expired (its node froze or stalled) and another may finish the job."""
+
+
+def merge_shards(
+    f: Filter[Any], shard_paths: Sequence[str], final_output: str,
+    still_held: Callable[[], bool] | None = None,
+) -> str:
+    """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically.
+
+    The merge writes a temp file beside ``final_output`` that replaces it in one rename, and
+    is removed if the merge fails. ``still_held`` is asked just before the rename: when it
+    says no (this gather lost its lock), the temp is removed and :class:`GatherLockLost`
+    raised, so a gather that lost its lock never replaces another gather's output.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(final_output)), exist_ok=True)
     tmp = str(temp_path_for(final_output))
-    returned = type(f).merge(list(shard_paths), tmp)  # type: ignore[attr-defined]
-    written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
-    os.replace(written, final_output)
+    written = tmp
+    try:
+        returned = type(f).merge(list(shard_paths), tmp)  # type: ignore[attr-defined]
+        written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
+        if still_held is not None and not still_held():
+            raise GatherLockLost(final_output)
+        os.replace(written, final_output)
+    except BaseException:
+        for path in {tmp, written}:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
     return final_output
 
 
@@ -54,18 +78,27 @@ def gather_job(
     spec_digest : str, optional
         The hash of the job's spec, when the caller has it (else it is read from the job).
 
-    One gather runs at a time per job (:meth:`JobStore.gather_lock`); a gather that finds
-    another one running returns the current state and leaves the job to it.
+    One gather runs at a time per job (:meth:`JobStore.gather_lease`); a gather that finds
+    another one running returns the current state and leaves the job to it. A finished
+    job's state never changes: a second gather is a no-op, and a gather that lost its lock
+    (its node froze past the lock's expiry) stops without writing a file or a state.
     """
-    with store.gather_lock(job_id) as held:
-        if not held:
+    with store.gather_lease(job_id) as token:
+        if token is None:
             log.info("job %s: another gather is running; it finishes the job", job_id)
             return store.state(job_id) or RUNNING
-        return _gather_locked(store, job_id, pipeline, spec_digest)
+        try:
+            return _gather_locked(store, job_id, pipeline, spec_digest, token)
+        except GatherLockLost:
+            log.warning("job %s: this gather lost its lock (its process was stalled); it "
+                        "stops without writing, the gather holding the lock finishes the job",
+                        job_id)
+            return store.state(job_id) or RUNNING
 
 
 def _gather_locked(
-    store: JobStore, job_id: str, pipeline: Pipeline | None, spec_digest: str | None
+    store: JobStore, job_id: str, pipeline: Pipeline | None, spec_digest: str | None,
+    token: str,
 ) -> str:
     status = store.status(job_id)
     stateful = (
@@ -84,6 +117,9 @@ def _gather_locked(
                  status.committed_batches, status.n_batches)
         return status.state
 
+    def still_held() -> bool:
+        return store.holds_gather_lock(job_id, token)
+
     error = status.error
     # merged: an earlier gather merged and removed the shards, then died before the state
     if pipeline is not None and error is None and stateful and not store.is_merged(job_id):
@@ -94,11 +130,14 @@ def _gather_locked(
             )
             final = output_path_of(f)
             try:
-                merge_shards(f, shards, final)
+                merge_shards(f, shards, final, still_held)
                 log.info("job %s: merged %d shards into %s", job_id, len(shards), final)
+            except GatherLockLost:
+                raise
             except Exception as exc:  # noqa: BLE001 - a user's merge failing is systemic
+                if not still_held():  # e.g. the shards went with the gather that took over
+                    raise GatherLockLost(final) from exc
                 error = f"merging {type(f).__name__} shards failed: {type(exc).__name__}: {exc}"
-                store.record_error(job_id, error)
                 break
 
     if error is not None or pipeline is None:
@@ -113,11 +152,18 @@ def _gather_locked(
         # Before the state, so whoever waits on the job never sees the shards. Partial,
         # failed and cancelled jobs keep theirs: `curator-jobs retry` or `resume` merges
         # them again.
-        store.mark_merged(job_id)
+        if not store.mark_merged(job_id, lock=token):
+            raise GatherLockLost(job_id)
         _remove_shard_dirs(stateful, job_id)
-    store.set_state(job_id, state)
+    fields = {"error": error} if error is not None and status.error is None else {}
+    if not store.set_state(job_id, state, lock=token, **fields):
+        now = store.state(job_id)
+        if now in FINAL_STATES:  # cancelled meanwhile: the first final state stays
+            log.info("job %s ended %s meanwhile; gather leaves it so", job_id, now)
+            return now or state
+        raise GatherLockLost(job_id)
     if pipeline is not None:
-        _remove_abandoned_temps(pipeline)
+        remove_abandoned_temps(pipeline)
     log.info("job %s finished %s (%d done, %d failed)", job_id, state, status.done, status.failed)
     return state
 
@@ -131,15 +177,19 @@ def _remember_cost(store: JobStore, job_id: str, spec_digest: str | None) -> Non
         log.debug("job %s: could not record its cost per index", job_id, exc_info=True)
 
 
-def _remove_abandoned_temps(pipeline: Pipeline) -> None:
-    """Temp files of writes killed mid-way (sink outputs, final filter outputs)."""
+def remove_abandoned_temps(pipeline: Pipeline, own: bool = False) -> None:
+    """Temp files of writes killed or failed mid-way (sink outputs, final filter outputs).
+
+    ``own``: also every temp file of this process (see
+    :func:`~curator_worker.atomic.remove_stale_temps`).
+    """
     folders = {os.path.dirname(os.path.abspath(output_path_of(f)))
                for f in pipeline.filters if is_stateful(f)}
     output_dir = getattr(pipeline.sink, "output_dir", None)
     if isinstance(output_dir, str | os.PathLike):
         folders.add(os.fspath(output_dir))
     for folder in folders:
-        remove_stale_temps(folder)
+        remove_stale_temps(folder, own=own)
 
 
 def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:

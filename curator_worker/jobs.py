@@ -4,7 +4,8 @@ One namespace per job::
 
     curator:job:<id>              hash: spec, options, state, timestamps, counters,
                                   ``merged`` once gather merged the shards of a job
-                                  that succeeds
+                                  that succeeds, ``publishing`` ({pid, host, since,
+                                  seen}) while its producer publishes the tasks
     curator:job:<id>:batches      hash: batch key -> JSON index list
     curator:job:<id>:committed    hash: batch key -> commit record (shards, host, pid)
     curator:job:<id>:results      hash: batch key -> JSON array of the batch's per-index
@@ -17,6 +18,10 @@ One namespace per job::
     curator:job:<id>:workers      hash: "node/pid" -> last batch start (active workers)
     curator:job:<id>:blame        hash: "<batch>:<index>" -> {"count", "kind"}: indices
                                   that were running when their worker died
+    curator:job:<id>:deaths       hash: batch key -> deliveries that found the previous
+                                  attempt dead (duplicates of a live attempt not counted)
+    curator:job:<id>:alive:<batch> string "host/pid/token" of the attempt running the batch,
+                                  renewed while it lives, expiring soon after it died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:job:<id>:tags         hash, in the *broker's* Redis: batch key -> delivery tag
                                   of its message, for lease renewal (``lease.py``)
@@ -38,7 +43,9 @@ from __future__ import annotations
 import gc
 import json
 import operator
+import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -76,6 +83,13 @@ COMMITTED_LAST = 2  # committed, and every planned batch of the job is now commi
 
 #: Seconds a gather lock lives without renewal (its holder renews it while it runs).
 GATHER_LOCK_TTL = 30.0
+#: Seconds between heartbeats of a producer publishing a job's tasks, and the age after
+#: which a publishing producer is taken as dead (its submit did not finish).
+PUBLISH_HEARTBEAT = 2.0
+PUBLISH_STALE = 10.0
+#: Seconds a running batch attempt's liveness mark lives without renewal.
+ATTEMPT_MARK_TTL = 4.0
+_HOST = socket.gethostname()
 
 _BEGIN_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return {0, ''} end
@@ -83,6 +97,12 @@ local attempt = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HSETNX', KEYS[3], 'started', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[3]) end
 return {attempt, redis.call('HGET', KEYS[3], 'state') or ''}
+"""
+_REFRESH_PUBLISHING_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'publishing') == 1 then
+  return redis.call('HSET', KEYS[1], 'publishing', ARGV[1])
+end
+return 0
 """
 _RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -94,6 +114,12 @@ return 0
 """
 
 _COMMIT_SCRIPT = resources.files("curator_worker").joinpath("lua/commit_batch.lua").read_text()
+_SET_STATE_SCRIPT = resources.files("curator_worker").joinpath("lua/set_state.lua").read_text()
+_LOCKED_HSET_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
 
 
 def plan_entry(indices: Sequence[int]) -> str:
@@ -114,13 +140,15 @@ def new_job_id() -> str:
 RETRY_ATTEMPTS = 40
 
 
-def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+def connect(url: str, *, timeout: float = 5.0, retries: int = RETRY_ATTEMPTS) -> redis.Redis:
     """A Redis client for ``url``: checked within ``timeout`` seconds, then resilient.
 
     A first PING on a probe connection (no retries, ``timeout`` for connect and reply)
     answers within ``timeout`` whether the server is there. The returned client retries
-    connection errors with exponential backoff (about a minute in all), so a Redis restart
-    mid-job is ridden out; every job store write is idempotent, so retries are safe.
+    connection errors ``retries`` times with exponential backoff (about a minute in all
+    by default), so a Redis restart mid-job is ridden out; every job store write is
+    idempotent, so retries are safe. ``retries=0``: a client that fails within
+    ``timeout`` instead (for code that must never block, like a worker's event loop).
 
     Raises
     ------
@@ -135,9 +163,11 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
         finally:
             probe.close()
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 30.0),
+            url, socket_connect_timeout=timeout,
+            socket_timeout=max(timeout, 30.0) if retries else timeout,
             health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), RETRY_ATTEMPTS),
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries) if retries
+            else Retry(NoBackoff(), 0),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
     except (redis.RedisError, OSError, ValueError) as exc:
@@ -167,6 +197,35 @@ class JobStatus:
     error: str | None
     queue: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: While (or if) the submit is publishing the job's tasks: its producer's pid, host,
+    #: start and last heartbeat (``None`` once every task was published).
+    publishing: dict[str, Any] | None = None
+
+    @property
+    def submit_unfinished(self) -> bool:
+        """True when the producer stopped publishing the job's tasks before the end (it was
+        killed: its heartbeat is older than :data:`PUBLISH_STALE` seconds, or its pid is
+        gone on this host)."""
+        if self.publishing is None or self.is_final:
+            return False
+        seen = float(self.publishing.get("seen") or 0)
+        if time.time() - seen > PUBLISH_STALE:
+            return True
+        pid = self.publishing.get("pid")
+        return self.publishing.get("host") == _HOST and isinstance(pid, int) \
+            and not _pid_alive(pid)
+
+    def submit_note(self) -> str | None:
+        """One line on an unfinished or ongoing submit, with what to run (else ``None``)."""
+        if self.publishing is None or self.is_final:
+            return None
+        who = f"pid {self.publishing.get('pid')} on {self.publishing.get('host')}"
+        if self.submit_unfinished:
+            ago = time.time() - float(self.publishing.get("seen") or 0)
+            return (f"the submit did not finish: its producer ({who}) stopped while publishing "
+                    f"the tasks (last seen {ago:.0f}s ago), so some batches may never have "
+                    f"been queued. Run `curator-jobs resume {self.job_id}` to send them.")
+        return f"the submit is still publishing the tasks ({who})"
 
     @property
     def processed(self) -> int:
@@ -206,6 +265,8 @@ class JobStatus:
             "finished": self.finished,
             "error": self.error,
             "queue": self.queue,
+            "publishing": self.publishing,
+            "submit_unfinished": self.submit_unfinished,
         }
 
 
@@ -215,6 +276,83 @@ class BatchStart:
 
     attempt: int
     state: str | None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class AttemptMark:
+    """Tells a worker's death from a duplicate delivery of a batch that is still running.
+
+    A batch attempt keeps a mark (``host/pid/token``, with a time to live) renewed by a
+    thread while it runs. A redelivered batch first asks :meth:`another_alive`: a mark of
+    a process of this host is checked by its pid at once; another host's mark is alive
+    when it is still there after one full time to live (someone renewed it). Only a
+    delivery that finds the previous attempt dead counts as a worker death (crash blame,
+    ``max_attempts``); a visibility-timeout duplicate of a live attempt does not.
+
+    Use as a context manager around the attempt; :meth:`start` once the check is done.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, ttl: float) -> None:
+        self.client, self.key, self.ttl = client, key, ttl
+        self.value = f"{_HOST}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def another_alive(self) -> bool:
+        """Whether another attempt of the batch is running now (waits up to one TTL)."""
+        deadline = time.monotonic() + self.ttl + 0.5
+        while True:
+            raw = self.client.get(self.key)
+            if raw is None:
+                return False
+            host, _, rest = raw.decode().partition("/")
+            pid = rest.partition("/")[0]
+            if host == _HOST and pid.isdigit():
+                return int(pid) != os.getpid() and _pid_alive(int(pid))
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.2)
+
+    def start(self) -> None:
+        """Set the mark and renew it every third of its TTL until the block ends."""
+        px = int(self.ttl * 1000)
+        self.client.set(self.key, self.value, px=px)
+
+        def renew() -> None:
+            while not self._stop.wait(self.ttl / 3):
+                try:
+                    self.client.set(self.key, self.value, px=px)
+                except redis.RedisError:
+                    pass  # next period; a short outage only makes the mark look dead
+
+        self._thread = threading.Thread(target=renew, name="attempt-mark", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> AttemptMark:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.client.eval(_RELEASE_SCRIPT, 1, self.key, self.value)
+        except redis.RedisError:
+            pass  # it expires by itself
+
+
+def _publishing_marker(since: float, seen: float) -> str:
+    return json.dumps({"pid": os.getpid(), "host": _HOST, "since": since, "seen": seen})
 
 
 def _float(value: bytes | None) -> float | None:
@@ -237,6 +375,8 @@ class JobStore:
         self.ttl = ttl
         self._commit = client.register_script(_COMMIT_SCRIPT)
         self._begin = client.register_script(_BEGIN_SCRIPT)
+        self._set_state = client.register_script(_SET_STATE_SCRIPT)
+        self._locked_hset = client.register_script(_LOCKED_HSET_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, ttl: int = 7 * 24 * 3600, timeout: float = 5.0) -> JobStore:
@@ -251,7 +391,7 @@ class JobStore:
 
     def _keys(self, job_id: str) -> list[str]:
         parts = ("", "batches", "committed", "results", "failures", "attempts", "current",
-                 "blame", "workers", "inflight", "done")
+                 "blame", "workers", "inflight", "done", "deaths")
         return [self.key(job_id, p) for p in parts]
 
     # -- writing
@@ -263,13 +403,21 @@ class JobStore:
         batches: Sequence[tuple[str, Sequence[int]]],
         total: int,
         queue: str,
+        publishing: bool = False,
     ) -> None:
-        """Write a new job's record and its batch plan in one transaction."""
+        """Write a new job's record and its batch plan in one transaction.
+
+        ``publishing``: mark the job as being published by this process (pid, host,
+        heartbeat) until :meth:`published` clears it, so a submit killed half-way is told
+        apart from a job with nothing left to run (:attr:`JobStatus.submit_unfinished`).
+        """
         now = time.time()
+        marker = {"publishing": _publishing_marker(now, now)} if publishing else {}
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(
             self.key(job_id),
             mapping={
+                **marker,
                 "spec": json.dumps(spec),
                 "options": json.dumps(dict(options)),
                 "state": RUNNING,
@@ -290,6 +438,15 @@ class JobStore:
             )
         pipe.zadd(JOBS_INDEX, {job_id: now})
         pipe.execute()
+
+    def publishing_heartbeat(self, job_id: str, since: float) -> None:
+        """Refresh the heartbeat of this process publishing ``job_id`` (while marked)."""
+        self.client.eval(_REFRESH_PUBLISHING_SCRIPT, 1, self.key(job_id),
+                         _publishing_marker(since, time.time()))
+
+    def published(self, job_id: str) -> None:
+        """Every task of ``job_id`` is published: clear the publishing mark."""
+        self.client.hdel(self.key(job_id), "publishing")
 
     def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
         """Start a delivery of ``batch_key``: ``None`` if it is committed, else its start.
@@ -340,31 +497,51 @@ class JobStore:
     def gather_lock(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[bool]:
         """Hold the job's gather lock within the block; yields False if another holds it.
 
+        See :meth:`gather_lease`, which also yields the token a holder's writes are checked
+        against.
+        """
+        with self.gather_lease(job_id, ttl) as token:
+            yield token is not None
+
+    @contextmanager
+    def gather_lease(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[str | None]:
+        """Hold the job's gather lock within the block; yields its token, or ``None`` if
+        another holds it.
+
         Only one gather merges a job's shards at a time (the last batch's own and the chord
-        callback can overlap). The lock expires ``ttl`` seconds after its holder died; a
-        live holder renews it from a thread every ``ttl / 3`` seconds.
+        callback can overlap). The lock expires ``ttl`` seconds after its holder died or
+        froze; a live holder renews it from a thread every ``ttl / 3`` seconds. A holder
+        whose lock expired (a node frozen longer than ``ttl``) has lost it for good: its
+        writes that pass the token (:meth:`set_state`, :meth:`mark_merged`) are refused,
+        and :meth:`holds_gather_lock` says so before it touches a file.
         """
         key, token = self.key(job_id, "gathering"), uuid.uuid4().hex
         if not self.client.set(key, token, nx=True, px=int(ttl * 1000)):
-            yield False
+            yield None
             return
         stop = threading.Event()
 
         def renew() -> None:
             while not stop.wait(ttl / 3):
                 try:
-                    self.client.eval(_RENEW_SCRIPT, 1, key, token, int(ttl * 1000))
+                    if not self.client.eval(_RENEW_SCRIPT, 1, key, token, int(ttl * 1000)):
+                        return  # lost (expired, then taken or not): never taken back
                 except redis.RedisError:
                     pass  # retried at the next period; the lock outlives a short outage
 
         renewer = threading.Thread(target=renew, name=f"gather-lock-{job_id}", daemon=True)
         renewer.start()
         try:
-            yield True
+            yield token
         finally:
             stop.set()
             renewer.join()
             self.client.eval(_RELEASE_SCRIPT, 1, key, token)
+
+    def holds_gather_lock(self, job_id: str, token: str) -> bool:
+        """Whether the gather lock of ``job_id`` is still the one ``token`` was given."""
+        value = self.client.get(self.key(job_id, "gathering"))
+        return value is not None and value.decode() == token
 
     def report_inflight(self, job_id: str, batch_key: str, processed: int) -> None:
         """Live progress of a running batch: ``processed`` of its indices so far."""
@@ -398,6 +575,19 @@ class JobStore:
         self.client.hset(key, field_name, json.dumps(entry))
         return int(entry["count"])
 
+    def record_death(self, job_id: str, batch_key: str) -> int:
+        """Count one death of a worker running ``batch_key``; return the deaths so far."""
+        return int(self.client.hincrby(self.key(job_id, "deaths"), batch_key, 1))
+
+    def deaths(self, job_id: str, batch_key: str) -> int:
+        """Deaths of workers running ``batch_key`` so far (:meth:`record_death`)."""
+        return int(self.client.hget(self.key(job_id, "deaths"), batch_key) or 0)
+
+    def attempt_mark(self, job_id: str, batch_key: str,
+                     ttl: float = ATTEMPT_MARK_TTL) -> AttemptMark:
+        """The liveness mark of a batch attempt of this process (see :class:`AttemptMark`)."""
+        return AttemptMark(self.client, self.key(job_id, f"alive:{batch_key}"), ttl)
+
     def blamed(self, job_id: str, batch_key: str) -> dict[int, dict[str, Any]]:
         """Indices of ``batch_key`` blamed for worker deaths: index -> {count, kind}."""
         out = {}
@@ -407,11 +597,19 @@ class JobStore:
 
     # -- job control
     def cancel(self, job_id: str) -> str:
-        """Mark a job cancelled (running batches stop at their next index); return old state."""
-        state = self.status(job_id).state
-        if state not in FINAL_STATES:
-            self.set_state(job_id, CANCELLED)
-        return state
+        """Mark a job cancelled (running batches stop at their next index); return old state.
+
+        A compare-and-set: a job that ended meanwhile (a gather finished it) keeps its state.
+
+        Raises
+        ------
+        JobNotFoundError
+            If no such job exists.
+        """
+        _, before = self._compare_and_set_state(job_id, CANCELLED, (RUNNING,), None, {})
+        if before is None:
+            self.record(job_id)  # raises JobNotFoundError
+        return before or RUNNING
 
     def reopen(self, job_id: str, clear_error: bool = False) -> None:
         """Put a job back to ``running`` (resume, retry) and cancel its expiry."""
@@ -439,27 +637,53 @@ class JobStore:
         committed = {k.decode() for k in self.client.hkeys(self.key(job_id, "committed"))}
         return {k: v for k, v in self.batches(job_id).items() if k not in committed}
 
-    def set_state(self, job_id: str, state: str, **fields: Any) -> None:
-        """Set the job's state (and other record fields)."""
-        mapping: dict[str, Any] = {"state": state, **fields}
-        if state in FINAL_STATES:
+    def set_state(
+        self, job_id: str, state: str, *, expect: Sequence[str] = (RUNNING,),
+        lock: str | None = None, **fields: Any,
+    ) -> bool:
+        """Set the job's state (and other record fields) if it is one of ``expect``.
+
+        A compare-and-set in one round trip (``lua/set_state.lua``): a job that ended keeps
+        its state, so a late or duplicate writer changes nothing. With ``lock`` (a gather's
+        token, :meth:`gather_lease`) the write also needs the gather lock still held. A
+        final state sets ``finished``, wakes waiters and starts the keys' expiry in the same
+        step. Returns whether the state was written.
+        """
+        return self._compare_and_set_state(job_id, state, expect, lock, fields)[0]
+
+    def _compare_and_set_state(
+        self, job_id: str, state: str, expect: Sequence[str], lock: str | None,
+        fields: Mapping[str, Any],
+    ) -> tuple[bool, str | None]:
+        """:meth:`set_state`; also returns the state before (``None``: no such job)."""
+        final = state in FINAL_STATES
+        mapping = dict(fields)
+        if final:
             mapping.setdefault("finished", time.time())
-        self.client.hset(self.key(job_id), mapping=mapping)
-        if state in FINAL_STATES:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.rpush(self.key(job_id, "done"), state)  # wakes waiters (wait_for_change)
-            for key in self._keys(job_id):
-                pipe.expire(key, self.ttl)
-            pipe.execute()
+        args: list[Any] = [state, ",".join(expect), lock or "", self.ttl if final else ""]
+        for name, value in mapping.items():
+            args += [name, value]
+        keys = [self.key(job_id), self.key(job_id, "done"), self.key(job_id, "gathering"),
+                *self._keys(job_id)]
+        written, before = self._set_state(keys=keys, args=args)
+        return bool(written), (before.decode() if before else None)
 
     def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Sleep up to ``timeout`` seconds, waking early when the job reaches a final state."""
         self.client.blpop([self.key(job_id, "done")], timeout=max(timeout, 0.01))
 
-    def mark_merged(self, job_id: str) -> None:
+    def mark_merged(self, job_id: str, lock: str | None = None) -> bool:
         """Record that gather merged the job's shards into its final outputs (and will
-        remove them): a gather running again after that must not merge again."""
-        self.client.hset(self.key(job_id), "merged", time.time())
+        remove them): a gather running again after that must not merge again.
+
+        With ``lock`` (a gather's token) only while that gather still holds the lock.
+        Returns whether it was recorded.
+        """
+        if lock is None:
+            self.client.hset(self.key(job_id), "merged", time.time())
+            return True
+        return bool(self._locked_hset(keys=[self.key(job_id, "gathering"), self.key(job_id)],
+                                      args=[lock, "merged", time.time()]))
 
     def is_merged(self, job_id: str) -> bool:
         """Whether :meth:`mark_merged` was called for the job."""
@@ -541,7 +765,7 @@ class JobStore:
 
     _STATUS_FIELDS = (
         "state", "total", "done", "failed", "n_batches", "committed_batches", "created",
-        "started", "finished", "error", "queue", "options",
+        "started", "finished", "error", "queue", "options", "publishing",
     )
 
     def status(self, job_id: str) -> JobStatus:
@@ -579,6 +803,7 @@ class JobStore:
             error=v["error"].decode() if v["error"] else None,
             queue=(v["queue"] or b"").decode(),
             options=json.loads(v["options"] or b"{}"),
+            publishing=json.loads(v["publishing"]) if v["publishing"] else None,
         )
 
     def state(self, job_id: str) -> str | None:

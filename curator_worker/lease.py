@@ -17,10 +17,13 @@ import logging
 import time
 from typing import Any
 
+from curator_worker.broker_keys import DEFAULT_UNACKED_INDEX
+
 log = logging.getLogger(__name__)
 
-#: kombu's default name of the sorted set of unacknowledged messages (Redis transport).
-UNACKED_INDEX_KEY = "unacked_index"
+#: kombu's default name of the sorted set of unacknowledged messages (Redis transport;
+#: :class:`~curator_worker.broker_keys.BrokerKeys` gives it for other transport options).
+UNACKED_INDEX_KEY = DEFAULT_UNACKED_INDEX
 
 
 def delivery_tags_key(job_id: str) -> str:
@@ -40,14 +43,19 @@ class LeaseRenewal:
     visibility_timeout : float
         The broker's visibility timeout (seconds); renewals come every quarter of it.
     index_key : str
-        kombu's ``unacked_index_key`` transport option.
+        kombu's sorted set of unacknowledged messages (:attr:`BrokerKeys.unacked_index`).
+    tags_ttl : int
+        Seconds the job's delivery tags are kept (``result_expires``): each renewal starts
+        that time again, so the tags of a job running longer than it do not expire while
+        its batches still need them (0: leave the expiry alone).
     """
 
     def __init__(self, client: Any, job_id: str, batch_key: str, visibility_timeout: float,
-                 index_key: str = UNACKED_INDEX_KEY) -> None:
+                 index_key: str = UNACKED_INDEX_KEY, tags_ttl: int = 0) -> None:
         self.client, self.job_id, self.batch_key = client, job_id, batch_key
         self.every = max(0.5, visibility_timeout / 4)
         self.index_key = index_key
+        self.tags_ttl = int(tags_ttl)
         self.last = time.monotonic()
         self.tag: str | None = None
         self.active = True
@@ -67,6 +75,8 @@ class LeaseRenewal:
                 self.tag = raw.decode() if isinstance(raw, bytes) else str(raw)
             # XX: only a message still listed (not acknowledged, not already put back)
             self.client.zadd(self.index_key, {self.tag: time.time()}, xx=True)
+            if self.tags_ttl > 0:
+                self.client.expire(delivery_tags_key(self.job_id), self.tags_ttl)
         except Exception as exc:  # noqa: BLE001 - a lease is best effort; the batch goes on
             log.debug("job %s batch %s: lease not renewed: %s", self.job_id, self.batch_key,
                       exc)

@@ -44,19 +44,22 @@ from curator_worker.batch import (
     execute_batch,
     write_shards,
 )
+from curator_worker.broker_keys import BrokerKeys
 from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
-from curator_worker.gather import gather_job
+from curator_worker.gather import gather_job, remove_abandoned_temps
 from curator_worker.jobs import (
     ALREADY_COMMITTED,
     CANCELLED,
     COMMITTED_LAST,
     SUCCEEDED,
+    AttemptMark,
     JobStore,
     announce_node,
+    connect,
     forget_node,
 )
-from curator_worker.lease import UNACKED_INDEX_KEY, LeaseRenewal
+from curator_worker.lease import LeaseRenewal
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.spec import build_pipeline, spec_hash
@@ -112,9 +115,15 @@ def _node_gone(**_: Any) -> None:
 
 @lru_cache(maxsize=1)
 def _node_store() -> JobStore:
-    """The worker main process's own job store connection (heartbeats only)."""
+    """The worker main process's own job store connection (heartbeats only).
+
+    It fails fast, without retries: heartbeats run in the node's event loop, and a client
+    riding out an outage there froze the whole node (no reconnecting, no pool upkeep) for
+    as long as the broker was down.
+    """
     settings = Settings.from_env()
-    return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
+    url = settings.effective_job_store_url or ""
+    return JobStore(connect(url, timeout=2.0, retries=0), ttl=settings.job_ttl)
 
 
 @worker_process_init.connect
@@ -151,7 +160,7 @@ def _broker_client() -> tuple[redis.Redis | None, float, str]:
     url = str(app.conf.broker_url or "")
     options = dict(app.conf.broker_transport_options or {})
     timeout = float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
-    index_key = str(options.get("unacked_index_key", UNACKED_INDEX_KEY))
+    index_key = BrokerKeys.from_options(options).unacked_index
     if not url.startswith(("redis://", "rediss://")) or options.get("global_keyprefix"):
         return None, timeout, index_key
     return redis.Redis.from_url(url, socket_timeout=5.0), timeout, index_key
@@ -162,7 +171,10 @@ def _lease(job_id: str, batch_key: str) -> LeaseRenewal | None:
     client, timeout, index_key = _broker_client()
     if client is None:
         return None
-    return LeaseRenewal(client, job_id, batch_key, timeout, index_key)
+    expires = app.conf.result_expires
+    tags_ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds")
+                   else expires or 0)
+    return LeaseRenewal(client, job_id, batch_key, timeout, index_key, tags_ttl)
 
 
 @lru_cache(maxsize=64)
@@ -202,16 +214,32 @@ def process_batch(
     """Run, shard and commit one batch; exactly-once whatever the number of deliveries.
 
     ``node`` is the Celery worker node name, stored with the commit. A redelivered batch
-    (its worker died) tracks the running index in the job store; an index that was running
-    at :data:`BLAME_THRESHOLD` deaths is skipped and recorded as ``crash`` (or ``timeout``
-    when the watchdog killed it), and after ``max_attempts`` deliveries every index is
-    recorded failed, so a batch that always kills its worker cannot loop forever.
+    whose previous attempt died (not a duplicate of a live one: :class:`AttemptMark`)
+    tracks the running index in the job store; an index that was running at
+    :data:`BLAME_THRESHOLD` deaths is skipped and recorded as ``crash`` (or ``timeout``
+    when the watchdog killed it). After ``max_attempts`` deliveries with deaths, every
+    index that was running at a death is skipped, so a batch that always kills its worker
+    cannot loop forever; only when a death cannot be pinned on an index (the worker died
+    outside one) are the batch's indices all recorded failed.
     """
+    with store.attempt_mark(job_id, batch_key) as mark:
+        return _process_batch(store, job_id, batch_key, indices, node, mark)
+
+
+def _process_batch(
+    store: JobStore, job_id: str, batch_key: str, indices: list[int], node: str,
+    mark: AttemptMark,
+) -> str:
     start = store.begin_batch(job_id, batch_key, f"{node or HOSTNAME}/{os.getpid()}")
     if start is None:
         log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
         return batch_key
     attempt = start.attempt
+    duplicate = attempt > 1 and mark.another_alive()
+    mark.start()
+    if duplicate:
+        log.info("job %s batch %s: delivered again while attempt %d runs (visibility "
+                 "timeout); not a worker death", job_id, batch_key, attempt - 1)
     if start.state == CANCELLED:
         return batch_key
     try:
@@ -228,8 +256,8 @@ def process_batch(
         )
         return batch_key
 
-    skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy)
-    careful = attempt > 1
+    skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy, duplicate)
+    careful = attempt > 1 and not duplicate
     last_check = [time.monotonic()]
 
     def cancelled() -> bool:
@@ -253,7 +281,13 @@ def process_batch(
     if outcome.stopped_early:
         log.info("job %s cancelled; batch %s stops uncommitted", job_id, batch_key)
         return batch_key
-    shards = write_shards(pipeline, outcome, job_id, batch_key)
+    if any(r.error is not None for r in outcome.results):
+        remove_abandoned_temps(pipeline, own=True)  # a failed write may leave its temp file
+    try:
+        shards = write_shards(pipeline, outcome, job_id, batch_key)
+    except OSError as exc:  # a full or failing disk: the batch's filter state is lost
+        _fail_on_io_error(store, job_id, batch_key, outcome.results, attempt, exc)
+        shards = {}
     record = _commit_record(outcome.results, attempt, shards, node, started)
     committed = store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results),
                                    record)
@@ -268,6 +302,26 @@ def process_batch(
     if careful:
         store.set_current(job_id, batch_key, None)
     return batch_key
+
+
+def _fail_on_io_error(
+    store: JobStore, job_id: str, batch_key: str, results: list[IndexResult], attempt: int,
+    exc: OSError,
+) -> None:
+    """Writing the batch's filter shards failed (e.g. ``ENOSPC``): record it once, as what
+    it is, instead of letting the task fail (which looked like a worker death and ran the
+    batch again and again). Its succeeded indices become failures of kind ``io`` (their
+    share of the merged results is lost) and the job records the error, so it ends
+    ``failed`` saying what to do; ``curator-jobs retry`` re-runs them."""
+    message = (f"writing the filter shards of batch {batch_key} failed on {HOSTNAME}: "
+               f"{type(exc).__name__}: {exc}. Free space or fix the storage, then run "
+               f"`curator-jobs retry {job_id}`")
+    log.error("job %s: %s", job_id, message)
+    store.record_error(job_id, message)
+    for result in results:
+        if result.error is None:
+            result.error = error_record(exc, attempt, kind="io")
+            result.paths = None
 
 
 def _gather_now(store: JobStore, job_id: str, pipeline: Pipeline) -> None:
@@ -312,24 +366,37 @@ def _starting(store: JobStore, job_id: str, batch_key: str, track: bool, index: 
 
 def _skipped_indices(
     store: JobStore, job_id: str, batch_key: str, indices: list[int], attempt: int,
-    policy: BatchPolicy,
+    policy: BatchPolicy, duplicate: bool = False,
 ) -> dict[int, dict[str, Any]]:
-    """Indices this attempt must not run, with the error to record for each."""
+    """Indices this attempt must not run, with the error to record for each.
+
+    A delivery whose previous attempt died counts a death and blames the index that
+    attempt was running; a duplicate of a live attempt counts nothing. After
+    ``max_attempts`` deliveries with deaths, every index blamed once is skipped (each
+    further death pins one more index, so the batch ends); a death with no index to blame
+    then gives up on the whole batch.
+    """
     if attempt == 1:
         return {}
-    died_at = store.take_current(job_id, batch_key)
-    if died_at is not None:
-        store.blame(job_id, batch_key, died_at, "crash")
-    if attempt > policy.max_attempts:
+    if duplicate:
+        died_at, deaths = None, store.deaths(job_id, batch_key)
+    else:
+        died_at, deaths = store.take_current(job_id, batch_key), store.record_death(
+            job_id, batch_key)
+        if died_at is not None:
+            store.blame(job_id, batch_key, died_at, "crash")
+    give_up = deaths + 1 > policy.max_attempts
+    if give_up and died_at is None and not duplicate:
         reason = RuntimeError(
             f"batch {batch_key} was delivered {attempt - 1} times and its worker died every "
-            f"time; giving up on its indices (max_attempts={policy.max_attempts})"
+            f"time outside any index; giving up on its indices "
+            f"(max_attempts={policy.max_attempts})"
         )
         failure = error_record(reason, attempt, kind="crash")
         return {i: failure for i in indices}
     skip = {}
     for index, entry in store.blamed(job_id, batch_key).items():
-        if entry["count"] >= BLAME_THRESHOLD:
+        if entry["count"] >= BLAME_THRESHOLD or (give_up and entry["count"] >= 1):
             kind = entry.get("kind", "crash")
             what = ("was stuck past its timeout in code that ignores signals"
                     if kind == "timeout" else "was running each time its worker process died")

@@ -313,6 +313,8 @@ def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     _summary(status, store, as_json, detail=True)
     if not status.is_final and not as_json:
         click.echo(f"  running: {status.processed}/{status.total} indices processed")
+        if status.submit_note():
+            click.echo(f"  {status.submit_note()}")
     sys.exit(status.exit_code() if status.is_final else EXIT_OK)
 
 
@@ -356,6 +358,22 @@ def resume_command(job_id: str, wait: bool, broker: str | None) -> None:
     sent = resume_job(settings, job_id)
     click.echo(f"job {job_id}: re-sent {sent} uncommitted batches" if sent
                else f"job {job_id}: every batch is committed; gather re-sent")
+    if wait:
+        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
+
+
+@jobs_group.command("gather")
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the job afterwards.")
+@_broker_option
+def gather_command(job_id: str, wait: bool, broker: str | None) -> None:
+    """Merge JOB_ID's committed shards again and finish it (after a failed merge, e.g. a
+    full disk, once the cause is fixed)."""
+    from producer.control import gather_again
+
+    settings = Settings.from_env(broker_url=broker)
+    gather_again(settings, job_id)
+    click.echo(f"job {job_id}: gather re-sent")
     if wait:
         _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
 

@@ -66,18 +66,54 @@ def _resume(settings: Settings, store: JobStore, job_id: str) -> int:
     if status.state == SUCCEEDED:
         raise CuratorError(f"Job {job_id} already succeeded; nothing to resume.")
     pending = store.uncommitted(job_id)
-    store.reopen(job_id)
-    if not pending:
+    if not pending:  # only the gather is left: its error (a failed merge) is retried too
+        store.reopen(job_id, clear_error=True)
         resend_gather(settings, job_id, status.queue)
         return 0
+    store.reopen(job_id)
     batches = [Batch(key, indices) for key, indices in sorted(pending.items())]
     app = create_app(settings)
     try:
         publish_chord(app, job_id, batches, status.queue or settings.queue)
     finally:
         app.close()
+    store.published(job_id)  # every batch is queued now, whatever a killed submit left
     log.info("job %s: re-sent %d uncommitted batches", job_id, len(batches))
     return len(batches)
+
+
+def gather_again(settings: Settings, job_id: str) -> None:
+    """Run ``job_id``'s gather again: merge its committed shards and finish it.
+
+    For a job whose merge failed (a full disk, a user ``merge`` that raised) once the
+    cause is fixed: the recorded error is cleared and ``curator.gather`` sent again.
+
+    Raises
+    ------
+    CuratorError
+        If the job already succeeded, or has batches that are not committed (use
+        ``curator-jobs resume``).
+    JobControlConflictError
+        If a retry, resume, cancel or gather of the job is in progress.
+    """
+    store = _store(settings)
+    store.status(job_id)  # JobNotFoundError before the lock is written
+    with job_control_lock(store, job_id, "gather"):
+        _gather_again(settings, store, job_id)
+
+
+def _gather_again(settings: Settings, store: JobStore, job_id: str) -> None:
+    status = store.status(job_id)
+    if status.state == SUCCEEDED:
+        raise CuratorError(f"Job {job_id} already succeeded; nothing to gather.")
+    if not status.all_committed:
+        raise CuratorError(
+            f"Job {job_id} has {status.n_batches - status.committed_batches} batches not "
+            f"committed; run `curator-jobs resume {job_id}` to send them (it gathers after)."
+        )
+    store.reopen(job_id, clear_error=True)
+    resend_gather(settings, job_id, status.queue)
+    log.info("job %s: gather re-sent", job_id)
 
 
 def retry_job(settings: Settings, job_id: str) -> int:

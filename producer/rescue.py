@@ -25,7 +25,8 @@ from typing import Any
 import redis
 
 from curator_worker.app import RUN_BATCH
-from curator_worker.config import Settings
+from curator_worker.broker_keys import BrokerKeys
+from curator_worker.config import Settings, celery_config
 from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.planning import Batch
 
@@ -37,11 +38,6 @@ STALL_SECONDS = 10.0
 CONFIRM_SECONDS = 5.0
 #: Most queued plus unacknowledged messages read in one inspection.
 SCAN_LIMIT = 20_000
-#: kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
-UNACKED_KEY = "unacked"
-#: kombu's Redis transport keeps messages of priority step N (other than 0) in the list
-#: named after the queue, this separator and N.
-PRIORITY_LISTS = ("\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def _batch_of(envelope: Any, job_id: str) -> str | None:
@@ -58,15 +54,18 @@ def _batch_of(envelope: Any, job_id: str) -> str | None:
 
 
 def missing_batches(
-    broker: redis.Redis, job_id: str, queue: str, uncommitted: set[str]
+    broker: redis.Redis, job_id: str, queue: str, uncommitted: set[str],
+    keys: BrokerKeys | None = None,
 ) -> set[str] | None:
     """Batches of ``uncommitted`` that are neither queued on ``queue`` nor unacknowledged.
 
-    The queue's priority lists count as queued. ``None`` when the broker holds more than
-    :data:`SCAN_LIMIT` messages to read.
+    The queue's priority lists count as queued. ``keys``: kombu's key names for the
+    broker's transport options (default: kombu's defaults). ``None`` when the broker holds
+    more than :data:`SCAN_LIMIT` messages to read.
     """
-    lists = [queue, *(queue + suffix for suffix in PRIORITY_LISTS)]
-    if sum(broker.llen(name) for name in lists) + broker.hlen(UNACKED_KEY) > SCAN_LIMIT:
+    keys = keys or BrokerKeys()
+    lists = keys.queue_lists(queue)
+    if sum(broker.llen(name) for name in lists) + broker.hlen(keys.unacked) > SCAN_LIMIT:
         return None
     present: set[str] = set()
     for name in lists:
@@ -74,7 +73,7 @@ def missing_batches(
             key = _batch_of(json.loads(raw), job_id)
             if key is not None:
                 present.add(key)
-    for raw in broker.hvals(UNACKED_KEY):
+    for raw in broker.hvals(keys.unacked):
         try:
             envelope = json.loads(raw)[0]  # [message, exchange, routing key]
         except (ValueError, IndexError, TypeError):
@@ -107,6 +106,8 @@ class LostBatchRescue:
         self._quiet_since = time.monotonic()
         self._last_check = 0.0
         self._suspects: set[str] | None = None
+        self.keys = BrokerKeys.from_options(
+            celery_config(settings).get("broker_transport_options"))
         #: Batch keys re-sent so far.
         self.resent: list[str] = []
 
@@ -131,7 +132,8 @@ class LostBatchRescue:
         try:
             pending = self.store.uncommitted(self.job_id)
             missing = missing_batches(self._client(), self.job_id,
-                                      status.queue or self.settings.queue, set(pending))
+                                      status.queue or self.settings.queue, set(pending),
+                                      self.keys)
         except redis.RedisError as exc:
             log.debug("job %s: cannot inspect the broker: %s", self.job_id, exc)
             return []

@@ -9,7 +9,10 @@ written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,7 @@ from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
 from curator_worker.errors import BrokerUnavailableError, IndexSelectionError
-from curator_worker.jobs import FAILED, live_nodes, new_job_id
+from curator_worker.jobs import FAILED, PUBLISH_HEARTBEAT, JobStore, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
@@ -186,6 +189,29 @@ def publish_chord(
     publish_chord_bulk(app, job_id, batches, queue, sent_events=sent_events)
 
 
+@contextmanager
+def _publishing_heartbeat(store: JobStore, job_id: str) -> Iterator[None]:
+    """Refresh the job's publishing mark every :data:`PUBLISH_HEARTBEAT` seconds in the
+    block: a producer killed mid-publishing stops it, and ``curator-jobs status`` says the
+    submit did not finish (:attr:`JobStatus.submit_unfinished`)."""
+    since, stop = time.time(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(PUBLISH_HEARTBEAT):
+            try:
+                store.publishing_heartbeat(job_id, since)
+            except Exception:  # noqa: BLE001 - the publishing itself reports a dead store
+                log.debug("job %s: publishing heartbeat failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"publishing-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def submit_job(
     spec: Mapping[str, Any],
     settings: Settings,
@@ -250,9 +276,12 @@ def submit_job(
         [(b.key, b.indices) for b in plan.batches],
         total=len(plan.indices),
         queue=queue,
+        publishing=True,
     )
     try:
-        publish_chord(app, job_id, plan.batches, queue, sent_events)
+        with _publishing_heartbeat(store, job_id):
+            publish_chord(app, job_id, plan.batches, queue, sent_events)
+        store.published(job_id)
     except Exception as exc:
         store.record_error(job_id, f"publishing the tasks failed: {type(exc).__name__}")
         store.set_state(job_id, FAILED)

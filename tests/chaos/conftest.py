@@ -24,6 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "visibility_timeout(seconds): CURATOR_VISIBILITY_TIMEOUT of the chaos "
         f"cluster's workers (default {VISIBILITY_TIMEOUT})")
+    config.addinivalue_line(
+        "markers", "slow: a chaos scenario that takes a minute or more (deselect with "
+        "-m 'not slow')")
 
 
 @pytest.fixture()
