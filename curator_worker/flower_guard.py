@@ -215,14 +215,19 @@ def _resolve_options(argv: list[str]) -> Any:
     try:
         apply_env_options()
         parse_command_line([prog, *argv])
-        if explicit_conf:
-            parse_config_file(os.path.abspath(options.conf), final=False)
-            parse_command_line([prog, *argv])
-    except (Error, ValueError, TypeError, KeyError) as exc:
+    except (Error, ValueError, TypeError) as exc:
         raise ConfigurationError(f"Bad Flower option: {exc}") from None
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read Flower config file {options.conf}: "
-                                 f"{exc.strerror or exc}") from None
+    if explicit_conf:
+        conf = os.path.abspath(options.conf)
+        try:
+            parse_config_file(conf, final=False)
+            parse_command_line([prog, *argv])
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read Flower config file {conf}: "
+                                     f"{exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the file is Python: any error, one line
+            raise ConfigurationError(f"Flower config file {conf}: {type(exc).__name__}: "
+                                     f"{exc}") from None
     return options
 
 

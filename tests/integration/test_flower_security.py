@@ -369,3 +369,27 @@ def test_modules_and_config_in_working_directory_are_not_run(start_flower, tmp_p
                           PYTHONPATH=f"{REPO}{os.pathsep}")  # empty entry: the cwd
     assert flower.request("GET", "/metrics")[0] == 200
     assert not marker.exists(), marker.read_text()
+
+
+def test_loopback_host_name_and_private_unix_socket_are_served(start_flower, cluster_env,
+                                                               tmp_path) -> None:
+    flower = start_flower("--address", "localhost", auth=None)
+    assert flower.request("GET", "/healthcheck")[0] == 200
+
+    path = tmp_path / "flower.sock"
+    proc = subprocess.Popen([str(BIN / "curator-worker"), "flower", "--", f"--unix-socket={path}"],
+                            env=_env(cluster_env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert path.stat().st_mode & 0o777 == 0o600, "only this user may connect"
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.settimeout(15)
+            raw.connect(str(path))
+            raw.sendall(b"GET /healthcheck HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        stop_process(proc, grace=10)
