@@ -393,3 +393,26 @@ def test_loopback_host_name_and_private_unix_socket_are_served(start_flower, clu
             assert raw.recv(100).startswith(b"HTTP/1.1 200")
     finally:
         stop_process(proc, grace=10)
+
+
+def test_worker_does_not_import_modules_from_working_directory(cluster_env, tmp_path) -> None:
+    """The same risk for `curator-worker` itself (Celery imports task modules 'from cwd')."""
+    cwd = tmp_path / "untrusted"
+    cwd.mkdir()
+    marker = tmp_path / "pwned"
+    for name in ("kombu.py", "billiard.py", "celeryconfig.py", "numpy.py", "redis.py",
+                 "yaml.py", "click.py", "curator_worker.py"):
+        (cwd / name).write_text(f"open({str(marker)!r}, 'a').write({name!r} + '\\n')\n")
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "curator-worker"), "-c", "1", "-Q", ATTACK_QUEUE,
+                                 "-n", "cwd-check@test"], env=_env(cluster_env), cwd=cwd,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "cwd-check@test ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        stop_process(proc, grace=10)
+    assert not marker.exists(), marker.read_text()
