@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from curator_worker import flower_guard
 from curator_worker.config import Settings, redact_url
 from curator_worker.errors import ConfigurationError, CuratorError
 
@@ -138,8 +139,6 @@ def flower_command(ctx: click.Context, address: str, port: int, broker: str | No
     Flower through the environment. Without it Flower only serves loopback addresses. The
     task API (running, revoking tasks, controlling workers) is off unless turned on.
     """
-    from curator_worker import flower_guard
-
     if broker:
         os.environ["CURATOR_BROKER_URL"] = broker
     settings = Settings.from_env()
