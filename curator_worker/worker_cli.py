@@ -9,7 +9,6 @@ resident memory. Options it does not know are passed on to ``celery worker`` unc
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ import time
 
 import click
 
+from curator_worker import flower_guard
 from curator_worker.config import (
     Settings,
     check_environment,
@@ -213,55 +213,48 @@ def worker_command(
     app.worker_main(argv)
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
 @click.command(
     context_settings=_CONTEXT,
     epilog="""\b
 Examples:
   curator-worker flower                                  # http://127.0.0.1:5555
   CURATOR_FLOWER_BASIC_AUTH=admin:secret curator-worker flower --address 0.0.0.0
+  curator-worker flower --enable-task-api                # allow apply/revoke/shutdown
 \b
-Other options go to Flower (see `celery flower --help`). Workers must run with task
-events on (curator-worker does); tasks sent before Flower started are not shown.""",
+Credentials come only from CURATOR_FLOWER_BASIC_AUTH (user:password[,user2:pw2]); when set,
+every path needs them. Without them Flower binds only loopback addresses. Other options go
+to Flower as --name=value (see `celery flower --help`). Workers must run with task events on
+(curator-worker does); tasks sent before Flower started are not shown.""",
 )
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=int, default=5555, show_default=True, help="Port to listen on.")
 @click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
+@click.option("--enable-task-api", is_flag=True,
+              help="Allow Flower's task-running and control API (apply, revoke, worker "
+                   "shutdown...); off by default. Same as CURATOR_FLOWER_TASK_API=1.")
 @click.pass_context
-def flower_command(ctx: click.Context, address: str, port: int, broker: str | None) -> None:
+def flower_command(ctx: click.Context, address: str, port: int, broker: str | None,
+                   enable_task_api: bool) -> None:
     """Start Flower on this cluster: live workers, tasks and queues.
 
-    Basic auth comes from CURATOR_FLOWER_BASIC_AUTH (user:password[,user2:pw2]). Without
-    it Flower only binds a loopback address, with its REST API open to local users.
+    Basic auth comes from CURATOR_FLOWER_BASIC_AUTH (user:password[,user2:pw2]), passed to
+    Flower through the environment. Without it Flower only serves loopback addresses. The
+    task API (running, revoking tasks, controlling workers) is off unless turned on.
     """
     if broker:
         os.environ["CURATOR_BROKER_URL"] = broker
     settings = Settings.from_env()
     settings.require_cluster()
-    auth = os.environ.get("CURATOR_FLOWER_BASIC_AUTH", "").strip()
-    argv = [sys.executable, "-m", "celery", "-A", "curator_worker.app", "flower",
-            f"--address={address}", f"--port={port}"]
+    flower_guard.parse_credentials(os.environ.get(flower_guard.AUTH_ENV, ""))  # fail early
     env = dict(os.environ)
-    if auth:
-        if ":" not in auth:
-            raise ConfigurationError("CURATOR_FLOWER_BASIC_AUTH must be user:password.")
-        argv.append(f"--basic-auth={auth}")
-    elif _is_loopback(address):
-        env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    else:
-        raise ConfigurationError(
-            f"Refusing to serve Flower on {address} without authentication. Set "
-            "CURATOR_FLOWER_BASIC_AUTH=user:password, or bind 127.0.0.1."
-        )
-    argv += list(ctx.args)
-    click.echo(f"curator-worker flower: http://{address}:{port} on broker "
-               f"{redact_url(settings.broker_url)}", err=True)
+    if enable_task_api:
+        env[flower_guard.TASK_API_ENV] = "1"
+    flower_guard.task_api_enabled(env)
+    if "PYTHONPATH" in env:  # an empty entry would put the working directory on the path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    # -P: the working directory is not put on the import path.
+    argv = [sys.executable, "-P", "-m", "curator_worker.flower_guard",
+            f"--address={address}", f"--port={port}", *ctx.args]
     os.execve(sys.executable, argv, env)
 
 

@@ -232,7 +232,7 @@ def test_flower_command_serves_the_cluster_behind_basic_auth(
         while True:
             assert proc.proc.poll() is None, proc.tail()
             try:
-                if _get(f"{base}/healthcheck")[0] == 200:
+                if _get(f"{base}/healthcheck", credentials)[0] == 200:
                     break
             except OSError:
                 pass
@@ -240,6 +240,7 @@ def test_flower_command_serves_the_cluster_behind_basic_auth(
             time.sleep(0.2)
 
         assert _get(f"{base}/api/workers")[0] == 401
+        assert _get(f"{base}/healthcheck")[0] == 401, "every path needs the credentials"
         assert _get(f"{base}/api/workers", "tester:wrong")[0] == 401
         status, body = _get(f"{base}/api/workers?refresh=true", credentials)
         assert status == 200, body
@@ -247,8 +248,12 @@ def test_flower_command_serves_the_cluster_behind_basic_auth(
 
         health = [a.replace(":5555/", f":{port}/") for a in flower["healthcheck"]["test"]]
         assert health[0] == "CMD"
-        done = subprocess.run(resolve_executable(health[1:]), env=base_env(), timeout=30,
+        done = subprocess.run(resolve_executable(health[1:]), env=base_env(env), timeout=30,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+        done = subprocess.run(resolve_executable(health[1:]), timeout=30, text=True,
+                              env=base_env({**env, "CURATOR_FLOWER_BASIC_AUTH": "x:wrong"}),
+                              capture_output=True)
+        assert done.returncode != 0, "the healthcheck really authenticates"
     finally:
         proc.stop(grace=10)

@@ -53,7 +53,7 @@ def flower(cluster_env: dict[str, str], tmp_path: Path):
         while time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "flower.log").read_text()
             try:
-                if get(f"{base}/healthcheck", auth=None)[0] == 200:
+                if get(f"{base}/healthcheck")[0] == 200:
                     break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
