@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 #: What a failed job of the embedded cluster says instead of naming ``curator-jobs``.
 EMBEDDED_HINT = (
     "The job ran on an embedded cluster, stopped with this run, so `curator-jobs` cannot show "
-    "it afterwards: the error's `failures` holds every failed index. To keep jobs to inspect "
-    "later (curator-jobs failures/status/report/retry), set CURATOR_BROKER_URL and start "
-    "workers with `curator-worker`."
+    "it afterwards: the error's `failures` holds every failed index. To keep jobs you can "
+    "inspect, retry and report on later, set CURATOR_BROKER_URL and start workers with "
+    "`curator-worker`."
 )
 
 _SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
