@@ -164,6 +164,18 @@ def test_retry_shows_its_own_progress_and_is_in_the_history(
                              cluster_env).stdout)["history"]
     assert [(e["action"], e["round"], e["indices"]) for e in history] == [("retry", 1, 13)]
     assert history[0]["batches"] >= 1 and history[0]["at"] > 0
+    resumed = cli(["curator-jobs", "resume", job.job_id, "--wait"], cluster_env)
+    assert resumed.returncode == 1, resumed.stderr
+    shown = cli(["curator-jobs", "status", job.job_id], cluster_env).stdout
+    assert "resume: every batch was committed; gather re-sent" in shown
+    assert shown.index("retry 1:") < shown.index("resume:"), "oldest first"
+    report = cli(["curator-jobs", "report", job.job_id, "--out", str(tmp_path / "report")],
+                 cluster_env)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Pipeline</h2>" in page
+    assert "SyntheticArrays → FieldStats → NpzPerIndex" in page
+    assert "count=40" in page and "retry 1: 13 indices in" in page and "resume:" in page
 
 
 @cluster
