@@ -84,6 +84,32 @@ def test_an_unfinished_embedded_job_leaves_no_shards(tmp_path: Path) -> None:
     assert not (tmp_path / "stats.json").exists()
 
 
+def test_ctrl_c_on_an_embedded_wait_says_the_job_stops_with_it(tmp_path: Path) -> None:
+    spec = stats_spec(tmp_path / "out", 8)
+    spec["source"]["params"]["sleep_ms"] = 2000
+    spec_path = write_spec(tmp_path / "job.yaml", spec)
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith("CURATOR_") or k == "CURATOR_DB_DIR"}
+    full.update(PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([str(BIN / "curator-submit"), str(spec_path), "--workers", "1",
+                             "--batch-size", "1"], env=full, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").glob("stats.json.shards/*/*")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no batch committed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "stops with the embedded cluster of this command" in err
+    assert "curator-jobs" not in err and "aborted" not in err
+    assert not (tmp_path / "out" / "stats.json.shards").exists()
+
+
 # --------------------------------------------------------------------------- the cluster
 
 cluster = pytest.mark.usefixtures("worker_nodes")
@@ -201,6 +227,22 @@ def test_ctrl_c_on_wait_says_the_job_goes_on(tmp_path, store, cluster_settings,
     assert f"curator-jobs wait {job.job_id}" in err and f"curator-jobs cancel {job.job_id}" in err
     assert "aborted" not in err
     assert wait(store, cluster_settings, job.job_id).state == CANCELLED
+
+
+@cluster
+def test_celery_on_error_collect_returns_the_failures(tmp_path, cluster_settings) -> None:
+    pipeline = SyntheticArrays(count=8, size=4, fail_indices="2,5").write(
+        NpzPerIndex(output_dir=str(tmp_path / "out")))
+    result = run_pipeline(pipeline, backend="celery", broker_url=cluster_settings.broker_url,
+                          queue=cluster_settings.queue, batch_size=3, on_error="collect",
+                          progress=False)
+    assert result[2] == [] and result[5] == [] and len(result[0]) == 1
+    assert result.failures == {2: "RuntimeError: synthetic failure at index 2",
+                               5: "RuntimeError: synthetic failure at index 5"}
+    assert "Traceback" in result.errors[2]["traceback"]
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'collect'"):
+        run_pipeline(pipeline, backend="celery", broker_url=cluster_settings.broker_url,
+                     on_error="ignore")
 
 
 @cluster

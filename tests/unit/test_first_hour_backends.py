@@ -103,3 +103,28 @@ def test_a_script_without_main_guard_gets_one_clear_message(tmp_path: Path) -> N
     assert "RuntimeError" not in done.stderr, done.stderr
     assert done.stderr.count("no `if __name__ == '__main__':` guard") == 1, done.stderr
     assert done.stderr.count("Traceback") == 1, "the script's own error, once"
+
+
+def test_an_empty_source_says_so(tmp_path: Path) -> None:
+    from curator_worker.errors import IndexSelectionError
+
+    with pytest.raises(IndexSelectionError) as info:
+        run_pipeline(pipeline(tmp_path, count=0), backend="thread", n_jobs=2)
+    assert "source is empty (0 items)" in str(info.value)
+    assert "Give at least one index" not in str(info.value)
+
+
+def test_progress_lines_show_rates_for_people() -> None:
+    import io
+    import time
+
+    from curator_worker.progress import ProgressReporter
+
+    out = io.StringIO()
+    with ProgressReporter(400_000, "log", label="run", stream=out,
+                          started=time.time() - 2) as bar:
+        bar.update(300_000, force=True)
+    line = out.getvalue().strip()
+    assert line.startswith("run: 300000/400000 (300000 done, 0 failed) ")
+    rate = line.split(") ")[1].split(" ")[0]
+    assert rate.endswith("k/s") and 100 < float(rate[:-3]) <= 150, line
