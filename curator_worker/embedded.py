@@ -235,11 +235,46 @@ class LocalCluster:
         a gather still removing shards, for up to :data:`WARM_STOP_SECONDS`. Otherwise (an
         error or Ctrl-C while batches run) every process of the node is stopped at once.
         """
+        unusable = self.unfinished_shard_folders() if self.redis.proc is not None else []
         if self.worker is not None:
             stop_process(self.worker, signal.SIGTERM,
                          grace=WARM_STOP_SECONDS if warm else 20.0, leader_first=warm)
         self.redis.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+        for folder in unusable:  # the job store that could resume them is gone
+            if folder.exists():
+                log.info("embedded cluster: removing shards of an unfinished job: %s", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                folder.parent.rmdir()  # <output>.shards, once no job uses it
+            except OSError:
+                pass
+
+    def unfinished_shard_folders(self) -> list[Path]:
+        """Shard folders (``<output>.shards/<job>``) of this cluster's jobs that did not end.
+
+        No retry or resume can ever use them once the private job store is stopped, so
+        :meth:`stop` removes them. Never raises: cleaning up must not hide the run's error.
+        """
+        from curator_worker.batch import output_path_of, shard_dir
+        from curator_worker.jobs import JobStore
+        from curator_worker.pipeline import is_stateful
+        from curator_worker.spec import build_pipeline
+
+        folders: list[Path] = []
+        try:
+            store = JobStore.from_url(self.redis.url, timeout=2.0)
+            for job_id in store.list_jobs(limit=1000):
+                if store.status(job_id).is_final:
+                    continue
+                pipeline = build_pipeline(store.record(job_id)["spec"], f"job {job_id}")
+                folders += [shard_dir(os.path.abspath(output_path_of(f)), job_id)
+                            for f in pipeline.filters if is_stateful(f)]
+            store.client.close()
+        except Exception as exc:  # noqa: BLE001 - best effort, see the docstring
+            log.warning("embedded cluster: could not list unfinished jobs' shards: %s: %s",
+                        type(exc).__name__, exc)
+        return folders
 
     def __enter__(self) -> LocalCluster:
         try:

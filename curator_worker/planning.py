@@ -104,6 +104,8 @@ def parse_indices(text: str, length: int) -> list[int]:
             raise IndexSelectionError(
                 f"Bad range {part!r}: the end is before the start. Write it as '{hi}-{lo}'."
             )
+        if length == 0:
+            check_indices([], 0)  # raises: the source is empty
         if hi >= length:  # before expanding: a typo like '0-9999999999' must not eat memory
             raise IndexSelectionError(
                 f"Index {hi} is out of range: the pipeline has {length} indices (0-{length - 1})."
@@ -128,6 +130,10 @@ def check_indices(indices: Sequence[int], length: int) -> list[int]:
     IndexSelectionError
         For an empty list, an out-of-range index or a duplicate.
     """
+    if length == 0:
+        raise IndexSelectionError(
+            "No indices to run: the pipeline's source is empty (0 items). Check the "
+            "source's params (its folder, pattern or count).")
     if len(indices) == 0:
         raise IndexSelectionError("No indices to run. Give at least one index.")
     if ints_in_range(indices, length):  # the common case, checked at C speed

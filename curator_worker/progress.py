@@ -26,6 +26,22 @@ from rich.progress import (
 log = logging.getLogger("curator_worker.progress")
 
 
+def human_rate(per_second: float, unit: str = "/s") -> str:
+    """A rate for people: three significant digits, ``k``/``M`` above a thousand.
+
+    Examples
+    --------
+    >>> human_rate(150534.2), human_rate(12.345), human_rate(0.25), human_rate(2_500_000)
+    ('150.5k/s', '12.3/s', '0.25/s', '2.5M/s')
+    """
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_second >= size:
+            return f"{per_second / size:.1f}{suffix}{unit}"
+    if per_second >= 10:
+        return f"{per_second:.1f}{unit}"
+    return f"{per_second:.2g}{unit}" if per_second > 0 else f"0{unit}"
+
+
 class ProgressReporter:
     """Shows done/failed out of total, with rate and ETA.
 
@@ -106,7 +122,7 @@ class ProgressReporter:
         eta = f"{(self.total - processed) / rate:.0f}s" if rate > 0 else "?"
         line = (
             f"{self.label}: {processed}/{self.total} ({done} done, {failed} failed) "
-            f"{rate:.1f}/s eta {eta}"
+            f"{human_rate(rate)} eta {eta}"
         )
         if note:
             line += f" {note}"

@@ -40,7 +40,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,10 @@ class ReportData:
         Failed indices and their error records (:meth:`Job.failures`).
     generated : float
         When the data was read (epoch seconds).
+    spec : dict
+        The job's pipeline spec (components and params).
+    history : list[dict]
+        Its retries and resumes (:func:`~curator_worker.history.job_history`).
     """
 
     status: JobStatus
@@ -118,6 +122,8 @@ class ReportData:
     metrics: list[dict[str, Any]]
     failures: dict[int, dict[str, Any]]
     generated: float
+    spec: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_job(cls, job: Job) -> ReportData:
@@ -132,9 +138,13 @@ class ReportData:
         -------
         ReportData
         """
+        from curator_worker.history import job_history
+
         status = job.status()  # first: the rest is at least as recent as the counters
         return cls(status=status, batches=job.batches(), metrics=job.metrics(),
-                   failures=job.failures(), generated=time.time())
+                   failures=job.failures(), generated=time.time(),
+                   spec=job.store.record(job.job_id)["spec"],
+                   history=job_history(job.store, job.job_id))
 
     @property
     def is_running(self) -> bool:
@@ -785,6 +795,24 @@ def _summary_html(data: ReportData) -> str:
     return f'<table class="summary"><tbody>{"".join(body)}</tbody></table>'
 
 
+def _pipeline_html(data: ReportData) -> str:
+    """The job's pipeline (components and params) and its retry/resume history."""
+    from curator_worker.history import describe_history, pipeline_params, pipeline_summary
+
+    if not data.spec:
+        return '<p class="muted">No pipeline recorded.</p>'
+    rows = [[_e(role), _e(name),
+             _e(", ".join(f"{k}={v!r}" for k, v in params.items()) or "–")]
+            for role, name, params in pipeline_params(data.spec)]
+    out = (f'<p class="pipeline">{_e(pipeline_summary(data.spec))}</p>'
+           + _table(["role", "class", "params"], rows))
+    out += "<h3>History</h3>"
+    events = [f"{_utc(data.status.created)}: submitted"]
+    events += [describe_history(e) for e in data.history]
+    out += "<ul class=\"history\">" + "".join(f"<li>{_e(e)}</li>" for e in events) + "</ul>"
+    return out
+
+
 def _failures_html(data: ReportData) -> str:
     if not data.failures:
         return '<p class="muted">No failed indices.</p>'
@@ -802,7 +830,8 @@ def _failures_html(data: ReportData) -> str:
                    rows, numeric=(0, 4))
     more = len(data.failures) - MAX_FAILURE_ROWS
     if more > 0:
-        table += f'<p class="muted">… and {more} more failed indices (see curator-jobs).</p>'
+        table += (f'<p class="muted">… and {more} more failed indices: '
+                  f'curator-jobs failures {_e(data.status.job_id)}</p>')
     return table
 
 
@@ -838,7 +867,8 @@ def render_html(data: ReportData, charts: Mapping[str, bytes]) -> str:
             f"{_e(s.committed_batches)} of {_e(s.n_batches)} batches committed so far.</p>")
     if s.error:
         parts.append(f'<p class="error"><strong>Job error:</strong> {_e(s.error)}</p>')
-    parts += ["<h2>Summary</h2>", _summary_html(data), "<h2>Charts</h2>"]
+    parts += ["<h2>Summary</h2>", _summary_html(data), "<h2>Pipeline</h2>",
+              _pipeline_html(data), "<h2>Charts</h2>"]
     for name in CHART_FILES:
         if name not in charts:
             continue

@@ -57,6 +57,22 @@ _KINDS: dict[str, type] = {"source": Source, "filter": Filter, "sink": Sink}
 # --------------------------------------------------------------------------- saving
 
 
+
+class UnknownClassError(SpecError):
+    """A spec names a class its module does not have (here, in this process).
+
+    Attributes
+    ----------
+    module, name : str
+        The module and the class the spec names.
+    module_file : str | None
+        The file the module was imported from.
+    """
+
+    def __init__(self, message: str, module: str, name: str, module_file: str | None) -> None:
+        super().__init__(message)
+        self.module, self.name, self.module_file = module, name, module_file
+
 def _jsonable(value: Any, where: str) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
@@ -486,7 +502,9 @@ def build_component(
         close = difflib.get_close_matches(name, available, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         listing = f" Available: {', '.join(available)}." if available else ""
-        raise SpecError(f"{label}: no class named '{name}' in the module.{hint}{listing}")
+        raise UnknownClassError(
+            f"{label}: no class named '{name}' in the module.{hint}{listing}",
+            module_name, name, getattr(module, "__file__", None))
     if not issubclass(cls, _KINDS[kind]):
         actual = next((k for k, base in _KINDS.items() if issubclass(cls, base)), None)
         is_a = f"a {actual}" if actual else "not a pipeline component"

@@ -62,7 +62,7 @@ from curator_worker.jobs import (
 from curator_worker.lease import LeaseRenewal
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
-from curator_worker.spec import build_pipeline, spec_hash
+from curator_worker.spec import UnknownClassError, build_pipeline, spec_hash
 from curator_worker.trust import refuse, unknown_job, unplanned_batch
 
 log = logging.getLogger(__name__)
@@ -200,6 +200,24 @@ def pipeline_for_job(job_id: str) -> Pipeline:
     return build_pipeline(json.loads(spec_json), f"spec {digest}")
 
 
+#: When this worker process imported its code (workers import components once).
+_IMPORTED_AT = time.time()
+
+
+def _stale_code_hint(exc: Exception) -> str:
+    """A hint that the worker runs older code, for a spec naming a class it lacks."""
+    if not isinstance(exc, UnknownClassError):
+        return ""
+    changed = ""
+    try:
+        if exc.module_file and os.path.getmtime(exc.module_file) > _IMPORTED_AT:
+            changed = f" ({exc.module_file} changed after this worker started)"
+    except OSError:
+        pass
+    return (f" Workers import {exc.module} once, when they start{changed}: if '{exc.name}' "
+            "was added since, restart the workers (curator-worker) so they run the new code.")
+
+
 #: Deaths of a worker while one index was running before that index is blamed and skipped.
 BLAME_THRESHOLD = 2
 #: Seconds between checks for cancellation while a batch runs.
@@ -246,10 +264,12 @@ def _process_batch(
         pipeline = pipeline_for_job(job_id)
         _, _, policy, metrics = _job_context(job_id)
     except CuratorError as exc:
-        message = f"cannot build the pipeline on worker {HOSTNAME}: {exc}"
+        hint = _stale_code_hint(exc)
+        message = f"cannot build the pipeline on worker {HOSTNAME}: {exc}{hint}"
         log.error("job %s: %s", job_id, message)
         store.record_error(job_id, message)
         failure = error_record(exc, attempt, kind="systemic")
+        failure["message"] = f"{failure.get('message') or ''}{hint}"
         results = [IndexResult(i, error=failure) for i in indices]
         store.commit_batch(
             job_id, batch_key, batch_results.encode(results), _commit_record([], attempt, {}, node)

@@ -26,8 +26,10 @@ from curator_worker.config import Settings, check_environment, check_queue_name,
 from curator_worker.errors import CuratorError
 from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
+from curator_worker.progress import human_rate
 from curator_worker.spec import read_spec_file
 from producer.job_views import dashboard_command, failures_command
+from producer.wait import LiveProgress, live_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,9 +107,32 @@ def _timings(status: JobStatus, store: JobStore) -> dict[str, Any]:
     }
 
 
-def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = False) -> None:
+#: Failure groups printed by the summary (the rest: `curator-jobs failures JOB`).
+SHOWN_GROUPS = 5
+#: A group of at most this many indices is listed index by index.
+LISTED_ONE_BY_ONE = 2
+
+
+def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = False,
+             embedded: bool = False, live: LiveProgress | None = None) -> None:
+    """Print a job's summary; ``detail`` (status): timings, pipeline, params, history.
+
+    ``embedded``: the job ran on the embedded cluster, gone after this command, so no
+    ``curator-jobs`` command is suggested; ``live``: the live progress of a running job.
+    """
+    from curator_worker.failures import group_failures, shorten_ranges
+    from curator_worker.history import (
+        describe_history,
+        job_history,
+        pipeline_params,
+        pipeline_summary,
+    )
+
     failures = store.failures(status.job_id) if status.failed else {}
+    groups = group_failures(failures)
     timings = _timings(status, store) if detail or as_json else None
+    record = store.record(status.job_id) if detail or as_json else None
+    history = job_history(store, status.job_id) if detail or as_json else []
     if as_json:
         data = status.as_dict()
         if data.get("error"):
@@ -119,6 +144,14 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
                      "attempt": e.get("attempt")}
             for i, e in failures.items()
         }
+        data["failure_groups"] = [
+            {**g.as_dict(), "message": redact_text(g.message)} for g in groups]
+        if record is not None:
+            data["pipeline"] = pipeline_summary(record["spec"])
+            data["history"] = history
+        if live is not None:
+            data["live"] = {"processed": live.live + status.failed, "inflight": live.inflight,
+                            "workers": live.workers, "note": live.note}
         click.echo(json.dumps(data, indent=2))
         return
     took = ""
@@ -129,20 +162,56 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
         f"{status.failed} failed, {status.total} total "
         f"({status.committed_batches}/{status.n_batches} batches)"
     )
+    if record is not None:
+        click.echo(f"  pipeline: {pipeline_summary(record['spec'])}")
+        for role, name, params in pipeline_params(record["spec"]):
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            click.echo(f"    {role} {name}({redact_text(shown)})")
+        for entry in history:
+            click.echo(f"  {describe_history(entry)}")
+    if live is not None and not status.is_final:
+        click.echo(f"  running: {live.live + status.failed}/{status.total} indices processed "
+                   f"({live.inflight} in running batches), {live.note}")
     if status.error:
         click.echo(f"  error: {redact_text(status.error)}")
     if timings:
         click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
-                   f"{timings['indices_per_second']:.1f} indices/s, "
+                   f"{human_rate(timings['indices_per_second'], ' indices/s')}, "
                    f"{timings['worker_processes']} worker processes")
         total = sum(timings["stage_seconds"].values()) or 1.0
         for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
             click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
-    for index, err in list(failures.items())[:10]:
-        lines = redact_text(err.get("message") or "").splitlines()
-        click.echo(f"  index {index}: {err.get('type')}: {lines[0] if lines else ''}")
-    if len(failures) > 10:
-        click.echo(f"  ... and {len(failures) - 10} more (curator-jobs status {status.job_id})")
+    for group in groups[:SHOWN_GROUPS]:
+        first = next(iter(redact_text(group.message).splitlines()), "")
+        if group.count <= LISTED_ONE_BY_ONE:
+            for index in group.indices:
+                lines = redact_text(failures[index].get("message") or "").splitlines()
+                click.echo(f"  index {index}: {group.type}: {lines[0] if lines else ''}")
+        else:
+            click.echo(f"  {group.count} indices ({shorten_ranges(group.ranges, 120)}): "
+                       f"{group.type}: {first}")
+    if len(groups) > SHOWN_GROUPS:
+        rest = sum(g.count for g in groups[SHOWN_GROUPS:])
+        click.echo(f"  ... and {rest} more indices in {len(groups) - SHOWN_GROUPS} more groups")
+    if failures and embedded:
+        click.echo("  (the job ran on an embedded cluster, stopped with this command: "
+                   "`curator-jobs` cannot show it later. Set CURATOR_BROKER_URL and start "
+                   "workers with `curator-worker` to keep jobs to inspect, retry and report.)")
+    elif failures:
+        click.echo(f"  tracebacks and every index: curator-jobs failures {status.job_id} "
+                   "--traceback")
+
+
+def _interrupted(job_id: str, embedded: bool) -> None:
+    """Ctrl-C while waiting: say what happens to the job, and how to go on."""
+    if embedded:
+        click.echo(f"interrupted: job {job_id} stops with the embedded cluster of this "
+                   "command. Run it again to start over.", err=True)
+    else:
+        click.echo(f"interrupted: job {job_id} keeps running on the cluster. Wait again: "
+                   f"curator-jobs wait {job_id}; stop it: curator-jobs cancel {job_id}",
+                   err=True)
+    sys.exit(130)
 
 
 def _store(settings: Settings) -> JobStore:
@@ -268,10 +337,13 @@ def submit_command(
             click.echo(f"job {job.job_id}: {job.total} indices in {job.n_batches} batches",
                        err=True)
         store = _store(active)
-        status = wait_for_job(store, job.job_id, settings=active,
-                              progress=_progress_mode(as_json, quiet), timeout=timeout,
-                              watchdog=cluster.check_alive if cluster is not None else None)
-        _summary(status, store, as_json)
+        try:
+            status = wait_for_job(store, job.job_id, settings=active,
+                                  progress=_progress_mode(as_json, quiet), timeout=timeout,
+                                  watchdog=cluster.check_alive if cluster is not None else None)
+        except KeyboardInterrupt:
+            _interrupted(job.job_id, embedded=cluster is not None)
+        _summary(status, store, as_json, embedded=cluster is not None)
     if cluster is not None and not as_json:
         click.echo(f"embedded cluster stopped ({time.monotonic() - started:.1f}s in all)",
                    err=True)
@@ -309,12 +381,11 @@ jobs_group.add_command(dashboard_command)
 def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     """Show JOB_ID's state, counts and first failures. Exit code as for submit."""
     store = _store(Settings.from_env(broker_url=broker))
-    status = store.status(job_id)
-    _summary(status, store, as_json, detail=True)
-    if not status.is_final and not as_json:
-        click.echo(f"  running: {status.processed}/{status.total} indices processed")
-        if status.submit_note():
-            click.echo(f"  {status.submit_note()}")
+    live = live_progress(store, job_id)
+    status = live.status
+    _summary(status, store, as_json, detail=True, live=None if status.is_final else live)
+    if not status.is_final and not as_json and status.submit_note():
+        click.echo(f"  {status.submit_note()}")
     sys.exit(status.exit_code() if status.is_final else EXIT_OK)
 
 
@@ -402,18 +473,24 @@ def list_command(limit: int, as_json: bool, broker: str | None) -> None:
     if not 1 <= limit <= 10_000:
         _fail(f"--limit must be from 1 to 10000, got {limit}.")
     store = _store(Settings.from_env(broker_url=broker))
+    from curator_worker.history import job_history, pipeline_summary
+
     statuses = [store.status(job_id) for job_id in store.list_jobs(limit)]
+    pipelines = {s.job_id: pipeline_summary(store.record(s.job_id)["spec"]) for s in statuses}
     if as_json:
-        click.echo(json.dumps([s.as_dict() for s in statuses], indent=2))
+        click.echo(json.dumps([
+            {**s.as_dict(), "pipeline": pipelines[s.job_id],
+             "history": job_history(store, s.job_id)} for s in statuses], indent=2))
         return
     if not statuses:
         click.echo("no jobs")
         return
     now = time.time()
-    click.echo(f"{'JOB':<26} {'STATE':<10} {'DONE':>9} {'FAILED':>7} {'TOTAL':>9}  AGE")
+    click.echo(f"{'JOB':<26} {'STATE':<10} {'DONE':>9} {'FAILED':>7} {'TOTAL':>9} {'AGE':>4}  "
+               "PIPELINE")
     for s in statuses:
-        click.echo(f"{s.job_id:<26} {s.state:<10} {s.done:>9} {s.failed:>7} {s.total:>9}  "
-                   f"{_age(now - s.created)}")
+        click.echo(f"{s.job_id:<26} {s.state:<10} {s.done:>9} {s.failed:>7} {s.total:>9} "
+                   f"{_age(now - s.created):>4}  {pipelines[s.job_id]}")
 
 
 @jobs_group.command("report")
@@ -472,8 +549,11 @@ def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: boo
 
     _number("--timeout", timeout, inclusive=True)
     store = _store(settings)
-    status = wait_for_job(store, job_id, settings=settings,
-                          progress=_progress_mode(as_json, quiet), timeout=timeout)
+    try:
+        status = wait_for_job(store, job_id, settings=settings,
+                              progress=_progress_mode(as_json, quiet), timeout=timeout)
+    except KeyboardInterrupt:
+        _interrupted(job_id, embedded=False)
     _summary(status, store, as_json)
     sys.exit(status.exit_code())
 

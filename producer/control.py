@@ -11,6 +11,7 @@ import logging
 from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.errors import CuratorError
+from curator_worker.history import record_history
 from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore
 from curator_worker.planning import Batch, plan_batches
 from curator_worker.spec import build_pipeline
@@ -68,9 +69,11 @@ def _resume(settings: Settings, store: JobStore, job_id: str) -> int:
     pending = store.uncommitted(job_id)
     if not pending:  # only the gather is left: its error (a failed merge) is retried too
         store.reopen(job_id, clear_error=True)
+        record_history(store, job_id, "resume", batches=0)
         resend_gather(settings, job_id, status.queue)
         return 0
     store.reopen(job_id)
+    record_history(store, job_id, "resume", batches=len(pending))
     batches = [Batch(key, indices) for key, indices in sorted(pending.items())]
     app = create_app(settings)
     try:
@@ -152,6 +155,8 @@ def _retry(settings: Settings, store: JobStore, job_id: str) -> int:
     # arrives after the last batch already gathered) then never sees a running job whose
     # planned batches are all committed, and cannot finish it before the retry round runs.
     store.add_batches(job_id, [(b.key, b.indices) for b in batches])
+    record_history(store, job_id, "retry", round=round_number, indices=len(failed),
+                   batches=len(batches))
     store.reopen(job_id, clear_error=True)
     app = create_app(settings)
     try:

@@ -17,7 +17,7 @@ from typing import Any
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
-from curator_worker.jobs import SUCCEEDED
+from curator_worker.jobs import PARTIAL, SUCCEEDED
 from curator_worker.metrics import record_of_job_entry, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
@@ -25,6 +25,14 @@ from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.spec import pipeline_to_spec, spec_hash
 
 log = logging.getLogger(__name__)
+
+#: What a failed job of the embedded cluster says instead of naming ``curator-jobs``.
+EMBEDDED_HINT = (
+    "The job ran on an embedded cluster, stopped with this run, so `curator-jobs` cannot show "
+    "it afterwards: the error's `failures` holds every failed index. To keep jobs you can "
+    "inspect, retry and report on later, set CURATOR_BROKER_URL and start workers with "
+    "`curator-worker`."
+)
 
 _SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
 _JOB_KWARGS = ("index_timeout", "batch_time_limit", "index_memory_mb", "max_attempts",
@@ -93,7 +101,9 @@ class CeleryBackend(RunBackend):
     """Batches of indices as Celery tasks in a chord whose callback gathers shards.
 
     Keyword options: ``broker_url``, ``result_backend``, ``job_store_url``, ``queue``,
-    ``batch_size``, ``timeout`` (seconds to wait); and the job's policy: ``index_timeout``,
+    ``batch_size``, ``timeout`` (seconds to wait), ``on_error`` (``"collect"`` returns a
+    partial job's results as a ``RunResult`` with its failures, as the local backends do;
+    a job that failed as a whole still raises); and the job's policy: ``index_timeout``,
     ``batch_time_limit``, ``index_memory_mb``, ``max_attempts``, ``retries``, ``retry_on``
     (exception class names), ``retry_backoff``, ``metrics``, ``trace_memory``.
     """
@@ -142,9 +152,14 @@ class CeleryBackend(RunBackend):
         kwargs = dict(config.backend_options)
         indices = list(range(len(pipeline))) if config.indices is None else config.indices
         n_jobs = config.resolved_n_jobs
-        unknown = set(kwargs) - {*_SETTING_KWARGS, *_JOB_KWARGS, "batch_size", "timeout"}
+        known = {*_SETTING_KWARGS, *_JOB_KWARGS, "batch_size", "timeout", "on_error"}
+        unknown = set(kwargs) - known
         if unknown:
-            raise TypeError(f"Unknown celery backend option(s): {', '.join(sorted(unknown))}.")
+            raise TypeError(f"Unknown celery backend option(s): {', '.join(sorted(unknown))}. "
+                            f"Known options: {', '.join(sorted(known))}.")
+        on_error = kwargs.pop("on_error", "raise")
+        if on_error not in ("raise", "collect"):
+            raise ValueError(f"on_error must be 'raise' or 'collect', got {on_error!r}.")
         spec = pipeline_to_spec(pipeline)
         base = Settings.from_env(**{k: kwargs.get(k) for k in _SETTING_KWARGS})
         with cluster_for(base, n_jobs) as (settings, cluster):
@@ -168,10 +183,15 @@ class CeleryBackend(RunBackend):
                 record_job_metrics(pipeline, store, job.job_id)
             paths = store.paths(job.job_id, indices)
             failures = store.failures(job.job_id) if status.state != SUCCEEDED else {}
+        if status.state == PARTIAL and on_error == "collect":
+            from curator_worker.backends.local import RunResult
+
+            return RunResult([p if p is not None else [] for p in paths], run_id=job.job_id,
+                             errors=failures)
         if status.state != SUCCEEDED:
             raise JobFailedError(
                 job.job_id, status.state,
                 {i: f"{e['type']}: {e['message']}" for i, e in failures.items()},
-                status.error or "",
+                status.error or "", hint=EMBEDDED_HINT if cluster is not None else None,
             )
         return [p if p is not None else [] for p in paths]

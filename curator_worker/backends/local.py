@@ -165,9 +165,13 @@ class LocalOptions:
 
 
 def parse_options(
-    backend: str, kwargs: Mapping[str, Any], own: frozenset[str] = frozenset()
+    backend: str, kwargs: Mapping[str, Any], own: frozenset[str] = frozenset(),
+    common: frozenset[str] = COMMON_OPTIONS,
 ) -> LocalOptions:
     """Validate the keyword options given to backend ``backend``.
+
+    ``common`` are the shared options it accepts besides ``own`` (the ``sequential``
+    backend takes ``on_error`` alone, as one of ``own``).
 
     Raises
     ------
@@ -176,7 +180,7 @@ def parse_options(
     ValueError
         For a bad value of ``batch_size``, ``gather`` or ``on_error``.
     """
-    known = COMMON_OPTIONS | own
+    known = common | own
     unknown = set(kwargs) - known
     if unknown:
         raise TypeError(
@@ -194,7 +198,7 @@ def parse_options(
     on_error = kwargs.get("on_error", "raise")
     if on_error not in ON_ERROR_MODES:
         raise ValueError(f"on_error must be 'raise' or 'collect', got {on_error!r}.")
-    extra = {k: v for k, v in kwargs.items() if k in own}
+    extra = {k: v for k, v in kwargs.items() if k in own and k not in COMMON_OPTIONS}
     return LocalOptions(batch_size=batch_size, gather=gather, on_error=on_error, extra=extra)
 
 

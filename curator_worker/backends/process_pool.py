@@ -30,6 +30,7 @@ import logging
 import multiprocessing
 import pickle
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +58,14 @@ log = logging.getLogger(__name__)
 MAX_STARTUP_FAILURES = 3
 #: Seconds a worker gets to exit after being told to stop, before it is killed.
 STOP_GRACE = 5.0
+#: Exit code of a spawned worker that re-ran a script without a ``__main__`` guard.
+UNGUARDED_MAIN_EXIT = 87
+#: What the run says then, once (instead of multiprocessing's RuntimeError per worker).
+UNGUARDED_MAIN_MESSAGE = (
+    "the script that calls run_pipeline has no `if __name__ == '__main__':` guard. "
+    "process_pool starts its workers with spawn, which runs the main script again in each "
+    "worker; put the run_pipeline call (and what builds the pipeline) under that guard"
+)
 #: Longest wait between two looks at the workers (events normally wake the parent sooner).
 POLL_CAP = 5.0
 
@@ -300,6 +309,10 @@ class _Supervisor:
 
     def _died(self, worker: _Worker) -> None:
         self._discard(worker, kill=False)
+        if not worker.ready and worker.process.exitcode == UNGUARDED_MAIN_EXIT:
+            self.shutdown()
+            raise JobFailedError(self.run.run_id, "failed", {}, UNGUARDED_MAIN_MESSAGE,
+                                 in_job_store=False) from None
         if worker.unit is None:
             return
         how = _exit_description(worker.process.exitcode)
@@ -427,6 +440,14 @@ class ProcessPoolBackend(LocalBackend):
                 f"mp_context must be one of {', '.join(multiprocessing.get_all_start_methods())},"
                 f" got {method!r}."
             )
+
+    def run(self, pipeline: Any, config: Any) -> list[list[str]]:
+        """As :meth:`LocalBackend.run`; in a worker that is still starting, which means
+        the main script is re-run without a ``__main__`` guard, exit quietly: the parent
+        says what to fix, once."""
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            sys.exit(UNGUARDED_MAIN_EXIT)
+        return super().run(pipeline, config)
 
     def execute(self, run: LocalRun) -> None:
         """Run every unit on supervised worker processes."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 from curator_worker.atomic import temp_path_for
+from curator_worker.backends.local import RunResult, parse_options
 from curator_worker.batch import IndexResult, error_record, execute_batch, flush_to, output_path_of
+from curator_worker.errors import index_failed
 from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.progress import ProgressReporter
@@ -16,7 +19,8 @@ from curator_worker.run import RunBackend, RunConfig, register_backend
 class SequentialBackend(RunBackend):
     """Runs indices one after another in the calling process.
 
-    An exception in an index propagates at once, as in physicsnemo-curator. Stateful
+    An exception in an index propagates at once, as in physicsnemo-curator, naming the
+    index (``on_error="collect"`` runs every index and returns the failures instead). Stateful
     filters work on private copies (running the same pipeline twice never double-counts)
     and are flushed straight to their final outputs, atomically. With ``track_metrics``
     every index is timed per stage and recorded, the failing one included.
@@ -24,9 +28,21 @@ class SequentialBackend(RunBackend):
 
     name = "sequential"
     description = "One index after another in this process (debugging, small runs)."
+    #: The only option: ``on_error`` ("raise" or "collect", as on the local backends).
+    options = frozenset({"on_error"})
 
     def run(self, pipeline: Pipeline, config: RunConfig) -> list[list[str]]:
-        """Run ``config.indices`` in order; return their sink paths."""
+        """Run ``config.indices`` in order; return their sink paths.
+
+        With ``on_error="collect"`` every index runs and a
+        :class:`~curator_worker.backends.local.RunResult` is returned (failed entries
+        ``[]``, their errors in ``failures`` / ``errors``); by default the first failing
+        index raises (:class:`~curator_worker.errors.IndexFailedError`, chained to the
+        original exception and also an instance of its type).
+        """
+        options = parse_options(self.name, config.backend_options, self.options,
+                                common=frozenset())
+        collect = options.on_error == "collect"
         indices = list(range(len(pipeline))) if config.indices is None else config.indices
         tracked = pipeline.track_metrics
         names = stage_names(pipeline) if tracked else {}
@@ -40,15 +56,17 @@ class SequentialBackend(RunBackend):
 
             try:
                 outcome = execute_batch(
-                    pipeline, indices, on_error="raise", on_index=advance,
-                    on_start=current.append if tracked else None,
+                    pipeline, indices, on_error="record" if collect else "raise",
+                    on_index=advance, on_start=current.append,
                     timings="all" if tracked else False,
                     trace_memory=tracked and pipeline.track_memory,
                 )
             except Exception as exc:
                 if tracked and current:
                     finished.append(IndexResult(current[-1], error=error_record(exc)))
-                raise
+                if not current:
+                    raise
+                raise index_failed(exc, current[-1], self.name) from exc
             finally:
                 if tracked:
                     safe_record(pipeline, [record_of(r, names) for r in finished])
@@ -59,4 +77,8 @@ class SequentialBackend(RunBackend):
             written = flush_to(outcome.filters[n], str(temp_path_for(final)))
             if written is not None:
                 os.replace(written, final)
-        return [list(r.paths or []) for r in outcome.results]
+        paths = [list(r.paths or []) for r in outcome.results]
+        if not collect:
+            return paths
+        errors = {r.index: r.error for r in outcome.results if r.error is not None}
+        return RunResult(paths, run_id=f"{self.name}-{uuid.uuid4().hex}", errors=errors)
