@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from curator_worker.components.records import (
-    chunk_groups,
+    STORAGE_OPTIONS,
+    ChunkedRecords,
     json_default,
     normalise_index,
     records_of,
@@ -118,8 +119,7 @@ class JsonlFiles(Source[Item]):
         return [
             Param("paths", "A path, URL or glob of .jsonl files, or a list of them",
                   type=PathList),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
+            STORAGE_OPTIONS,
         ]
 
     def __len__(self) -> int:
@@ -211,8 +211,7 @@ class JsonlSink(Sink[Item]):
         return [
             Param("output_dir", "Directory or URL prefix of the .jsonl files", type=str),
             Param("prefix", "File name prefix", type=str, default="part"),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
+            STORAGE_OPTIONS,
         ]
 
     def path_for(self, index: int) -> str:
@@ -234,7 +233,7 @@ class JsonlSink(Sink[Item]):
         return [path]
 
 
-class JsonlChunked(Sink[Item]):
+class JsonlChunked(ChunkedRecords):
     """Indices grouped into JSON Lines chunk files of ``chunk_size`` consecutive indices.
 
     Index ``i`` goes into ``{output_dir}/{prefix}_{i // chunk_size:06d}.jsonl``; each of its
@@ -270,17 +269,7 @@ class JsonlChunked(Sink[Item]):
 
     name = "JsonlChunked"
     description = "Chunk .jsonl files of chunk_size consecutive indices, rewritten whole."
-
-    def __init__(self, output_dir: str, chunk_size: int = 16, prefix: str = "chunk",
-                 index_field: str = "_index",
-                 storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = check_location(str(output_dir), self.name)
-        self.chunk_size = int(chunk_size)
-        self.prefix = str(prefix)
-        self.index_field = str(index_field)
-        self.storage_options = check_storage_options(storage_options, self.name)
-        if self.chunk_size < 1:
-            raise ValueError(f"JsonlChunked chunk_size must be >= 1, got {self.chunk_size}.")
+    extension = "jsonl"
 
     @classmethod
     def params(cls) -> list[Param]:
@@ -290,48 +279,18 @@ class JsonlChunked(Sink[Item]):
         --------
         >>> [p.name for p in JsonlChunked.params()][:2]
         ['output_dir', 'chunk_size']
-        """
-        return [
-            Param("output_dir", "Directory or URL prefix of the chunk files", type=str),
-            Param("chunk_size", "Indices per chunk file", type=int, default=16),
-            Param("prefix", "File name prefix", type=str, default="chunk"),
-            Param("index_field", "Field holding each line's index", type=str,
-                  default="_index"),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
-        ]
-
-    def path_for(self, index: int) -> str:
-        """The chunk file of ``index``.
-
-        Examples
-        --------
         >>> JsonlChunked(output_dir="out", chunk_size=4).path_for(9)
         'out/chunk_000002.jsonl'
-        """
-        return join(self.output_dir, f"{self.prefix}_{int(index) // self.chunk_size:06d}.jsonl")
-
-    def partition_indices(self, indices: Sequence[int]) -> list[list[int]]:
-        """Group ``indices`` by chunk, so each chunk file has a single writer.
-
-        Examples
-        --------
         >>> JsonlChunked(output_dir="out", chunk_size=4).partition_indices([9, 1, 0, 8, 5])
         [[0, 1], [5], [8, 9]]
         """
-        return chunk_groups(indices, self.chunk_size)
+        return [*cls.chunk_params("Field holding each line's index"), STORAGE_OPTIONS]
 
     def __call__(self, items: Iterator[Item], index: int) -> list[str]:
         """Add or replace the lines of ``index`` in its chunk file; return ``[chunk path]``."""
         index = int(index)
-        new_lines = []
-        for record in records_of(items):
-            if self.index_field in record:
-                raise ValueError(
-                    f"JsonlChunked: a record of index {index} already has a field "
-                    f"{self.index_field!r}. Set index_field to a name the records do not use."
-                )
-            new_lines.append((index, encode_line({self.index_field: index, **record})))
+        new_lines = [(index, encode_line({self.index_field: index, **record}))
+                     for record in self.records_for(items, index)]
         path = self.path_for(index)
         options = resolve_storage_options(self.storage_options, self.name)
         kept: list[tuple[int, bytes]] = []

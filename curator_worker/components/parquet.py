@@ -23,7 +23,12 @@ except ImportError as exc:  # an optional dependency: one clear line naming the 
         "pip install 'curator-worker[parquet]' (on every worker)."
     ) from exc
 
-from curator_worker.components.records import chunk_groups, normalise_index, records_of
+from curator_worker.components.records import (
+    STORAGE_OPTIONS,
+    ChunkedRecords,
+    normalise_index,
+    records_of,
+)
 from curator_worker.components.storage import (
     PathList,
     check_location,
@@ -46,6 +51,9 @@ Item = dict[str, Any]
 
 #: Compression codecs a Parquet sink accepts.
 COMPRESSIONS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
+#: The ``compression`` parameter of the Parquet sinks.
+COMPRESSION = Param("compression", "Parquet compression codec", type=str, default="snappy",
+                    choices=COMPRESSIONS)
 
 
 def _split_names(text: str) -> list[str]:
@@ -152,8 +160,7 @@ class ParquetFiles(Source[Item]):
                   default=""),
             Param("row_groups", "One index per row group instead of per file", type=bool,
                   default=False),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
+            STORAGE_OPTIONS,
         ]
 
     def __len__(self) -> int:
@@ -270,10 +277,8 @@ class ParquetSink(Sink[Item]):
         return [
             Param("output_dir", "Directory or URL prefix of the .parquet files", type=str),
             Param("prefix", "File name prefix", type=str, default="part"),
-            Param("compression", "Parquet compression codec", type=str, default="snappy",
-                  choices=COMPRESSIONS),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
+            COMPRESSION,
+            STORAGE_OPTIONS,
         ]
 
     def path_for(self, index: int) -> str:
@@ -305,7 +310,7 @@ def _check_compression(value: str, owner: str) -> str:
     return value
 
 
-class ParquetChunked(Sink[Item]):
+class ParquetChunked(ChunkedRecords):
     """Indices grouped into Parquet chunk files of ``chunk_size`` consecutive indices.
 
     Index ``i`` goes into ``{output_dir}/{prefix}_{i // chunk_size:06d}.parquet``; its rows
@@ -342,18 +347,13 @@ class ParquetChunked(Sink[Item]):
 
     name = "ParquetChunked"
     description = "Chunk .parquet files of chunk_size consecutive indices, rewritten whole."
+    extension = "parquet"
 
     def __init__(self, output_dir: str, chunk_size: int = 16, prefix: str = "chunk",
                  index_field: str = "_index", compression: str = "snappy",
                  storage_options: dict[str, Any] | None = None) -> None:
-        self.output_dir = check_location(str(output_dir), self.name)
-        self.chunk_size = int(chunk_size)
-        self.prefix = str(prefix)
-        self.index_field = str(index_field)
+        super().__init__(output_dir, chunk_size, prefix, index_field, storage_options)
         self.compression = _check_compression(compression, self.name)
-        self.storage_options = check_storage_options(storage_options, self.name)
-        if self.chunk_size < 1:
-            raise ValueError(f"ParquetChunked chunk_size must be >= 1, got {self.chunk_size}.")
 
     @classmethod
     def params(cls) -> list[Param]:
@@ -363,50 +363,17 @@ class ParquetChunked(Sink[Item]):
         --------
         >>> [p.name for p in ParquetChunked.params()][:2]
         ['output_dir', 'chunk_size']
-        """
-        return [
-            Param("output_dir", "Directory or URL prefix of the chunk files", type=str),
-            Param("chunk_size", "Indices per chunk file", type=int, default=16),
-            Param("prefix", "File name prefix", type=str, default="chunk"),
-            Param("index_field", "Name of the index column", type=str, default="_index"),
-            Param("compression", "Parquet compression codec", type=str, default="snappy",
-                  choices=COMPRESSIONS),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
-        ]
-
-    def path_for(self, index: int) -> str:
-        """The chunk file of ``index``.
-
-        Examples
-        --------
         >>> ParquetChunked(output_dir="out", chunk_size=4).path_for(9)
         'out/chunk_000002.parquet'
-        """
-        return join(self.output_dir,
-                    f"{self.prefix}_{int(index) // self.chunk_size:06d}.parquet")
-
-    def partition_indices(self, indices: Sequence[int]) -> list[list[int]]:
-        """Group ``indices`` by chunk, so each chunk file has a single writer.
-
-        Examples
-        --------
         >>> ParquetChunked(output_dir="out", chunk_size=4).partition_indices([9, 1, 0, 8])
         [[0, 1], [8, 9]]
         """
-        return chunk_groups(indices, self.chunk_size)
+        return [*cls.chunk_params("Name of the index column"), COMPRESSION, STORAGE_OPTIONS]
 
     def __call__(self, items: Iterator[Item], index: int) -> list[str]:
         """Add or replace the rows of ``index`` in its chunk file; return ``[chunk path]``."""
         index = int(index)
-        records = records_of(items)
-        for record in records:
-            if self.index_field in record:
-                raise ValueError(
-                    f"ParquetChunked: a record of index {index} already has a field "
-                    f"{self.index_field!r}. Set index_field to a name the records do not use."
-                )
-        new = pa.Table.from_pylist(records)
+        new = pa.Table.from_pylist(self.records_for(items, index))
         new = new.add_column(0, pa.field(self.index_field, pa.int64()),
                              [pa.array([index] * new.num_rows, pa.int64())])
         path = self.path_for(index)

@@ -15,9 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from curator_worker.components.storage import check_location, check_storage_options, join
+from curator_worker.pipeline import Param, Sink
+
 Item = dict[str, Any]
 
-__all__ = ["chunk_groups", "json_default", "normalise_index", "plain", "record_of", "records_of"]
+__all__ = ["STORAGE_OPTIONS", "ChunkedRecords", "chunk_groups", "json_default",
+           "normalise_index", "plain", "record_of", "records_of"]
+
+#: The ``storage_options`` parameter every record component takes.
+STORAGE_OPTIONS = Param("storage_options", "fsspec options for URLs (credentials only as "
+                        "'${ENV_VARIABLE}')", type=dict, default=None)
 
 
 def normalise_index(index: int, length: int) -> int:
@@ -113,3 +121,57 @@ def chunk_groups(indices: Sequence[int], chunk_size: int) -> list[list[int]]:
     for i in indices:
         groups.setdefault(int(i) // chunk_size, []).append(int(i))
     return [sorted(groups[chunk]) for chunk in sorted(groups)]
+
+
+class ChunkedRecords(Sink[Item]):
+    """What the chunked record sinks share: chunk files of ``chunk_size`` consecutive
+    indices, one writer per chunk, an index field on every record.
+
+    Index ``i`` goes into ``{output_dir}/{prefix}_{i // chunk_size:06d}.{extension}``.
+    Subclasses set :attr:`extension` and write a chunk in ``__call__`` with the records
+    :meth:`records_for` gives.
+    """
+
+    #: File name extension of the chunk files (without the dot).
+    extension = ""
+
+    def __init__(self, output_dir: str, chunk_size: int = 16, prefix: str = "chunk",
+                 index_field: str = "_index",
+                 storage_options: dict[str, Any] | None = None) -> None:
+        self.output_dir = check_location(str(output_dir), self.name)
+        self.chunk_size = int(chunk_size)
+        self.prefix = str(prefix)
+        self.index_field = str(index_field)
+        self.storage_options = check_storage_options(storage_options, self.name)
+        if self.chunk_size < 1:
+            raise ValueError(f"{self.name} chunk_size must be >= 1, got {self.chunk_size}.")
+
+    @classmethod
+    def chunk_params(cls, index_field_help: str) -> list[Param]:
+        """The parameters every chunked sink takes, ``storage_options`` excepted."""
+        return [
+            Param("output_dir", "Directory or URL prefix of the chunk files", type=str),
+            Param("chunk_size", "Indices per chunk file", type=int, default=16),
+            Param("prefix", "File name prefix", type=str, default="chunk"),
+            Param("index_field", index_field_help, type=str, default="_index"),
+        ]
+
+    def path_for(self, index: int) -> str:
+        """The chunk file of ``index``."""
+        return join(self.output_dir,
+                    f"{self.prefix}_{int(index) // self.chunk_size:06d}.{self.extension}")
+
+    def partition_indices(self, indices: Sequence[int]) -> list[list[int]]:
+        """Group ``indices`` by chunk, so each chunk file has a single writer."""
+        return chunk_groups(indices, self.chunk_size)
+
+    def records_for(self, items: Iterator[Any], index: int) -> list[dict[str, Any]]:
+        """The records of ``index``; one that already has :attr:`index_field` fails it."""
+        records = records_of(items)
+        for record in records:
+            if self.index_field in record:
+                raise ValueError(
+                    f"{self.name}: a record of index {index} already has a field "
+                    f"{self.index_field!r}. Set index_field to a name the records do not use."
+                )
+        return records

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from curator_worker.components.records import STORAGE_OPTIONS
 from curator_worker.components.storage import (
     check_location,
     check_storage_options,
@@ -244,8 +245,7 @@ class TextStats(Filter[Item]):
         return [
             Param("output", "Path or URL of the statistics JSON file", type=str),
             Param("field", "Name of the text field", type=str, default="text"),
-            Param("storage_options", "fsspec options for URLs (credentials only as "
-                  "'${ENV_VARIABLE}')", type=dict, default=None),
+            STORAGE_OPTIONS,
         ]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TextStats:
