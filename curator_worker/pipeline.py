@@ -34,6 +34,33 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def normalise_index(index: int, length: int) -> int:
+    """``index`` as an int in ``[0, length)``; negative indices count from the end.
+
+    What a :class:`Source` of ``length`` indices accepts in ``__getitem__``.
+
+    Raises
+    ------
+    TypeError
+        If ``index`` is not an integer (``bool`` included).
+    IndexError
+        If ``index`` is out of range.
+
+    Examples
+    --------
+    >>> normalise_index(-1, 10)
+    9
+    """
+    if isinstance(index, bool):
+        raise TypeError("Source indices must be integers, not bool.")
+    i = operator.index(index)
+    if i < 0:
+        i += length
+    if not 0 <= i < length:
+        raise IndexError(f"Index {index} is out of range for a source of {length} indices.")
+    return i
+
+
 class _Required:
     """Sentinel type of :data:`REQUIRED`."""
 

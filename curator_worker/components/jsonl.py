@@ -17,7 +17,6 @@ from curator_worker.components.records import (
     STORAGE_OPTIONS,
     ChunkedRecords,
     json_default,
-    normalise_index,
     records_of,
 )
 from curator_worker.components.storage import (
@@ -32,7 +31,7 @@ from curator_worker.components.storage import (
     resolve_storage_options,
     write_bytes,
 )
-from curator_worker.pipeline import Param, Sink, Source
+from curator_worker.pipeline import Param, Sink, Source, normalise_index
 
 logger = logging.getLogger(__name__)
 

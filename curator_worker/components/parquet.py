@@ -26,7 +26,6 @@ except ImportError as exc:  # an optional dependency: one clear line naming the 
 from curator_worker.components.records import (
     STORAGE_OPTIONS,
     ChunkedRecords,
-    normalise_index,
     records_of,
 )
 from curator_worker.components.storage import (
@@ -41,7 +40,7 @@ from curator_worker.components.storage import (
     resolve_storage_options,
     write_bytes,
 )
-from curator_worker.pipeline import Param, Sink, Source
+from curator_worker.pipeline import Param, Sink, Source, normalise_index
 
 logger = logging.getLogger(__name__)
 

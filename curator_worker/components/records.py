@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import operator
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,30 +19,12 @@ from curator_worker.pipeline import Param, Sink
 
 Item = dict[str, Any]
 
-__all__ = ["STORAGE_OPTIONS", "ChunkedRecords", "chunk_groups", "json_default",
-           "normalise_index", "plain", "record_of", "records_of"]
+__all__ = ["STORAGE_OPTIONS", "ChunkedRecords", "chunk_groups", "json_default", "plain",
+           "record_of", "records_of"]
 
 #: The ``storage_options`` parameter every record component takes.
 STORAGE_OPTIONS = Param("storage_options", "fsspec options for URLs (credentials only as "
                         "'${ENV_VARIABLE}')", type=dict, default=None)
-
-
-def normalise_index(index: int, length: int) -> int:
-    """``index`` as an int in ``[0, length)``; negative indices count from the end.
-
-    Raises
-    ------
-    IndexError
-        If ``index`` is out of range.
-    """
-    if isinstance(index, bool):
-        raise TypeError("Source indices must be integers, not bool.")
-    i = operator.index(index)
-    if i < 0:
-        i += length
-    if not 0 <= i < length:
-        raise IndexError(f"Index {index} is out of range for a source of {length} indices.")
-    return i
 
 
 def plain(value: Any) -> Any:

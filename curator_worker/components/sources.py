@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import operator
 import os
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from curator_worker.pipeline import Param, Source
+from curator_worker.pipeline import Param, Source, normalise_index
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +41,6 @@ def _parse_index_list(text: str, param: str) -> frozenset[int]:
                 f"Bad {param} {text!r}: give comma-separated integers such as '3,7'."
             ) from None
     return frozenset(out)
-
-
-def _normalise_index(index: int, length: int) -> int:
-    """``index`` as an int in ``[0, length)``; negative indices count from the end."""
-    if isinstance(index, bool):
-        raise TypeError("Source indices must be integers, not bool.")
-    i = operator.index(index)
-    if i < 0:
-        i += length
-    if not 0 <= i < length:
-        raise IndexError(f"Index {index} is out of range for a source of {length} indices.")
-    return i
 
 
 def _busy_work(milliseconds: float) -> None:
@@ -232,7 +219,7 @@ class SyntheticArrays(Source[Item]):
         >>> len(list(SyntheticArrays(count=2, items_per_index=3)[0]))
         3
         """
-        i = _normalise_index(index, self.count)
+        i = normalise_index(index, self.count)
         return self._generate(i)
 
     def _generate(self, i: int) -> Iterator[Item]:
@@ -366,7 +353,7 @@ class FileGlob(Source[Item]):
         >>> next(iter(FileGlob(pattern="*.txt", root=d)[0]))["fields"]["bytes"].tolist()
         [104, 105]
         """
-        i = _normalise_index(index, len(self.files))
+        i = normalise_index(index, len(self.files))
         return self._read(i)
 
     def _read(self, i: int) -> Iterator[Item]:
