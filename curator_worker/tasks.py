@@ -52,6 +52,7 @@ from curator_worker.jobs import (
     ALREADY_COMMITTED,
     CANCELLED,
     COMMITTED_LAST,
+    FINAL_STATES,
     SUCCEEDED,
     AttemptMark,
     JobStore,
@@ -259,6 +260,10 @@ def _process_batch(
         log.info("job %s batch %s: delivered again while attempt %d runs (visibility "
                  "timeout); not a worker death", job_id, batch_key, attempt - 1)
     if start.state == CANCELLED:
+        return batch_key
+    if start.state in FINAL_STATES:  # e.g. a failed publish ended it: resume runs it later
+        log.warning("job %s batch %s: the job ended %s; batch skipped, not committed",
+                    job_id, batch_key, start.state)
         return batch_key
     try:
         pipeline = pipeline_for_job(job_id)

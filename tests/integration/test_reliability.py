@@ -258,3 +258,25 @@ def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
     assert gather_job(store, job.job_id, tasks.pipeline_for_job(job.job_id)) == SUCCEEDED
     assert (tmp_path / "stats.json").read_bytes() == merged
     assert store.status(job.job_id).error is None
+
+
+def test_batches_of_a_job_that_ended_failed_do_not_run(tmp_path, store, inline_settings):
+    """A job a failed publish ended ``failed`` keeps its counters: its batches already on
+    the queue are skipped, uncommitted, and ``resume`` runs them later."""
+    from curator_worker import tasks
+    from curator_worker.jobs import FAILED
+
+    spec = stats_spec(tmp_path, 8)
+    job = submit_job(spec, inline_settings, batch_size=4)
+    assert store.set_state(job.job_id, FAILED)  # as submit does when publishing fails
+    for key, indices in sorted(store.batches(job.job_id).items()):
+        assert tasks.process_batch(store, job.job_id, key, indices, "inline@test") == key
+    status = store.status(job.job_id)
+    assert (status.state, status.done, status.failed, status.committed_batches) == (
+        FAILED, 0, 0, 0)
+    assert not (tmp_path / "stats.json").exists()
+    assert resume_job(inline_settings, job.job_id) == 2
+    for key, indices in sorted(store.uncommitted(job.job_id).items()):
+        tasks.process_batch(store, job.job_id, key, indices, "inline@test")
+    status = store.status(job.job_id)
+    assert (status.state, status.done, status.failed) == (SUCCEEDED, 8, 0)
