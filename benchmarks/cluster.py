@@ -100,6 +100,16 @@ def _expected(items: int, sink: str, out_dir: str) -> list[list[str]]:
     return [[os.path.join(out_dir, f"{i:07d}.bin")] for i in range(items)]
 
 
+def _file_ok(path: str, index: int, file_kb: int) -> bool:
+    """The file of ``index`` is there, ``file_kb`` KiB, and starts with its index."""
+    try:
+        with open(path, "rb") as data:
+            head = data.readline()
+        return os.path.getsize(path) == file_kb * 1024 and head == f"{index}:{index}\n".encode()
+    except OSError:
+        return False
+
+
 class Driver:
     """The producer: runs one job per command, times it, checks its outputs."""
 
@@ -140,10 +150,13 @@ class Driver:
             got = result.get(timeout=1800)
         wall = time.perf_counter() - begin
         got = [list(paths) for paths in got]
-        ok = got == _expected(items, sink, out_dir)
-        if ok and sink == "files":
-            ok = all(os.path.getsize(paths[0]) == file_kb * 1024 for paths in got)
-        return {"wall": wall, "ok": ok}
+        expected = _expected(items, sink, out_dir)
+        outputs = sum(1 for a, b in zip(got, expected, strict=False) if a == b)
+        files = 0
+        if sink == "files":
+            files = sum(1 for i, paths in enumerate(got) if _file_ok(paths[0], i, file_kb))
+        ok = len(got) == items and outputs == items and (sink != "files" or files == items)
+        return {"wall": wall, "ok": ok, "outputs_ok": outputs, "files_ok": files}
 
     def ping(self, count: int = 50) -> float:
         """Median milliseconds of a Redis ``PING`` from here (the RTT a producer sees)."""
@@ -508,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         driver = cluster.start()
         lab.update(tag=cluster.lab.tag, namespaces=list(cluster.lab.namespaces),
                    netns_inodes=sorted(cluster.lab.inodes.values()))
+        print(f"network lab {cluster.lab.tag}: namespaces {' '.join(cluster.lab.namespaces)}",
+              flush=True)
         rtt_measured = ask(driver, {"op": "ping"})["ms"]
         print(f"Redis PING from the producer's host: {rtt_measured:.3f} ms (median)",
               flush=True)
@@ -528,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{runner} gave wrong outputs ({sink}, {processes} processes)")
             used = {k: round(v - cpu[k], 3) for k, v in cluster.service_cpu().items()}
             return {"wall_s": round(float(answer["wall"]), 4),
+                    "outputs_ok": answer["outputs_ok"], "files_ok": answer["files_ok"],
                     "foreign_load": round(meter.foreign, 3),
                     "redis_cpu_s": used["redis"], "relay_cpu_s": used["relays"]}
 
@@ -596,4 +612,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: everything was stopped and deleted on the way out
+        print("cluster.py interrupted; the lab was cleaned up", file=sys.stderr)
+        sys.exit(130)
