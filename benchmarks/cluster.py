@@ -21,15 +21,18 @@ new random order every round:
             worker ``--prefetch-multiplier 1``
 ==========  ==============================================================================
 
-``--sink echo`` returns a string per index (no file); ``--sink files`` writes a 100 KiB file
-per index into a folder every host sees (same file system); ``--sink both`` runs both.
+``--sink echo`` (default) returns a string per index (no file); ``--sink files`` writes a
+100 KiB file per index into a folder every host sees (same file system); ``--sink both``
+runs both. Per run the JSON also has the CPU seconds of the whole lab, of the relays and of
+Redis, and the share of the machine other programs used (``benchmarks/noise.py``).
 Efficiency = ideal / wall, ideal = items x item seconds / processes; every run's outputs
 (and files) are checked. Reported per sink, process count and runner: median (min-max)
 wall and efficiency over rounds. Results are kept under ``benchmarks/results/`` (or
 ``--out``), with the commit, the machine and every run.
 
-    .venv/bin/python benchmarks/cluster.py --quick      # ~2 minutes
-    .venv/bin/python benchmarks/cluster.py              # 8 hosts, 8-64 processes, both sinks
+    .venv/bin/python benchmarks/cluster.py --quick        # ~2 minutes
+    .venv/bin/python benchmarks/cluster.py                # 8 hosts, 8-64 processes, ~5 min
+    .venv/bin/python benchmarks/cluster.py --sink both    # and the 100 KiB file sink, ~10 min
 
 Nothing here touches a Redis or a process this script did not start: Redis listens only
 inside its namespace (and on a private Unix socket for this script), everything started is
@@ -228,6 +231,22 @@ def base_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process and everything it started (the whole lab:
+    Redis, relays, the producer, worker nodes and their pools)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def wait_until(predicate: Any, timeout: float, what: str, procs: list[Any]) -> None:
     """Poll ``predicate`` until true; fail when ``timeout`` passes or a process exits."""
     deadline = time.monotonic() + timeout
@@ -385,10 +404,10 @@ def summarise(runs: list[dict[str, Any]], counts: list[int],
         row = out.setdefault(run["sink"], {}).setdefault(str(run["processes"]), {})
         cell = row.setdefault(run["runner"], {"walls_s": [], "efficiencies": [],
                                               "foreign_load": [], "relay_cpu_s": [],
-                                              "redis_cpu_s": []})
+                                              "redis_cpu_s": [], "lab_cpu_s": []})
         cell["walls_s"].append(run["wall_s"])
         cell["efficiencies"].append(run["efficiency"])
-        for key in ("foreign_load", "relay_cpu_s", "redis_cpu_s"):
+        for key in ("foreign_load", "relay_cpu_s", "redis_cpu_s", "lab_cpu_s"):
             cell[key].append(run[key])
     for by_count in out.values():
         for by_runner in by_count.values():
@@ -399,7 +418,8 @@ def summarise(runs: list[dict[str, Any]], counts: list[int],
                            efficiency=round(statistics.median(effs), 4),
                            efficiency_min_max=[min(effs), max(effs)],
                            relay_cpu_s_median=round(statistics.median(row["relay_cpu_s"]), 3),
-                           redis_cpu_s_median=round(statistics.median(row["redis_cpu_s"]), 3))
+                           redis_cpu_s_median=round(statistics.median(row["redis_cpu_s"]), 3),
+                           lab_cpu_s_median=round(statistics.median(row["lab_cpu_s"]), 3))
     return out
 
 
@@ -421,7 +441,7 @@ def print_summary(summary: dict[str, Any], config: dict[str, Any]) -> None:
               f"{config['hosts']} hosts, {config['rtt_ms']} ms RTT; median (min-max) of "
               f"{config['rounds']} rounds")
         print(f"  {'processes':>9s} {'runner':7s} {'ideal s':>8s} {'wall s':>24s} "
-              f"{'efficiency':>24s} {'relay CPU s':>11s} {'Redis CPU s':>11s}")
+              f"{'efficiency':>24s} {'lab CPU s':>9s} {'relays':>6s} {'Redis':>6s}")
         for count, by_runner in by_count.items():
             ideal = config["items"] * config["item_ms"] / 1000 / int(count)
             for runner, row in by_runner.items():
@@ -430,7 +450,8 @@ def print_summary(summary: dict[str, Any], config: dict[str, Any]) -> None:
                 eff = f"{row['efficiency']:.3f} ({row['efficiency_min_max'][0]:.3f}-" \
                       f"{row['efficiency_min_max'][1]:.3f})"
                 print(f"  {count:>9s} {runner:7s} {ideal:8.3f} {wall:>24s} {eff:>24s} "
-                      f"{row['relay_cpu_s_median']:11.2f} {row['redis_cpu_s_median']:11.2f}")
+                      f"{row['lab_cpu_s_median']:9.2f} {row['relay_cpu_s_median']:6.2f} "
+                      f"{row['redis_cpu_s_median']:6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,16 +462,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="total worker processes per step (default 8,16,32,64)")
     parser.add_argument("--rtt-ms", type=float, default=1.0,
                         help="round-trip time added on every link to Redis (default 1)")
-    parser.add_argument("--items", type=int, default=None, help="indices (default 2560)")
+    parser.add_argument("--items", type=int, default=None,
+                        help="indices (default 1280; --quick 640)")
     parser.add_argument("--item-ms", type=float, default=20.0, help="sleep per index (20)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument("--sink", choices=("echo", "files", "both"), default=None,
-                        help="echo (no file), files (100 KiB per index), both (default)")
+    parser.add_argument("--sink", choices=("echo", "files", "both"), default="echo",
+                        help="echo (no file: the default), files (a 100 KiB file per index: "
+                             "the real-sink variant), both")
     parser.add_argument("--file-kb", type=int, default=100, help="KiB per file (100)")
     parser.add_argument("--runners", default=",".join(RUNNERS),
                         help="comma-separated subset of " + ",".join(RUNNERS))
     parser.add_argument("--quick", action="store_true",
-                        help="1280 items, 8 and 64 processes, 2 rounds, echo sink only")
+                        help="640 items, 8 and 64 processes, 2 rounds")
     parser.add_argument("--seed", type=int, default=None, help="seed of the runner orders")
     parser.add_argument("--out", type=Path,
                         help="results JSON (default: benchmarks/results/cluster-...json)")
@@ -461,10 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.driver:
         return driver_main(args.driver)
 
-    items = args.items or (1280 if args.quick else 2560)
+    items = args.items or (640 if args.quick else 1280)
     rounds = args.rounds or (2 if args.quick else 3)
-    sinks = {"echo": ["echo"], "files": ["files"], "both": list(SINKS),
-             None: ["echo"] if args.quick else list(SINKS)}[args.sink]
+    sinks = {"echo": ["echo"], "files": ["files"], "both": list(SINKS)}[args.sink]
     try:
         counts = [int(x) for x in (("8,64" if args.quick and args.processes == "8,16,32,64"
                                     else args.processes).split(",")) if x]
@@ -534,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out_dir)
             out_dir.mkdir()
             cpu = cluster.service_cpu()
+            lab_cpu = tree_cpu()
             with CpuMeter() as meter:
                 answer = ask(driver, {"op": "run", "args": {
                     "runner": runner, "processes": processes, "items": items,
@@ -542,10 +565,12 @@ def main(argv: list[str] | None = None) -> int:
             if not answer["ok"]:
                 raise RuntimeError(f"{runner} gave wrong outputs ({sink}, {processes} processes)")
             used = {k: round(v - cpu[k], 3) for k, v in cluster.service_cpu().items()}
+            lab_cpu = tree_cpu() - lab_cpu
             return {"wall_s": round(float(answer["wall"]), 4),
                     "outputs_ok": answer["outputs_ok"], "files_ok": answer["files_ok"],
                     "foreign_load": round(meter.foreign, 3),
-                    "redis_cpu_s": used["redis"], "relay_cpu_s": used["relays"]}
+                    "redis_cpu_s": used["redis"], "relay_cpu_s": used["relays"],
+                    "lab_cpu_s": round(lab_cpu, 3)}
 
         for processes in counts:
             nodes: list[Any] = []
