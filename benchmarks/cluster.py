@@ -42,6 +42,7 @@ stopped by pid, and the namespaces (and their links) are deleted on exit, Ctrl-C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -69,6 +70,9 @@ REDIS_PORT = 7379  # inside the Redis host's namespace only
 RELAY_PORT = 7000  # on each link address of the Redis host
 LOGIN = 200  # the producer's link: 10.214.200.0/24
 NAIVE_DB = {"naive": 1, "tuned": 2}
+#: CPU seconds recorded per run: the whole lab, then its parts.
+CPU_KEYS = ("lab_cpu_s", "relay_cpu_s", "redis_cpu_s", "producer_cpu_s", "node_main_cpu_s",
+            "pool_cpu_s", "other_runners_nodes_cpu_s")
 
 
 def subnet(k: int) -> str:
@@ -371,21 +375,31 @@ class Cluster:
         wait_until(ready, 240, f"{runner}'s {len(names)} worker nodes", procs)
         return procs
 
-    def service_cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by Redis and by the delay relays (all links)."""
+    def service_cpu(self, nodes: dict[str, list[Any]], driver: Any) -> dict[str, float]:
+        """CPU seconds used so far by Redis, the delay relays (all links), the producer, and
+        per runner by its nodes' main processes (``<runner>_main``) and their pool
+        processes (``<runner>_pool``)."""
         import psutil
 
-        def cpu(procs: list[Any]) -> float:
+        def cpu(procs: list[Any], children: bool = False) -> float:
             total = 0.0
             for proc in procs:
                 try:
-                    times = psutil.Process(proc.pid).cpu_times()
-                    total += times.user + times.system
+                    parent = psutil.Process(proc.pid)
+                    for one in parent.children(recursive=True) if children else [parent]:
+                        with contextlib.suppress(psutil.Error):
+                            times = one.cpu_times()
+                            total += times.user + times.system
                 except psutil.Error:
                     pass
             return total
 
-        return {"redis": cpu([self.redis_proc]), "relays": cpu(self.relays)}
+        used = {"redis": cpu([self.redis_proc]), "relays": cpu(self.relays),
+                "producer": cpu([driver])}
+        for runner, procs in nodes.items():
+            used[f"{runner}_main"] = cpu(procs)
+            used[f"{runner}_pool"] = cpu(procs, children=True)
+        return used
 
     def close(self) -> dict[str, list]:
         """Stop everything, delete the namespaces; what was left over (should be nothing)."""
@@ -403,11 +417,11 @@ def summarise(runs: list[dict[str, Any]], counts: list[int],
     for run in sorted(runs, key=lambda x: rank[(x["processes"], x["runner"])]):
         row = out.setdefault(run["sink"], {}).setdefault(str(run["processes"]), {})
         cell = row.setdefault(run["runner"], {"walls_s": [], "efficiencies": [],
-                                              "foreign_load": [], "relay_cpu_s": [],
-                                              "redis_cpu_s": [], "lab_cpu_s": []})
+                                              "foreign_load": [],
+                                              **{key: [] for key in CPU_KEYS}})
         cell["walls_s"].append(run["wall_s"])
         cell["efficiencies"].append(run["efficiency"])
-        for key in ("foreign_load", "relay_cpu_s", "redis_cpu_s", "lab_cpu_s"):
+        for key in ("foreign_load", *CPU_KEYS):
             cell[key].append(run[key])
     for by_count in out.values():
         for by_runner in by_count.values():
@@ -417,9 +431,8 @@ def summarise(runs: list[dict[str, Any]], counts: list[int],
                            wall_min_max=[min(walls), max(walls)],
                            efficiency=round(statistics.median(effs), 4),
                            efficiency_min_max=[min(effs), max(effs)],
-                           relay_cpu_s_median=round(statistics.median(row["relay_cpu_s"]), 3),
-                           redis_cpu_s_median=round(statistics.median(row["redis_cpu_s"]), 3),
-                           lab_cpu_s_median=round(statistics.median(row["lab_cpu_s"]), 3))
+                           **{f"{key}_median": round(statistics.median(row[key]), 3)
+                              for key in CPU_KEYS})
     return out
 
 
@@ -441,7 +454,8 @@ def print_summary(summary: dict[str, Any], config: dict[str, Any]) -> None:
               f"{config['hosts']} hosts, {config['rtt_ms']} ms RTT; median (min-max) of "
               f"{config['rounds']} rounds")
         print(f"  {'processes':>9s} {'runner':7s} {'ideal s':>8s} {'wall s':>24s} "
-              f"{'efficiency':>24s} {'lab CPU s':>9s} {'relays':>6s} {'Redis':>6s}")
+              f"{'efficiency':>24s}  CPU s: {'lab':>5s} {'relays':>6s} {'Redis':>5s} "
+              f"{'prod.':>5s} {'node':>5s} {'pool':>5s}")
         for count, by_runner in by_count.items():
             ideal = config["items"] * config["item_ms"] / 1000 / int(count)
             for runner, row in by_runner.items():
@@ -450,8 +464,9 @@ def print_summary(summary: dict[str, Any], config: dict[str, Any]) -> None:
                 eff = f"{row['efficiency']:.3f} ({row['efficiency_min_max'][0]:.3f}-" \
                       f"{row['efficiency_min_max'][1]:.3f})"
                 print(f"  {count:>9s} {runner:7s} {ideal:8.3f} {wall:>24s} {eff:>24s} "
-                      f"{row['lab_cpu_s_median']:9.2f} {row['relay_cpu_s_median']:6.2f} "
-                      f"{row['redis_cpu_s_median']:6.2f}")
+                      f"       {row['lab_cpu_s_median']:5.2f} {row['relay_cpu_s_median']:6.2f} "
+                      f"{row['redis_cpu_s_median']:5.2f} {row['producer_cpu_s_median']:5.2f} "
+                      f"{row['node_main_cpu_s_median']:5.2f} {row['pool_cpu_s_median']:5.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -555,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = shared / runner
             shutil.rmtree(out_dir)
             out_dir.mkdir()
-            cpu = cluster.service_cpu()
+            cpu = cluster.service_cpu(nodes, driver)
             lab_cpu = tree_cpu()
             with CpuMeter() as meter:
                 answer = ask(driver, {"op": "run", "args": {
@@ -564,20 +579,26 @@ def main(argv: list[str] | None = None) -> int:
                     "file_kb": args.file_kb}})
             if not answer["ok"]:
                 raise RuntimeError(f"{runner} gave wrong outputs ({sink}, {processes} processes)")
-            used = {k: round(v - cpu[k], 3) for k, v in cluster.service_cpu().items()}
+            used = {k: v - cpu[k] for k, v in cluster.service_cpu(nodes, driver).items()}
             lab_cpu = tree_cpu() - lab_cpu
+            idle = sum(v for k, v in used.items() if k.endswith(("_main", "_pool"))
+                       and not k.startswith(f"{runner}_"))
             return {"wall_s": round(float(answer["wall"]), 4),
                     "outputs_ok": answer["outputs_ok"], "files_ok": answer["files_ok"],
                     "foreign_load": round(meter.foreign, 3),
-                    "redis_cpu_s": used["redis"], "relay_cpu_s": used["relays"],
-                    "lab_cpu_s": round(lab_cpu, 3)}
+                    "lab_cpu_s": round(lab_cpu, 3), "relay_cpu_s": round(used["relays"], 3),
+                    "redis_cpu_s": round(used["redis"], 3),
+                    "producer_cpu_s": round(used["producer"], 3),
+                    "node_main_cpu_s": round(used[f"{runner}_main"], 3),
+                    "pool_cpu_s": round(used[f"{runner}_pool"], 3),
+                    "other_runners_nodes_cpu_s": round(idle, 3)}
 
         for processes in counts:
-            nodes: list[Any] = []
+            nodes: dict[str, list[Any]] = {}
             try:
                 for runner in runners:
                     begin = time.perf_counter()
-                    nodes += cluster.start_nodes(runner, processes)
+                    nodes[runner] = cluster.start_nodes(runner, processes)
                     for sink in sinks:  # untimed: warm pools; ours learns the spec's cost
                         job(runner, processes, sink)
                     startup[f"{runner}@{processes}"] = round(time.perf_counter() - begin, 2)
@@ -602,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 from benchmarks.cluster_support import stop_all
 
-                stop_all(nodes)
+                stop_all([proc for procs in nodes.values() for proc in procs])
     finally:
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
