@@ -5,7 +5,9 @@ otherwise it prints one line and exits 2): Redis runs in one (``r``), worker nod
 ``--hosts`` others (``h1``...), and the producer in one more (``login``). Each host has its
 own veth link to ``r`` and its own host name. Every host's traffic to Redis crosses a delay
 relay inside ``r`` (``benchmarks/latency_proxy.py``, one per link: this kernel has no
-``sch_netem``), which adds ``--rtt-ms / 2`` each way (default 1 ms RTT).
+``sch_netem``), which adds ``--rtt-ms / 2`` each way (default 1 ms RTT); with ``--rtt-ms 0``
+there is no relay and Redis listens on ``r``'s link addresses. The producer's measured
+``PING`` time is in the results.
 
 Workload W_io: ``--items`` indices that sleep ``--item-ms`` each (sleeps need no core, so a
 2-core machine can host 64 worker processes), with ``--processes`` worker processes in total
@@ -23,8 +25,9 @@ new random order every round:
 
 ``--sink echo`` (default) returns a string per index (no file); ``--sink files`` writes a
 100 KiB file per index into a folder every host sees (same file system); ``--sink both``
-runs both. Per run the JSON also has the CPU seconds of the whole lab, of the relays and of
-Redis, and the share of the machine other programs used (``benchmarks/noise.py``).
+runs both. Per run the JSON also has the CPU seconds of the whole lab and its parts (relays,
+Redis, producer, the runner's node main processes and pool processes, the other runners'
+idle nodes) and the share of the machine other programs used (``benchmarks/noise.py``).
 Efficiency = ideal / wall, ideal = items x item seconds / processes; every run's outputs
 (and files) are checked. Reported per sink, process count and runner: median (min-max)
 wall and efficiency over rounds. Results are kept under ``benchmarks/results/`` (or
@@ -512,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runners: choose from {','.join(RUNNERS)}")
     if not 1 <= args.hosts <= 100 or any(c < 1 for c in counts) or items < 1 or rounds < 1:
         parser.error("--hosts must be 1-100; --processes, --items and --rounds positive")
+    if args.rtt_ms < 0 or args.item_ms < 0 or args.file_kb < 1:
+        parser.error("--rtt-ms and --item-ms must be >= 0 and --file-kb >= 1")
 
     from benchmarks.cluster_support import unavailable_reason
 
