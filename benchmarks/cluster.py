@@ -630,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 stop_all([proc for procs in nodes.values() for proc in procs])
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short.
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN)
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for log in folder.glob("*.log"):
@@ -639,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         lab.update(pids=[p.pid for p in cluster.lab.procs], leftovers=leftovers)
         if leftovers["namespaces"] or leftovers["processes"]:
             print(f"WARNING: left over after clean-up: {leftovers}", file=sys.stderr)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
     summary = summarise(runs, counts, runners)
     result = {"machine": machine_info(), **commit_info(),
