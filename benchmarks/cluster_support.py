@@ -15,15 +15,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -211,35 +208,11 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace: float = 20.0) -> N
             proc.wait(timeout=10)
 
 
-class _BoundDelayProxy(DelayProxy):
-    """:class:`DelayProxy` listening on a given address and port, on an event loop whose
-    timers keep sub-millisecond delays.
-
-    asyncio's default loop waits in ``epoll``, whose timeout is whole milliseconds (rounded
-    up): a 0.5 ms delay would become 1-2 ms. ``select`` takes microseconds; one link's
-    relay has far fewer than its 1,024 descriptors.
-    """
-
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int],
-                 one_way_s: float) -> None:
-        super().__init__(target, one_way_s)
-        self.listen = listen
-        self._loop.close()
-        self._loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="delay-relay")
-
-    async def _listen(self) -> int:
-        self._server = await asyncio.start_server(self._connection, *self.listen,
-                                                  reuse_address=True)
-        return int(self._server.sockets[0].getsockname()[1])
-
-
 def relay_main(argv: list[str]) -> int:
     """``relay HOST PORT TARGET_HOST TARGET_PORT ONE_WAY_S``: relay until SIGTERM."""
     host, port, target_host, target_port, one_way = argv
-    proxy = _BoundDelayProxy((host, int(port)), (target_host, int(target_port)),
-                             float(one_way)).start()
+    proxy = DelayProxy((target_host, int(target_port)), float(one_way),
+                       listen=(host, int(port))).start()
     print(f"relay listening on {host}:{proxy.port}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
