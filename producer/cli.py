@@ -324,13 +324,15 @@ def submit_command(
     hint = workers
     if not settings.configured:
         hint = workers or os.cpu_count() or 1
-        # validate before starting anything: a bad spec must not cost a cluster start
-        check_job(data, origin=spec, indices=indices, batch_size=batch_size)
-        if not as_json:
-            click.echo(f"no broker configured: starting an embedded cluster with {hint} "
-                       "worker processes", err=True)
     started = time.monotonic()
     with cluster_for(settings, hint or 1) as (active, cluster):
+        if cluster is not None:
+            # The embedded worker boots (~1 s: imports, pool) while the spec is checked; a
+            # bad spec stops it at once, before anything is submitted.
+            check_job(data, origin=spec, indices=indices, batch_size=batch_size)
+            if not as_json:
+                click.echo(f"no broker configured: started an embedded cluster with {hint} "
+                           "worker processes", err=True)
         job = submit_job(data, active, origin=spec, indices=indices, batch_size=batch_size,
                          n_workers_hint=hint, options=options)
         if not as_json:
@@ -461,7 +463,8 @@ def retry_command(job_id: str, wait: bool, broker: str | None) -> None:
     count = retry_job(settings, job_id)
     click.echo(f"job {job_id}: retrying {count} failed indices")
     if wait:
-        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None)
+        _wait_and_exit(settings, job_id, as_json=False, quiet=False, timeout=None,
+                       retrying=True)
 
 
 @jobs_group.command("list")
@@ -544,14 +547,15 @@ def _age(seconds: float) -> str:
 
 
 def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: bool,
-                   timeout: float | None) -> None:
+                   timeout: float | None, retrying: bool = False) -> None:
     from producer.wait import wait_for_job
 
     _number("--timeout", timeout, inclusive=True)
     store = _store(settings)
     try:
         status = wait_for_job(store, job_id, settings=settings,
-                              progress=_progress_mode(as_json, quiet), timeout=timeout)
+                              progress=_progress_mode(as_json, quiet), timeout=timeout,
+                              retrying=retrying)
     except KeyboardInterrupt:
         _interrupted(job_id, embedded=False)
     _summary(status, store, as_json)

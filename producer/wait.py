@@ -129,9 +129,14 @@ class RetryRound:
         return sum(self.sizes.get(k.decode(), 0) for k in committed)
 
 
-def retry_round(store: JobStore, job_id: str, status: JobStatus) -> RetryRound | None:
-    """The retry round ``job_id`` runs now, or ``None`` (not running, or never retried)."""
-    if status.is_final:
+def retry_round(store: JobStore, job_id: str, status: JobStatus,
+                finished_too: bool = False) -> RetryRound | None:
+    """The retry round ``job_id`` runs now, or ``None`` (not running, or never retried).
+
+    ``finished_too``: also the last round of a job that ended (whoever just sent a retry
+    and waits on it: a quick round may end before the first look).
+    """
+    if status.is_final and not finished_too:
         return None
     record = store.record(job_id)
     number = int(record.get("retries") or 0)
@@ -167,6 +172,7 @@ def wait_for_job(
     poll: float = 0.25,
     timeout: float | None = None,
     watchdog: Callable[[], None] | None = None,
+    retrying: bool = False,
 ) -> JobStatus:
     """Block until ``job_id`` reaches a final state; show progress meanwhile.
 
@@ -187,6 +193,9 @@ def wait_for_job(
         the job keeps running.
     watchdog : callable, optional
         Called every poll; raises to abort (e.g. the embedded worker died).
+    retrying : bool
+        The caller just sent a retry: progress shows that round's indices and rate, even
+        if the round already ended.
     """
     # imported here, not at the top: curator_worker.app reads CURATOR_* when imported, and
     # the commands check those first to report a bad value in one line
@@ -201,7 +210,7 @@ def wait_for_job(
     committed_since: float | None = None
     rescue = LostBatchRescue(store, settings, job_id) if settings is not None else None
     # a retry round shows its own indices and rate, not the whole job's
-    again = retry_round(store, job_id, status) if progress else None
+    again = retry_round(store, job_id, status, finished_too=retrying) if progress else None
     total, label = status.total, f"job {job_id}"
     since = status.started or status.created
     if again is not None:

@@ -31,7 +31,9 @@ def finished_job(tmp_path_factory, cluster_settings):
 def test_worker_log_lines_carry_job_batch_and_index(finished_job, worker_nodes):
     job_id, _ = finished_job
     logs = "\n".join(node.log.read_text(errors="replace") for node in worker_nodes)
-    failed = [line for line in logs.splitlines() if "index 13 failed" in line]
+    # the nodes are shared: other tests' jobs fail their index 13 too
+    failed = [line for line in logs.splitlines()
+              if "index 13 failed" in line and f"job={job_id} " in line]
     assert failed, "the failure is logged"
     assert f"[job={job_id} batch=b000001 index=13]" in failed[0]
     started = [line for line in logs.splitlines() if f"job {job_id} batch b000000:" in line]

@@ -111,6 +111,7 @@ def seaweed_s3(binary: str) -> Iterator[S3Server]:
         f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-iam.port={iam}",
         f"-metricsPort={metrics}", "-master.telemetry=false", "-volume.max=20",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: off
         "-master.volumeSizeLimitMB=64", f"-s3.config={config}",
     ]
     log = folder / "weed.log"
