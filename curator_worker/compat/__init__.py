@@ -20,7 +20,7 @@ Flower's internals stay in :mod:`curator_worker.flower_guard`, a wall of its own
 in Flower's process and must import nothing of ours that imports Celery).
 
 The upper version bounds in ``pyproject.toml`` (``celery<5.8``, ``kombu<5.8``,
-``redis<9``, ``flower<2.3``) keep an untested minor release out; raise them after the
+``redis<9``, ``flower<2.3``) keep an untested release out; raise them after the
 contract tests pass with it.
 """
 

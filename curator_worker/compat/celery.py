@@ -144,23 +144,31 @@ def header_argsrepr(args: tuple[str, str, list[int]], maxlen: int, maxlevels: in
     return head + text[:start] + cut + ("" if last else ", ...") + "])"
 
 
+def task_sent_event(task_id: str, name: str, argsrepr: str, queue: str) -> dict[str, Any]:
+    """The fields of a ``task-sent`` event for a task message we published ourselves.
+
+    Those ``as_task_v2`` puts in its ``sent_event`` (for a first, undelayed send with no
+    keyword arguments), plus the ``queue``, ``exchange`` and ``routing_key`` that
+    ``send_task_message`` adds for a direct queue.
+    """
+    return {"uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
+            "args": argsrepr, "kwargs": "{}", "retries": 0, "eta": None, "expires": None,
+            "queue": queue, "exchange": "", "routing_key": queue}
+
+
 def send_task_sent_events(app: Celery, producer: Any, name: str, queue: str,
                           sent: Iterable[tuple[str, str]], chunk_size: int) -> None:
-    """``task-sent`` events for messages published without ``send_task_message``.
+    """A :func:`task_sent_event` per ``(task id, argsrepr)`` of ``sent``.
 
-    One per ``(task id, argsrepr)`` of ``sent``, with the fields ``as_task_v2`` puts in its
-    ``sent_event`` plus the ``queue``, ``exchange`` and ``routing_key`` that
-    ``send_task_message`` adds, published through a disabled event ``Dispatcher`` on
-    ``producer`` (only the given producer publishes), buffered in ``producer.batch()``.
+    Published through a disabled event ``Dispatcher`` (``app.events.Dispatcher(
+    enabled=False)``: it publishes only on the producer given), buffered in
+    ``producer.batch()``.
     """
     dispatcher = app.events.Dispatcher(enabled=False)  # publishes on ``producer`` only
     with dispatcher, producer.batch(max_size=chunk_size):
         for task_id, argsrepr in sent:
-            dispatcher.publish("task-sent", {
-                "uuid": task_id, "root_id": task_id, "parent_id": None, "name": name,
-                "args": argsrepr, "kwargs": "{}", "retries": 0, "eta": None,
-                "expires": None, "queue": queue, "exchange": "", "routing_key": queue,
-            }, producer)
+            dispatcher.publish("task-sent", task_sent_event(task_id, name, argsrepr, queue),
+                               producer)
 
 
 # --------------------------------------------------------------------------- the worker
