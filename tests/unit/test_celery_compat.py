@@ -252,8 +252,10 @@ def test_kombu_redis_key_names_and_options() -> None:
     assert Channel.sep == kombu_compat.DEFAULT_SEP
     assert tuple(PRIORITY_STEPS) == kombu_compat.DEFAULT_PRIORITY_STEPS
     options = set(Channel.from_transport_options)
+    # the names above, and the restore sweep's tuning that config.celery_config sets
     for name in ("unacked_key", "unacked_index_key", "sep", "priority_steps",
-                 "global_keyprefix", "visibility_timeout"):
+                 "global_keyprefix", "visibility_timeout", "unacked_restore_interval",
+                 "unacked_restore_throttle", "unacked_mutex_expire"):
         assert name in options, f"kombu's Redis transport no longer takes the {name} option"
     assert callable(getattr(Channel, "conn_or_acquire", None)), "Channel.conn_or_acquire gone"
 
@@ -263,3 +265,11 @@ def test_kombu_names_its_redis_transport_as_we_check() -> None:
 
     for url in ("redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"):
         assert Connection(url).transport_cls in kombu_compat.REDIS_TRANSPORTS
+
+
+def test_kombu_producer_batches_publishes() -> None:
+    """``Producer.batch(max_size=)`` (kombu 5.7): the ``batch`` publish method and
+    :func:`~curator_worker.compat.celery.send_task_sent_events` buffer in it."""
+    from kombu import Producer
+
+    expect_params("kombu Producer.batch", Producer.batch, ["max_size"])
