@@ -35,6 +35,10 @@ through Celery's event dispatcher for chords of at most ``sent_events_limit`` he
 bigger chord would flood Flower's in-memory state (and cut the publishing rate about
 four times), and Flower sees every task anyway when a worker receives it. (The ``batch``
 and ``canvas`` methods send them as ``send_task`` does.)
+
+Everything here that relies on Celery's or kombu's internals (the message Celery builds,
+the envelope kombu writes, the chord size, ``saferepr``) is called from
+:mod:`curator_worker.compat` (see docs/celery-internals.md).
 """
 
 from __future__ import annotations
