@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from curator_worker.compat.celery import detach_result_tracking
 from curator_worker.config import Settings, celery_config
 
 RUN_BATCH = "curator.run_batch"
@@ -32,22 +33,8 @@ def create_app(settings: Settings, *, with_tasks: bool = False) -> Celery:
     if with_tasks:
         app.conf.worker_consumer = "curator_worker.trust:GuardedConsumer"
     if not with_tasks and settings.effective_result_backend:
-        _detach_result_tracking(app)
+        detach_result_tracking(app)  # producers wait on the job store
     return app
-
-
-def _detach_result_tracking(app: Celery) -> None:
-    """Producers wait on the job store, never on Celery results.
-
-    Stop the Redis result backend from subscribing to a pub/sub channel per task sent
-    (celery#3808) and from tracking the returned ``AsyncResult`` objects, whose finalizers
-    otherwise reconnect to Redis at interpreter exit.
-    """
-    backend = app.backend
-    backend.on_task_call = lambda producer, task_id: None
-    backend.add_pending_result = lambda result, *args, **kwargs: result
-    backend.add_pending_results = lambda results, *args, **kwargs: list(results)
-    backend.remove_pending_result = lambda result: result
 
 
 #: The workers' app, configured from the environment at import.

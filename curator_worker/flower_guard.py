@@ -20,6 +20,13 @@ by:
 - **Cross-site requests**: a state-changing request whose ``Origin``, ``Referer`` or
   ``Sec-Fetch-Site`` shows another site answers 403, and no response carries CORS headers.
 - ``flowerconfig.py`` in the working directory is not executed; ``--conf FILE`` is.
+
+This module is the wall around Flower's internals (``flower.command``, ``flower.options``,
+``flower.urls.settings``, the ``Flower`` app), as :mod:`curator_worker.compat` is for
+Celery's and kombu's: it is kept apart because it runs in Flower's own process and needs
+nothing from there. Checked with Flower 2.2.0 (``flower<2.3`` in
+``pyproject.toml``); tests/unit/test_flower_guard.py and tests/integration/test_flower*.py
+fail on a Flower that changes what it relies on.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ import logging
 import time
 from typing import Any
 
-from curator_worker.broker_keys import DEFAULT_UNACKED_INDEX
+from curator_worker.compat.kombu import DEFAULT_UNACKED_INDEX, renew_unacked
 
 log = logging.getLogger(__name__)
 
 #: kombu's default name of the sorted set of unacknowledged messages (Redis transport;
-#: :class:`~curator_worker.broker_keys.BrokerKeys` gives it for other transport options).
+#: the :class:`~curator_worker.compat.kombu.BrokerKeys` gives it for other transport options).
 UNACKED_INDEX_KEY = DEFAULT_UNACKED_INDEX
 
 
@@ -73,8 +73,7 @@ class LeaseRenewal:
                     self.active = False
                     return
                 self.tag = raw.decode() if isinstance(raw, bytes) else str(raw)
-            # XX: only a message still listed (not acknowledged, not already put back)
-            self.client.zadd(self.index_key, {self.tag: time.time()}, xx=True)
+            renew_unacked(self.client, self.index_key, self.tag, time.time())
             if self.tags_ttl > 0:
                 self.client.expire(delivery_tags_key(self.job_id), self.tags_ttl)
         except Exception as exc:  # noqa: BLE001 - a lease is best effort; the batch goes on

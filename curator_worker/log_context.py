@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from curator_worker.compat.celery import CELERY_WORKER_LOG_FORMAT, set_worker_log_format
+
 _job: ContextVar[str | None] = ContextVar("curator_job", default=None)
 _batch: ContextVar[str | None] = ContextVar("curator_batch", default=None)
 _index: ContextVar[int | None] = ContextVar("curator_index", default=None)
 
 #: Log format of worker processes: Celery's, with the curator context in front of the message.
-WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(curator)s%(message)s"
+WORKER_LOG_FORMAT = CELERY_WORKER_LOG_FORMAT.replace("%(message)s", "%(curator)s%(message)s")
 
 
 @contextmanager
@@ -59,8 +61,4 @@ class ContextFilter(logging.Filter):
 
 def install(logger: logging.Logger | None = None) -> None:
     """Put a :class:`ContextFilter` and :data:`WORKER_LOG_FORMAT` on ``logger``'s handlers."""
-    target = logger or logging.getLogger()
-    for handler in target.handlers:
-        if not any(isinstance(f, ContextFilter) for f in handler.filters):
-            handler.addFilter(ContextFilter())
-        handler.setFormatter(logging.Formatter(WORKER_LOG_FORMAT))
+    set_worker_log_format(logger or logging.getLogger(), WORKER_LOG_FORMAT, ContextFilter)

@@ -44,7 +44,8 @@ from curator_worker.batch import (
     execute_batch,
     write_shards,
 )
-from curator_worker.broker_keys import BrokerKeys
+from curator_worker.compat.celery import worker_node
+from curator_worker.compat.kombu import BrokerKeys
 from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job, remove_abandoned_temps
@@ -84,12 +85,9 @@ _node: dict[str, Any] = {}
 @worker_ready.connect
 def _node_ready(sender: Any, **_: Any) -> None:
     """Announce this node (name, pool size, queues) so producers size batches for it."""
-    _node.update(
-        name=sender.hostname,
-        concurrency=int(getattr(sender.pool, "num_processes", 0) or sender.controller.concurrency),
-        queues=[q.name for q in sender.task_consumer.queues] if sender.task_consumer else [],
-        task_events=bool(getattr(sender.controller, "task_events", True)),
-    )
+    node = worker_node(sender)
+    _node.update(name=node.name, concurrency=node.concurrency, queues=node.queues,
+                 task_events=node.task_events)
     _heartbeat()
 
 

@@ -21,21 +21,21 @@ In the pool process, before the batch starts (:func:`unplanned_batch`, :func:`un
 
 A message that fails a check is logged in one line (:func:`refuse`) and acknowledged:
 never run, never retried, never a traceback, no file and no job store write. Everything
-here that reaches into Celery's worker internals is in :class:`GuardedConsumer`.
+here that reaches into Celery's worker internals is in
+:class:`curator_worker.compat.celery.FilteringConsumer`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery.worker.consumer import Consumer
-
 from curator_worker.app import GATHER, RUN_BATCH
 from curator_worker.batch import is_safe_name
+from curator_worker.compat.celery import FilteringConsumer, printable
 from curator_worker.jobs import JobStore, plan_entry
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,7 @@ def max_message_bytes(environ: Mapping[str, str] | None = None) -> int:
 def refuse(name: object, task_id: object, reason: str) -> None:
     """Log, in one line, that a task message was dropped and why."""
     log.warning("%s %s[%s]: %s; dropped without running (acknowledged).", REJECTED,
-                "(no task name)" if name is None else _clip(name), _clip(task_id), reason)
-
-
-def _clip(value: object, limit: int = 100) -> str:
-    """``value`` as printable ASCII on one line, at most about ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    shown = ascii(text)[1:-1]
-    return shown if len(shown) <= limit else f"{shown[:limit]}...({len(text)} characters)"
+                "(no task name)" if name is None else printable(name), printable(task_id), reason)
 
 
 def _show(value: object) -> str:
@@ -221,79 +214,43 @@ def accepted_tasks(app: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-class GuardedConsumer(Consumer):
+class GuardedConsumer(FilteringConsumer):
     """Celery's worker consumer, checking every task message before it runs.
 
     The worker app names it in ``worker_consumer`` (:func:`curator_worker.app.create_app`).
-    Celery's consumer looks each message's task name up in ``strategies`` (one handler per
-    registered task): this one keeps only :func:`accepted_tasks`, puts the size and shape
-    checks in front of our tasks' handlers, and turns every message it cannot run into
-    one log line and an acknowledgement, where Celery logs the whole message (and a
-    traceback) and stores a failure result for it.
+    It keeps only :func:`accepted_tasks`' handlers and puts the size and shape checks in
+    front of our tasks'; every message it cannot run is one :func:`refuse` line and an
+    acknowledgement. How that hooks into Celery's consumer is
+    :class:`curator_worker.compat.celery.FilteringConsumer`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_message_bytes = max_message_bytes()
 
-    def update_strategies(self) -> None:
-        """Build Celery's handlers, then keep and guard only the accepted tasks'."""
-        super().update_strategies()
-        accepted = accepted_tasks(self.app)
-        for name in list(self.strategies):
-            if name not in accepted:
-                del self.strategies[name]
-            elif name in (RUN_BATCH, GATHER):
-                self.strategies[name] = self._guarded(name, self.strategies[name])
+    def accepted_tasks(self) -> frozenset[str]:
+        """See :func:`accepted_tasks`."""
+        return accepted_tasks(self.app)
 
-    def _guarded(self, name: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded_tasks(self) -> frozenset[str]:
+        """This project's two tasks."""
+        return frozenset((RUN_BATCH, GATHER))
+
+    def check_message(self, name: str, message: Any, body: Any) -> str | None:
+        """Size, then protocol, then :func:`message_problem`."""
         limit = self.max_message_bytes
+        size = message_bytes(message)
+        if size > limit:
+            return (f"the message is {size} bytes, over the limit of {limit} "
+                    f"({MAX_MESSAGE_BYTES_VARIABLE})")
+        if body is not None:
+            return "Celery's message protocol 1 is not accepted"
+        # decoding raises for a body that is not JSON: Celery's handlers log it
+        return message_problem(name, message.payload, message.headers or {})
 
-        def check_then_handle(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
-            headers = message.headers or {}
-            task_id = headers.get("id")
-            size = message_bytes(message)
-            if size > limit:
-                refuse(name, task_id, f"the message is {size} bytes, over the limit of "
-                       f"{limit} ({MAX_MESSAGE_BYTES_VARIABLE})")
-                return self._drop(message)
-            if body is not None:
-                refuse(name, task_id, "Celery's message protocol 1 is not accepted")
-                return self._drop(message)
-            # decoding raises for a body that is not JSON: Celery's handlers below log it
-            problem = message_problem(name, message.payload, headers)
-            if problem:
-                refuse(name, task_id, problem)
-                return self._drop(message)
-            return handler(message, body, *args, **kwargs)
-
-        return check_then_handle
-
-    def _drop(self, message: Any) -> None:
-        message.ack_log_error(log, self.connection_errors)
-
-    def _refuse(self, message: Any, reason: str) -> None:
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        refuse(headers.get("task"), headers.get("id"), reason)
-        self._drop(message)
-
-    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        """A task name this worker does not run: one line, acknowledged."""
-        accepted = ", ".join(sorted(accepted_tasks(self.app)))
-        self._refuse(message, f"this worker runs only {accepted}")
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        """A message that names no task: one line, acknowledged."""
-        self._refuse(message, "the message names no task")
-
-    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        """A message Celery cannot read (content type refused, bad headers): one line."""
-        self._refuse(message, f"{type(exc).__name__}: {_clip(exc, 300)}")
-
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        """A body that cannot be decoded: one line, acknowledged."""
-        self._refuse(message, f"cannot decode the body ({_clip(message.content_type)}): "
-                     f"{type(exc).__name__}: {_clip(exc, 300)}")
+    def refused(self, name: object, task_id: object, reason: str) -> None:
+        """See :func:`refuse`."""
+        refuse(name, task_id, reason)
 
 
 def message_bytes(message: Any) -> int:

@@ -35,15 +35,17 @@ through Celery's event dispatcher for chords of at most ``sent_events_limit`` he
 bigger chord would flood Flower's in-memory state (and cut the publishing rate about
 four times), and Flower sees every task anyway when a worker receives it. (The ``batch``
 and ``canvas`` methods send them as ``send_task`` does.)
+
+Everything here that relies on Celery's or kombu's internals (the message Celery builds,
+the envelope kombu writes, the chord size, ``saferepr``) is called from
+:mod:`curator_worker.compat` (see docs/celery-internals.md).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -51,12 +53,29 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, chord, signals
+from celery import Celery, chord
 from celery.canvas import Signature
-from celery.utils.saferepr import saferepr
 from kombu import Queue
 
 from curator_worker.app import GATHER, RUN_BATCH
+from curator_worker.compat.celery import (
+    argsrepr_limits,
+    direct_queue,
+    has_chord_size,
+    header_argsrepr,
+    publish_hooks_connected,
+    send_one_task_message,
+    send_task_sent_events,
+    set_chord_size,
+)
+from curator_worker.compat.kombu import (
+    BrokerClientUnavailable,
+    broker_redis_client,
+    encode_body,
+    envelope_payload,
+    read_published_envelope,
+    retarget_envelope,
+)
 from curator_worker.lease import delivery_tags_key
 from curator_worker.planning import Batch
 
@@ -163,11 +182,11 @@ def publish_chord(
         )
         sent_events = False
     start = time.perf_counter()
-    if method == "canvas" or (method == "auto" and not _has_chord_size(app)):
+    if method == "canvas" or (method == "auto" and not has_chord_size(app)):
         group_id, body_id = _publish_canvas(app, job_id, batches, queue)
         return PublishedChord(group_id, body_id, len(batches), "canvas",
                               time.perf_counter() - start, bool(app.conf.task_send_sent_event))
-    if not _has_chord_size(app):
+    if not has_chord_size(app):
         raise TemplateUnavailable(
             f"The {method!r} method needs Celery's Redis result backend (chord size); "
             f"the app uses {type(app.backend).__name__}."
@@ -193,7 +212,7 @@ def publish_chord(
             used = "template" if publisher is not None else "batch"
         # Celery sets the size just before the last header; we set it before the first,
         # so a header that completes early already sees the whole chord's size.
-        app.backend.set_chord_size(group_id, len(batches))
+        set_chord_size(app, group_id, len(batches))
         if publisher is not None:
             publisher.publish(batches, chunk_size, keep=sent_events)
             if sent_events:
@@ -205,15 +224,6 @@ def publish_chord(
     log.info("job %s: published %d header tasks (%s) in %.3fs: %.0f tasks/s", job_id,
              len(batches), used, seconds, len(batches) / max(seconds, 1e-9))
     return PublishedChord(group_id, body_id, len(batches), used, seconds, sent_events)
-
-
-def _has_chord_size(app: Celery) -> bool:
-    """True when the result backend is Celery's Redis backend (chord counters in Redis)."""
-    try:
-        from celery.backends.redis import RedisBackend
-    except ImportError:  # pragma: no cover - redis is a dependency
-        return False
-    return isinstance(app.backend, RedisBackend)
 
 
 def frozen_body(app: Celery, job_id: str, queue: str, group_id: str, body_id: str) -> Signature:
@@ -332,49 +342,42 @@ class _TemplatePublisher:
             raise TemplateUnavailable("message compression is on")
         if conf.task_routes or conf.task_default_priority is not None or conf.task_always_eager:
             raise TemplateUnavailable("task routes, a default priority or eager mode are set")
-        if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+        if publish_hooks_connected():
             raise TemplateUnavailable("before/after_task_publish signal receivers are connected")
-        target = app.amqp.queues[queue]
-        if target.exchange.type != "direct" or target.max_priority or target.expires:
+        target = direct_queue(app, queue)
+        if target is None:
             raise TemplateUnavailable(f"queue {queue!r} is not a plain direct queue")
         scratch = f"curator.publish-template.{uuid.uuid4().hex}"
         task_id = str(uuid.uuid4())
         # one index is enough to learn the layout; Celery's saferepr of a long index list
         # (the argsrepr header) would cost more than publishing the whole chord
         first = Batch(first.key, list(first.indices[:1]))
-        message = app.amqp.create_task_message(
-            task_id, RUN_BATCH, (job_id, first.key, first.indices), {},
-            group_id=group_id, group_index=0, chord=body, reply_to=app.thread_oid,
-            create_sent_event=False, ignore_result=_ignore_result(app),
-        )
         scratch_queue = Queue(scratch, exchange=target.exchange, routing_key=scratch,
                               no_declare=True)
         try:
-            app.amqp.send_task_message(producer, RUN_BATCH, message, queue=scratch_queue,
-                                       declare=[])
+            send_one_task_message(
+                app, producer, task_id, RUN_BATCH, (job_id, first.key, first.indices),
+                scratch_queue, group_id=group_id, group_index=0, chord=body,
+                ignore_result=_ignore_result(app),
+            )
             raw = client.rpop(scratch)
         finally:
             client.delete(scratch)
         if raw is None:
             raise TemplateUnavailable("the published message is not in the list named after "
                                       "its queue (key prefix or priority in use?)")
-        envelope = json.loads(raw)
-        headers, props = envelope["headers"], envelope["properties"]
-        info = props.get("delivery_info", {})
-        if (headers.get("id") != task_id or info.get("exchange") != ""
-                or info.get("routing_key") != scratch or props.get("priority") not in (0, None)
-                or props.get("body_encoding") != "base64"
-                or envelope.get("content-type") != "application/json"):
+        envelope = read_published_envelope(raw, task_id, scratch)
+        if envelope is None:
             raise TemplateUnavailable("the published envelope has an unexpected layout")
-        decoded = json.loads(base64.b64decode(envelope["body"]))
+        headers = envelope["headers"]
+        decoded = envelope_payload(envelope)
         if decoded[0] != [job_id, first.key, list(first.indices)] or len(decoded) != 3:
             raise TemplateUnavailable("the published body has an unexpected layout")
         body_suffix = ", " + json.dumps(decoded[1]) + ", " + json.dumps(decoded[2]) + "]"
 
         # The real queue, as kombu routes it: anonymous exchange, routing key = queue name.
-        info["routing_key"] = queue
+        old_tag = retarget_envelope(envelope, queue)
         producer.maybe_declare(target)
-        old_tag = props["delivery_tag"]
         envelope["body"] = _SENTINEL.format("body")
         headers["argsrepr"] = _SENTINEL.format("argsrepr")
         headers["group_index"] = _SENTINEL.format("group_index")
@@ -383,7 +386,7 @@ class _TemplatePublisher:
             text = text.replace(json.dumps(value), json.dumps(_SENTINEL.format(name)))
         parts, slots = _split_template(text)
         publisher = cls(client, queue, parts, slots, body_suffix, job_id,
-                        app.amqp.argsrepr_maxsize, conf.task_repr_maxlevels)
+                        *argsrepr_limits(app))
         expires = conf.result_expires
         publisher.ttl = int(expires.total_seconds() if hasattr(expires, "total_seconds")
                             else expires or 0)
@@ -400,7 +403,7 @@ class _TemplatePublisher:
         with the delivery tags ``tags``."""
         ids = fast_uuids(len(batches))
         parts, slots, suffix, job_id = self.parts, self.slots, self.body_suffix, self.job_id
-        dumps, b64, sent = json.dumps, base64.b64encode, self.sent
+        dumps, b64, sent = json.dumps, encode_body, self.sent
         for n, batch in enumerate(batches):
             args = (job_id, batch.key, batch.indices)
             body = "[" + dumps(args) + suffix
@@ -408,7 +411,7 @@ class _TemplatePublisher:
             if sent is not None:
                 sent.append((ids[n], argsrepr))
             values = {
-                "body": '"' + b64(body.encode()).decode("ascii") + '"',
+                "body": '"' + b64(body) + '"',
                 "argsrepr": dumps(argsrepr),
                 "group_index": str(first_index + n),
                 "id": '"' + ids[n] + '"',
@@ -439,47 +442,6 @@ class _TemplatePublisher:
                 pipe.execute()
 
 
-_SIMPLE_TEXT = re.compile(r"[A-Za-z0-9_.:@+=-]*")
-
-
-def header_argsrepr(args: tuple[str, str, list[int]], maxlen: int, maxlevels: int = 3) -> str:
-    """``celery.utils.saferepr.saferepr(args, maxlen, maxlevels)``, fast for our arguments.
-
-    ``saferepr`` (what ``as_task_v2`` puts in the ``argsrepr`` header) walks a token stream
-    at about 2 µs per token: 0.7 ms for a batch of 1,000 indices. For
-    ``(job_id, batch_key, [int, ...])`` with plain ids this renders the same text from
-    one join of the indices that can show (~30 µs): tokens are consumed while ``maxlen``
-    is positive, a token at least as long as what is left is cut with ``...``, then
-    ``, ...`` and the closing brackets. Anything else goes to ``saferepr`` itself.
-    """
-    job_id, key, indices = args
-    head = f"('{job_id}', '{key}', ["
-    budget = maxlen - len(head)
-    # Every index and its ", " take at least 3 characters: these many exhaust the budget.
-    shown = min(len(indices), budget // 3 + 2) if type(indices) is list else 0
-    if (maxlevels < 3 or len(head) + 8 > maxlen or not _SIMPLE_TEXT.fullmatch(job_id)
-            or not _SIMPLE_TEXT.fullmatch(key) or type(indices) is not list
-            or not set(map(type, indices[:shown])) <= {int}):
-        return saferepr(args, maxlen, maxlevels=maxlevels)
-    text = ", ".join(map(str, indices[:shown]))
-    if len(text) < budget:  # (only when every index is shown) nothing is cut
-        return head + text + "])"
-    # The budget ends at text[budget - 1]. In a ", ": the index before it fitted, the
-    # ", " was written, and ", ..." follows. In an index: it is cut there, with "...",
-    # and ", ..." follows unless it is the last index.
-    at = budget - 1
-    if text[at] in ", ":
-        end = at + (2 if text[at] == "," else 1)
-        return head + text[:end] + ", ...])"
-    before = text.rfind(", ", 0, at)
-    start = before + 2 if before >= 0 else 0
-    stop = text.find(", ", at)
-    last = stop < 0 and shown == len(indices)
-    stop = len(text) if stop < 0 else stop
-    cut = text[start:stop][: budget - start] + "..."
-    return head + text[:start] + cut + ("" if last else ", ...") + "])"
-
-
 def _split_template(text: str) -> tuple[list[str], list[str]]:
     """Split ``text`` at the quoted sentinels: static parts and the slot names between."""
     parts: list[str] = []
@@ -499,26 +461,13 @@ def _split_template(text: str) -> tuple[list[str], list[str]]:
 
 @contextmanager
 def _redis_client(producer: Any) -> Iterator[Any]:
-    """A redis-py client of the broker, from kombu's own (synchronous) connection pool.
-
-    That is the client kombu's Redis channel publishes with (``conn_or_acquire``: same
-    URL, password, SSL and Sentinel handling). Not ``channel.client``: that one is on the
-    asynchronous pool a consumer's poller reads replies from.
-    """
+    """The redis-py client kombu's channel publishes with
+    (:func:`~curator_worker.compat.kombu.broker_redis_client`)."""
     try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is a dependency
-        raise TemplateUnavailable("redis-py is not installed") from None
-    transport = producer.connection.transport_cls
-    if transport not in ("redis", "rediss"):
-        raise TemplateUnavailable(f"broker transport {transport!r} is not Redis")
-    acquire = getattr(producer.channel, "conn_or_acquire", None)
-    if acquire is None:
-        raise TemplateUnavailable("the broker channel has no redis-py client")
-    with acquire() as client:
-        if not isinstance(client, redis.Redis):
-            raise TemplateUnavailable("the broker channel has no redis-py client")
-        yield client
+        with broker_redis_client(producer) as client:
+            yield client
+    except BrokerClientUnavailable as exc:
+        raise TemplateUnavailable(str(exc)) from None
 
 
 def _send_sent_events(
@@ -531,11 +480,4 @@ def _send_sent_events(
     """``task-sent`` events for template-published headers (``send_task`` sends its own)."""
     if publisher.sent is None:
         return
-    dispatcher = app.events.Dispatcher(enabled=False)  # publishes on ``producer`` only
-    with dispatcher, producer.batch(max_size=chunk_size):
-        for task_id, argsrepr in publisher.sent:
-            dispatcher.publish("task-sent", {
-                "uuid": task_id, "root_id": task_id, "parent_id": None, "name": RUN_BATCH,
-                "args": argsrepr, "kwargs": "{}", "retries": 0, "eta": None,
-                "expires": None, "queue": queue, "exchange": "", "routing_key": queue,
-            }, producer)
+    send_task_sent_events(app, producer, RUN_BATCH, queue, publisher.sent, chunk_size)

@@ -16,7 +16,6 @@ while the queue and the unacknowledged messages are few enough to read
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import redis
 
 from curator_worker.app import RUN_BATCH
-from curator_worker.broker_keys import BrokerKeys
+from curator_worker.compat.kombu import BrokerKeys, message_task_args, unacked_envelope
 from curator_worker.config import Settings, celery_config
 from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.planning import Batch
@@ -43,12 +42,10 @@ SCAN_LIMIT = 20_000
 def _batch_of(envelope: Any, job_id: str) -> str | None:
     """The batch key of a ``curator.run_batch`` message of ``job_id`` (else ``None``)."""
     try:
-        if envelope["headers"].get("task") != RUN_BATCH:
-            return None
-        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        task, args = message_task_args(envelope)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
-    if isinstance(args, list) and len(args) >= 2 and args[0] == job_id:
+    if task == RUN_BATCH and isinstance(args, list) and len(args) >= 2 and args[0] == job_id:
         return str(args[1])
     return None
 
@@ -75,7 +72,7 @@ def missing_batches(
                 present.add(key)
     for raw in broker.hvals(keys.unacked):
         try:
-            envelope = json.loads(raw)[0]  # [message, exchange, routing key]
+            envelope = unacked_envelope(raw)
         except (ValueError, IndexError, TypeError):
             continue
         key = _batch_of(envelope, job_id)

@@ -26,7 +26,7 @@ import pytest
 
 from curator_worker import tasks
 from curator_worker.app import RUN_BATCH, create_app
-from curator_worker.broker_keys import BrokerKeys
+from curator_worker.compat.kombu import BrokerKeys
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
 from curator_worker.jobs import (
