@@ -6,8 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -58,19 +61,81 @@ def test_embedded_quickstart(workdir: Path) -> None:
     assert not list((workdir / "demo-out").glob("*.shards")), "shards left behind"
 
 
-def test_cluster_quickstart(workdir: Path, redis_server) -> None:
-    script = readme_block("cluster").replace("redis://localhost:6379/0", redis_server.url)
-    lines = []
-    for line in script.splitlines():
-        lines.append(line)
-        if line.rstrip().endswith("&"):
-            lines.append("WORKER_PID=$!")
-            lines.append("trap 'kill -TERM $WORKER_PID; wait $WORKER_PID' EXIT")
-    done = run_bash("\n".join(lines), workdir, user_env())
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_cluster_quickstart(workdir: Path) -> None:
+    """The cluster quickstart as a user runs it in bash: its own Redis on a free port (never
+    the system one), a worker node, a job, and the commands that stop them really do."""
+    script = readme_block("cluster")
+    assert "6379" not in script, "the quickstart must start its own Redis, not use 6379"
+    script += ('\nprintf "%s %s %s %s" "$PASSWORD" "$PORT" "$REDIS_PID" "$WORKER_PID"'
+               " > quickstart.vars\n")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=workdir, env=user_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        assert re.search(r"succeeded in [0-9.]+s: 1000 succeeded, 0 failed", stdout)
+        assert re.search(r"succeeded +1000 +0 +1000 ", stdout), stdout  # curator-jobs list
+        password, port, redis_pid, worker_pid = (workdir / "quickstart.vars").read_text().split()
+        assert len(password) == 32
+        shown = stdout + stderr + (workdir / "worker.log").read_text()
+        assert password not in shown, "password must not be shown"
+        assert len(list((workdir / "demo-out" / "chunks").glob("*.npz"))) == 16
+        # step 4 stopped what steps 1 and 2 started
+        assert _gone(int(worker_pid)), "the worker node is still running"
+        assert _gone(int(redis_pid)), "Redis is still running"
+        assert _port_closed(int(port))
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # only if the script failed half-way
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def tutorial_files() -> dict[str, str]:
+    """The files the README's tutorial says to save: ``<!-- tutorial:<name> -->`` blocks."""
+    text = (REPO / "README.md").read_text()
+    return dict(re.findall(r"<!-- tutorial:([\w.]+) -->\n```python\n(.*?)```", text, re.S))
+
+
+def test_tutorial(tmp_path: Path) -> None:
+    """The tutorial's module and script, saved and run as it says: its four components give
+    the same word counts and files on sequential, process_pool and the embedded celery."""
+    files = tutorial_files()
+    assert set(files) == {"wordcount.py", "run.py"}, set(files)
+    for name, code in files.items():
+        (tmp_path / name).write_text(code)
+    done = subprocess.run([sys.executable, "run.py"], cwd=tmp_path, env=user_env(),
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"succeeded in [0-9.]+s: 1000 succeeded, 0 failed", done.stdout)
-    assert redis_server.password not in done.stdout + done.stderr, "password must not be shown"
-    assert len(list((workdir / "demo-out" / "chunks").glob("*.npz"))) == 16
+    lines = (tmp_path / "poem.txt").read_text().splitlines()
+    expected = Counter(word for line in lines for word in line.lower().split())
+    assert expected["the"] == 3
+    for backend in ("sequential", "process_pool", "celery"):
+        out = tmp_path / "out" / backend
+        assert json.loads((out / "counts.json").read_text()) == expected, backend
+        for index, line in enumerate(lines):
+            written = (out / "words" / f"line_{index:04d}.txt").read_text()
+            assert written.split() == line.lower().split(), (backend, index)
+        assert re.search(rf"^{backend} \[.*line_0000.txt", done.stdout, re.M), done.stdout
+        assert not [p for p in out.rglob("*") if "shard" in p.name], "shards left behind"
+    # a parallel run's merge() writes exactly what a sequential run's flush() writes
+    assert len({(tmp_path / "out" / b / "counts.json").read_bytes()
+                for b in ("sequential", "process_pool", "celery")}) == 1
 
 
 def test_python_quickstart(workdir: Path) -> None:
