@@ -18,6 +18,7 @@ import pytest
 
 from curator_worker import run_pipeline
 from curator_worker.app import create_app
+from curator_worker.batch import execute_batch, write_shards
 from curator_worker.config import Settings
 from curator_worker.jobs import CANCELLED, PARTIAL, SUCCEEDED, JobStore
 from curator_worker.spec import build_pipeline
@@ -66,6 +67,10 @@ def objects(server: S3Server, prefix: str) -> list[str]:
         return sorted(fs.find(f"{BUCKET}/{prefix}"))
     except FileNotFoundError:
         return []
+
+
+def shard_urls(server: S3Server, prefix: str) -> list[str]:
+    return [f"s3://{p}" for p in shard_objects(server, prefix)]
 
 
 def shard_objects(server: S3Server, prefix: str) -> list[str]:
@@ -231,6 +236,12 @@ def test_cancel_then_resume_of_an_s3_job_counts_every_index_once(
     time.sleep(2.0)  # running batches stop at their next index, uncommitted
     committed = store.status(job.job_id).committed_batches
     assert 3 <= committed < 20
+    # An attempt that died after uploading its shard but before committing: a real shard
+    # (indices 0-3 once more) under the job's prefix that no commit record names.
+    pipeline = build_pipeline(spec)
+    stray = write_shards(pipeline, execute_batch(pipeline, [0, 1, 2, 3]), job.job_id,
+                         "b000000")["0"]
+    assert stray in shard_urls(s3_env, "resume")
     assert resume_job(isolated_nodes, job.job_id) == 20 - committed
     status = wait_for_job(store, job.job_id, settings=isolated_nodes, progress=False,
                           timeout=120)
