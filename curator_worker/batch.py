@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import time
 import traceback
 import tracemalloc
@@ -414,7 +413,7 @@ def flush_final(f: Filter[Any], final: str) -> str | None:
     rename, a URL gets its content in one write of the final key (one PUT). Returns
     ``final``, or None when ``flush`` wrote nothing.
     """
-    from curator_worker.atomic import temp_path_for
+    from curator_worker.atomic import scratch_dir, temp_path_for
     from curator_worker.components.storage import upload_file
 
     if not is_url(final):
@@ -424,7 +423,7 @@ def flush_final(f: Filter[Any], final: str) -> str | None:
             return None
         os.replace(written, final)
         return final
-    with tempfile.TemporaryDirectory(prefix="curator-flush-") as folder:
+    with scratch_dir("flush") as folder:
         written = flush_to(f, os.path.join(folder, os.path.basename(final) or "output"))
         if written is None:
             return None
@@ -470,13 +469,18 @@ def write_filter_shards(
     _require_safe_name(key, "batch key")
     token = attempt_token()
     shards: dict[str, str] = {}
+    if any(is_url(output_path_of(pipeline.filters[n])) for n in positions):
+        from curator_worker.atomic import remove_stale_scratch
+
+        remove_stale_scratch()  # local copies of attempts killed on this host
     for n in positions:
         location = shard_location(output_path_of(pipeline.filters[n]), run_id)
         name = shard_name(key, token)
         if is_url(location):
+            from curator_worker.atomic import scratch_dir
             from curator_worker.components.storage import join, upload_file
 
-            with tempfile.TemporaryDirectory(prefix="curator-shard-") as folder:
+            with scratch_dir("shard") as folder:
                 written = flush_to(filters[n], os.path.join(folder, f"{key}.{token}.tmp"))
                 if written is None:
                     continue

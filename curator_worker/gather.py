@@ -15,12 +15,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from curator_worker.atomic import atomic_path, remove_stale_temps, temp_path_for
+from curator_worker.atomic import (
+    atomic_path,
+    remove_stale_scratch,
+    remove_stale_temps,
+    scratch_dir,
+    temp_path_for,
+)
 from curator_worker.batch import (
     SHARD_SUFFIX,
     is_url,
@@ -84,7 +89,7 @@ def _merge_via_local_copies(
     from curator_worker.components.storage import download_file, upload_file
 
     options = storage_options_of(f)
-    with tempfile.TemporaryDirectory(prefix="curator-merge-") as folder:
+    with scratch_dir("merge") as folder:
         copies = []
         for n, shard in enumerate(shard_paths):
             if is_url(shard):
@@ -235,6 +240,8 @@ def remove_abandoned_temps(pipeline: Pipeline, own: bool = False) -> None:
         folders.add(os.fspath(output_dir))
     for folder in folders:
         remove_stale_temps(folder, own=own)
+    if any(is_url(output_path_of(f)) for f in pipeline.filters if is_stateful(f)):
+        remove_stale_scratch()
 
 
 def remove_shard_location(f: Filter[Any], run_id: str) -> None:

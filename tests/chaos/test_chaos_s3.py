@@ -44,7 +44,9 @@ def test_random_prefork_child_sigkilled_every_second_on_an_s3_job(
     if not fs.exists(BUCKET):
         fs.mkdir(BUCKET)
     prefix = f"{BUCKET}/chaos-{random.SystemRandom().randrange(10**9)}"
-    nodes = chaos.start_nodes(2, extra_env=s3_server.environ())
+    scratch = out_dir.parent / "scratch"  # the nodes' temp dir (local copies of shards)
+    scratch.mkdir()
+    nodes = chaos.start_nodes(2, extra_env={**s3_server.environ(), "TMPDIR": str(scratch)})
     spec = chaos_spec(out_dir)
     spec["filters"][0]["params"]["output"] = f"s3://{prefix}/stats.json"
     seed = random.SystemRandom().randrange(10**6)
@@ -66,6 +68,8 @@ def test_random_prefork_child_sigkilled_every_second_on_an_s3_job(
     assert audit.redelivered_batches >= 1, "no kill hit a running batch"
     assert_exactly_once(audit, SUCCEEDED, killed_writers=True)
     assert left == [f"{prefix}/stats.json"], left[:10]
+    # local copies of killed attempts' shards are removed by later batches and the gather
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("curator-")] == []
     committed = [s for r in chaos.store.commit_records(job.job_id).values()
                  for s in r["shards"].values()]
     assert len(committed) == COUNT // BATCH_SIZE
