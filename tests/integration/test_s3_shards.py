@@ -252,3 +252,22 @@ def test_cancel_then_resume_of_an_s3_job_counts_every_index_once(
     assert json.loads(expected)["items"] == 80
     assert shard_objects(s3_env, "resume") == []
     assert sorted(os.listdir(tmp_path / "arrays")) == [f"item_{i:08d}.npz" for i in range(80)]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_an_unfinished_embedded_s3_job_leaves_no_shard_objects(
+    s3_env: S3Server, tmp_path: Path  # noqa: F811
+) -> None:
+    from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
+    from curator_worker.errors import JobWaitTimeout
+
+    url = fresh_prefix(s3_env, "embedded-unfinished")
+    pipeline = (SyntheticArrays(count=6, size=4, sleep_ms=1500)
+                .filter(FieldStats(output=f"{url}/stats.json"))
+                .write(NpzPerIndex(output_dir=str(tmp_path / "arrays"))))
+    with pytest.raises(JobWaitTimeout):
+        run_pipeline(pipeline, backend="celery", n_jobs=1, batch_size=1, timeout=6,
+                     progress=False)
+    assert list((tmp_path / "arrays").glob("*.npz")), "some batches committed (and shards)"
+    assert shard_objects(s3_env, "embedded-unfinished") == []
+    assert not s3fs_client(s3_env).exists(f"{url}/stats.json")
