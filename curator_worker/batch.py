@@ -485,7 +485,9 @@ def write_filter_shards(
                 if written is None:
                     continue
                 shard = join(location, name)
-                upload_file(written, shard, storage_options_of(pipeline.filters[n]))
+                options = storage_options_of(pipeline.filters[n])
+                upload_file(written, shard, options)
+            _remember_options(shard, pipeline.filters[n])
             shards[str(n)] = shard
             continue
         folder = Path(location)
@@ -505,13 +507,39 @@ def _token_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "host"
 
 
+#: Shard URL -> the filter whose ``storage_options`` wrote it, for the last few shards this
+#: process wrote: :func:`discard_files` removes a losing attempt's shard objects with the
+#: same options (credentials are resolved again then, never kept here).
+_SHARD_WRITERS: dict[str, Filter[Any]] = {}
+_SHARD_WRITERS_KEPT = 64
+
+
+def _remember_options(url: str, f: Filter[Any]) -> None:
+    _SHARD_WRITERS[url] = f
+    while len(_SHARD_WRITERS) > _SHARD_WRITERS_KEPT:
+        del _SHARD_WRITERS[next(iter(_SHARD_WRITERS))]
+
+
 def discard_files(paths: Sequence[str], options: Mapping[str, Any] | None = None) -> None:
-    """Remove files or objects (shards of an attempt that lost the commit race)."""
+    """Remove files or objects (shards of an attempt that lost the commit race).
+
+    A URL is removed with ``options``, else with the ``storage_options`` of the filter
+    that wrote it in this process (best effort: a failure is logged; gather removes what
+    is left under the job's shard prefix when the job succeeds).
+    """
     urls = [p for p in paths if is_url(p)]
     if urls:
         from curator_worker.components.storage import remove_objects
 
-        remove_objects(urls, options or {})
+        for url in urls:
+            writer = _SHARD_WRITERS.pop(url, None)
+            try:
+                found = options if options is not None else (
+                    storage_options_of(writer) if writer is not None else {})
+            except ValueError as exc:  # a ${VARIABLE} no longer set
+                log.warning("cannot remove %s: %s", url, exc)
+                continue
+            remove_objects([url], found)
     for path in paths:
         if is_url(path):
             continue

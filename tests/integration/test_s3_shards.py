@@ -271,3 +271,41 @@ def test_an_unfinished_embedded_s3_job_leaves_no_shard_objects(
     assert list((tmp_path / "arrays").glob("*.npz")), "some batches committed (and shards)"
     assert shard_objects(s3_env, "embedded-unfinished") == []
     assert not s3fs_client(s3_env).exists(f"{url}/stats.json")
+
+
+def test_storage_options_credentials_reach_shards_gather_and_a_losing_attempts_discard(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """Credentials only as "${VARIABLE}" storage_options of the filter (no AWS_* in the
+    environment): shards, the merge and a losing attempt's discard all use them."""
+    from curator_worker.batch import discard_files
+    from curator_worker.components import JsonlFiles, JsonlSink, TextStats
+    from curator_worker.pipeline import Pipeline
+
+    url = fresh_prefix(s3_server, "options")
+    upload_corpus(s3_server, "options/raw", tmp_path / "raw")
+    reference = local_reference(tmp_path, tmp_path / "raw")
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CW_S3_KEY", s3_server.access_key)
+    monkeypatch.setenv("CW_S3_SECRET", s3_server.secret_key)
+    monkeypatch.setenv("CW_S3_ENDPOINT", s3_server.endpoint_url)
+    options = {"key": "${CW_S3_KEY}", "secret": "${CW_S3_SECRET}",
+               "client_kwargs": {"endpoint_url": "${CW_S3_ENDPOINT}"}}
+
+    def pipeline() -> Pipeline:
+        return Pipeline(JsonlFiles(paths=str(tmp_path / "raw" / "*.jsonl")),
+                        [TextStats(output=f"{url}/stats.json", storage_options=options)],
+                        JsonlSink(output_dir=str(tmp_path / "out")))
+
+    run_pipeline(pipeline(), backend="thread", n_jobs=2, batch_size=2)
+    fs = s3fs_client(s3_server)
+    assert fs.cat_file(f"{url}/stats.json") == (reference / "stats.json").read_bytes()
+    assert shard_objects(s3_server, "options") == []
+
+    losing = pipeline()
+    shards = write_shards(losing, execute_batch(losing, [0, 1]), "job-x", "b000001")
+    assert shard_urls(s3_server, "options") == [shards["0"]]
+    discard_files(list(shards.values()))
+    assert shard_objects(s3_server, "options") == []
