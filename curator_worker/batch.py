@@ -5,7 +5,9 @@ pipeline's stateful filters, so state never leaks between batches; a failed inde
 contribution to that state is rolled back, so a failed index contributes nothing to merged
 results. :func:`write_shards` then flushes each stateful filter to a fresh temp path and
 renames it to a shard name unique to this attempt (host, pid and a random token), so two
-hosts, containers or attempts can never collide.
+hosts, containers or attempts can never collide. For an output on object storage (a URL)
+the flushed temp file is uploaded to the attempt-unique shard key in one write instead
+(no rename there); the batch's commit record names the key that counts.
 """
 
 from __future__ import annotations

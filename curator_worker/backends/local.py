@@ -10,6 +10,8 @@ Every local parallel run goes the same way, whatever dispatches the work:
    (a failed index is rolled back, the batch goes on), then flushes each stateful filter to
    a shard named ``<output>.shards/<run id>/<batch key>.<host>-<pid>-<token>.shard``. The run
    id is a fresh uuid, so two hosts, containers or runs can never collide (not by PID alone).
+   For a URL output (``s3://…``) the shard is an object under the same name, uploaded in
+   one write; the merged output is written in one write too.
 3. **Gather.** At the end the parent merges each stateful filter's shards, in batch order,
    with the filter's ``merge`` into its final output (atomically) and removes the shard
    folders. With the backend option ``gather=False`` the shards are left for a

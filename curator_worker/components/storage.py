@@ -447,6 +447,7 @@ def list_objects(prefix: str, options: Mapping[str, Any] | None = None,
     """Every object (file) under the URL ``prefix`` at any depth whose name ends in
     ``suffix``, as sorted URLs; ``[]`` when there is none (or the prefix is missing)."""
     fs, inner = _filesystem(prefix, options or {})
+    fs.invalidate_cache(inner.rstrip("/"))  # objects other hosts wrote since the last listing
     try:
         found = fs.find(inner.rstrip("/"), detail=False)
     except FileNotFoundError:
