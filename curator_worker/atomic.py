@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,11 +22,19 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "atomic_write", "remove_stale_temps", "temp_path_for"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "remove_stale_scratch",
+    "remove_stale_temps",
+    "scratch_dir",
+    "temp_path_for",
+]
 
 #: This host's short name, as written into temporary file names.
 HOST = socket.gethostname().split(".")[0] or "host"
 _TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+_SCRATCH = re.compile(r"^curator-[a-z]+\.(?P<host>[^.]+)\.(?P<pid>\d+)\.")
 #: Seconds after which another host's temporary file is taken as abandoned.
 FOREIGN_TEMP_AGE = 120.0
 #: Seconds a temporary file of a live writer of this host must be untouched, and not open
@@ -194,3 +204,40 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[Path], object])
     with atomic_path(path) as tmp:
         writer(tmp)
     return os.fspath(path)
+
+
+@contextmanager
+def scratch_dir(kind: str) -> Iterator[str]:
+    """A private local folder in the system temp dir, removed (with its files) on exit.
+
+    Named ``curator-<kind>.<host>.<pid>.<random>`` so that :func:`remove_stale_scratch`
+    can remove the folder of a process killed inside the block. Used for the local copies
+    that object-storage shards and merges go through.
+    """
+    folder = tempfile.mkdtemp(prefix=f"curator-{kind}.{HOST}.{os.getpid()}.")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_scratch(parent: str | None = None) -> int:
+    """Remove :func:`scratch_dir` folders of this host whose process is gone; return how many.
+
+    ``parent``: where to look (default: the system temp dir, as :func:`scratch_dir` uses).
+    """
+    folder = parent or tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        found = _SCRATCH.match(entry.name)
+        if not found or found["host"] != HOST or _alive(int(found["pid"])):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed += 1
+    if removed:
+        logger.info("removed %d abandoned scratch folders in %s", removed, folder)
+    return removed

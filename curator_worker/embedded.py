@@ -242,6 +242,16 @@ class LocalCluster:
         self.redis.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
         for folder in unusable:  # the job store that could resume them is gone
+            if isinstance(folder, str):  # a URL prefix on object storage
+                from curator_worker.components.storage import remove_prefix
+
+                log.info("embedded cluster: removing shards of an unfinished job: %s", folder)
+                try:
+                    remove_prefix(folder)
+                except Exception as exc:  # noqa: BLE001 - cleanup must not hide the error
+                    log.warning("embedded cluster: could not remove %s: %s", folder,
+                                type(exc).__name__)
+                continue
             if folder.exists():
                 log.info("embedded cluster: removing shards of an unfinished job: %s", folder)
                 shutil.rmtree(folder, ignore_errors=True)
@@ -250,26 +260,29 @@ class LocalCluster:
             except OSError:
                 pass
 
-    def unfinished_shard_folders(self) -> list[Path]:
-        """Shard folders (``<output>.shards/<job>``) of this cluster's jobs that did not end.
+    def unfinished_shard_folders(self) -> list[Path | str]:
+        """Shard folders (``<output>.shards/<job>``) of this cluster's jobs that did not end
+        (a URL prefix, as a string, for an output on object storage).
 
         No retry or resume can ever use them once the private job store is stopped, so
         :meth:`stop` removes them. Never raises: cleaning up must not hide the run's error.
         """
-        from curator_worker.batch import output_path_of, shard_dir
+        from curator_worker.batch import is_url, output_path_of, shard_location
         from curator_worker.jobs import JobStore
         from curator_worker.pipeline import is_stateful
         from curator_worker.spec import build_pipeline
 
-        folders: list[Path] = []
+        folders: list[Path | str] = []
         try:
             store = JobStore.from_url(self.redis.url, timeout=2.0)
             for job_id in store.list_jobs(limit=1000):
                 if store.status(job_id).is_final:
                     continue
                 pipeline = build_pipeline(store.record(job_id)["spec"], f"job {job_id}")
-                folders += [shard_dir(os.path.abspath(output_path_of(f)), job_id)
-                            for f in pipeline.filters if is_stateful(f)]
+                for f in pipeline.filters:
+                    if is_stateful(f):
+                        location = shard_location(output_path_of(f), job_id)
+                        folders.append(location if is_url(location) else Path(location))
             store.client.close()
         except Exception as exc:  # noqa: BLE001 - best effort, see the docstring
             log.warning("embedded cluster: could not list unfinished jobs' shards: %s: %s",

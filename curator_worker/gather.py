@@ -19,8 +19,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from curator_worker.atomic import remove_stale_temps, temp_path_for
-from curator_worker.batch import SHARD_SUFFIX, output_path_of, shard_dir
+from curator_worker.atomic import (
+    atomic_path,
+    remove_stale_scratch,
+    remove_stale_temps,
+    scratch_dir,
+    temp_path_for,
+)
+from curator_worker.batch import (
+    SHARD_SUFFIX,
+    is_url,
+    output_path_of,
+    shard_location,
+    storage_options_of,
+)
 from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
 from curator_worker.spec import spec_hash
@@ -38,11 +50,18 @@ def merge_shards(
 ) -> str:
     """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically.
 
-    The merge writes a temp file beside ``final_output`` that replaces it in one rename, and
-    is removed if the merge fails. ``still_held`` is asked just before the rename: when it
-    says no (this gather lost its lock), the temp is removed and :class:`GatherLockLost`
-    raised, so a gather that lost its lock never replaces another gather's output.
+    Local: the merge writes a temp file beside ``final_output`` that replaces it in one
+    rename, and is removed if the merge fails. When ``final_output`` or a shard is a URL
+    (object storage has no rename), the shards are first copied into a local temp folder,
+    ``merge`` runs on those copies into a local temp file, and the result is written to
+    ``final_output`` in one write of the final key: no object under a final name is ever
+    partial, and ``merge`` itself only ever sees local files. ``still_held`` is asked just
+    before the rename (or the write): when it says no (this gather lost its lock), nothing
+    is written and :class:`GatherLockLost` raised, so a gather that lost its lock never
+    replaces another gather's output.
     """
+    if is_url(final_output) or any(is_url(p) for p in shard_paths):
+        return _merge_via_local_copies(f, shard_paths, final_output, still_held)
     os.makedirs(os.path.dirname(os.path.abspath(final_output)), exist_ok=True)
     tmp = str(temp_path_for(final_output))
     written = tmp
@@ -59,6 +78,36 @@ def merge_shards(
             except OSError:
                 pass
         raise
+    return final_output
+
+
+def _merge_via_local_copies(
+    f: Filter[Any], shard_paths: Sequence[str], final_output: str,
+    still_held: Callable[[], bool] | None,
+) -> str:
+    """:func:`merge_shards` when the output or a shard is a URL (see there)."""
+    from curator_worker.components.storage import download_file, upload_file
+
+    options = storage_options_of(f)
+    with scratch_dir("merge") as folder:
+        copies = []
+        for n, shard in enumerate(shard_paths):
+            if is_url(shard):
+                local = os.path.join(folder, f"{n:06d}-{shard.rsplit('/', 1)[-1]}")
+                copies.append(download_file(shard, local, options))
+            else:
+                copies.append(shard)
+        name = final_output.rstrip("/").rsplit("/", 1)[-1] or "merged"
+        tmp = os.path.join(folder, f"merged-{name}")
+        returned = type(f).merge(copies, tmp)  # type: ignore[attr-defined]
+        written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
+        if still_held is not None and not still_held():
+            raise GatherLockLost(final_output)
+        if is_url(final_output):
+            upload_file(written, final_output, options)
+        else:
+            with atomic_path(final_output) as target:
+                shutil.copyfile(written, target)
     return final_output
 
 
@@ -181,25 +230,50 @@ def remove_abandoned_temps(pipeline: Pipeline, own: bool = False) -> None:
     """Temp files of writes killed or failed mid-way (sink outputs, final filter outputs).
 
     ``own``: also every temp file of this process (see
-    :func:`~curator_worker.atomic.remove_stale_temps`).
+    :func:`~curator_worker.atomic.remove_stale_temps`). URL outputs have none (an object
+    is written in one write) and are skipped.
     """
     folders = {os.path.dirname(os.path.abspath(output_path_of(f)))
-               for f in pipeline.filters if is_stateful(f)}
+               for f in pipeline.filters if is_stateful(f) and not is_url(output_path_of(f))}
     output_dir = getattr(pipeline.sink, "output_dir", None)
-    if isinstance(output_dir, str | os.PathLike):
+    if isinstance(output_dir, str | os.PathLike) and not is_url(os.fspath(output_dir)):
         folders.add(os.fspath(output_dir))
     for folder in folders:
         remove_stale_temps(folder, own=own)
+    if any(is_url(output_path_of(f)) for f in pipeline.filters if is_stateful(f)):
+        remove_stale_scratch()
+
+
+def remove_shard_location(f: Filter[Any], run_id: str) -> None:
+    """Remove every shard of run ``run_id`` of filter ``f``, committed or not.
+
+    A local shard folder is removed with what it holds (and ``<output>.shards`` once no
+    run uses it); a URL shard prefix is listed and every object under it removed, so the
+    shards of attempts that died before committing go too. Best effort, never raises.
+    """
+    final = output_path_of(f)
+    location = shard_location(final, run_id)
+    if is_url(location):
+        from curator_worker.components.storage import remove_prefix
+
+        try:
+            removed = remove_prefix(location, storage_options_of(f))
+            log.info("removed %d shard objects under %s", removed, location)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not fail a finished job
+            log.warning("could not remove the shards under %s: %s: %s", location,
+                        type(exc).__name__, exc)
+        return
+    folder = Path(location)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # the <output>.shards folder, once no run uses it
+    except OSError:
+        pass
 
 
 def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:
     for _, f in stateful:
-        folder = shard_dir(output_path_of(f), run_id)
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.parent.rmdir()  # the <output>.shards folder, once no run uses it
-        except OSError:
-            pass
+        remove_shard_location(f, run_id)
 
 
 def gather_pipeline(pipeline: Pipeline) -> list[str]:
@@ -207,6 +281,7 @@ def gather_pipeline(pipeline: Pipeline) -> list[str]:
 
     Backends in this package gather by themselves; call this after a run that left shards
     (for example one interrupted before its gather). Shards are removed once merged.
+    Works for local outputs and URL outputs (``<output>.shards/`` listed on the store).
 
     Returns
     -------
@@ -218,6 +293,16 @@ def gather_pipeline(pipeline: Pipeline) -> list[str]:
         if not is_stateful(f):
             continue
         final = output_path_of(f)
+        if is_url(final):
+            from curator_worker.components.storage import list_objects, remove_prefix
+
+            options = storage_options_of(f)
+            shards = list_objects(f"{final}.shards/", options, suffix=SHARD_SUFFIX)
+            if not shards:
+                continue
+            written.append(merge_shards(f, shards, final))
+            remove_prefix(f"{final}.shards", options)
+            continue
         root = Path(f"{final}.shards")
         shards = sorted(str(p) for p in root.glob(f"*/*{SHARD_SUFFIX}")) if root.is_dir() else []
         if not shards:

@@ -10,6 +10,8 @@ Every local parallel run goes the same way, whatever dispatches the work:
    (a failed index is rolled back, the batch goes on), then flushes each stateful filter to
    a shard named ``<output>.shards/<run id>/<batch key>.<host>-<pid>-<token>.shard``. The run
    id is a fresh uuid, so two hosts, containers or runs can never collide (not by PID alone).
+   For a URL output (``s3://…``) the shard is an object under the same name, uploaded in
+   one write; the merged output is written in one write too.
 3. **Gather.** At the end the parent merges each stateful filter's shards, in batch order,
    with the filter's ``merge`` into its final output (atomically) and removes the shard
    folders. With the backend option ``gather=False`` the shards are left for a
@@ -55,12 +57,14 @@ from curator_worker.batch import (
     IndexResult,
     error_record,
     execute_batch,
+    is_url,
     output_path_of,
-    shard_dir,
+    shard_location,
+    storage_options_of,
     write_filter_shards,
 )
 from curator_worker.errors import JobFailedError
-from curator_worker.gather import merge_shards
+from curator_worker.gather import merge_shards, remove_shard_location
 from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline, is_stateful
 from curator_worker.planning import auto_batch_size, pack_groups
@@ -482,12 +486,26 @@ class LocalRun:
         A worker lost after renaming its shard but before reporting it (killed, or a dask
         task re-run elsewhere) leaves a shard whose indices are failed or counted again;
         so that :func:`~curator_worker.gather.gather_pipeline` merges only committed
-        shards, such files (and stray temp files) are removed when ``gather=False``.
+        shards, such files (and stray temp files) are removed when ``gather=False``. A URL
+        output's shard prefix is listed and its uncommitted objects removed the same way.
         """
         for n in self.stateful:
+            location = shard_location(self.finals[n], self.run_id)
+            if is_url(location):
+                from curator_worker.components.storage import list_objects, remove_objects
+
+                committed_urls = {path for _, path in self.shards.get(n, [])}
+                options = storage_options_of(self.pipeline.filters[n])
+                strays = [url for url in list_objects(location + "/", options)
+                          if url not in committed_urls]
+                for stray in strays:
+                    log.warning("%s run %s: removing uncommitted shard object %s",
+                                self.backend, self.run_id, stray)
+                remove_objects(strays, options)
+                continue
             committed = {os.path.abspath(path) for _, path in self.shards.get(n, [])}
             folders = {Path(path).parent for path in committed}
-            folders.add(shard_dir(os.path.abspath(self.finals[n]), self.run_id))
+            folders.add(Path(location))
             for folder in folders:
                 for stray in folder.glob("*"):
                     if stray.is_file() and os.path.abspath(stray) not in committed:
@@ -496,8 +514,11 @@ class LocalRun:
                         stray.unlink(missing_ok=True)
 
     def _remove_shards(self, n: int) -> None:
+        if is_url(self.finals[n]):
+            remove_shard_location(self.pipeline.filters[n], self.run_id)
+            return
         folders = {Path(path).parent for _, path in self.shards.get(n, [])}
-        folders.add(shard_dir(os.path.abspath(self.finals[n]), self.run_id))
+        folders.add(Path(shard_location(self.finals[n], self.run_id)))
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
             try:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
-from curator_worker.atomic import temp_path_for
 from curator_worker.backends.local import RunResult, parse_options
-from curator_worker.batch import IndexResult, error_record, execute_batch, flush_to, output_path_of
+from curator_worker.batch import (
+    IndexResult,
+    error_record,
+    execute_batch,
+    flush_final,
+    output_path_of,
+)
 from curator_worker.errors import index_failed
 from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
@@ -72,11 +76,7 @@ class SequentialBackend(RunBackend):
                     safe_record(pipeline, [record_of(r, names) for r in finished])
             progress.update(len(finished), force=True)
         for n in outcome.stateful_positions:
-            final = output_path_of(pipeline.filters[n])
-            os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
-            written = flush_to(outcome.filters[n], str(temp_path_for(final)))
-            if written is not None:
-                os.replace(written, final)
+            flush_final(outcome.filters[n], output_path_of(pipeline.filters[n]))
         paths = [list(r.paths or []) for r in outcome.results]
         if not collect:
             return paths

@@ -42,14 +42,19 @@ __all__ = [
     "PathList",
     "check_location",
     "check_storage_options",
+    "download_file",
     "exists",
     "is_remote",
     "join",
     "list_files",
+    "list_objects",
     "local_path",
     "open_input",
     "read_bytes",
+    "remove_objects",
+    "remove_prefix",
     "resolve_storage_options",
+    "upload_file",
     "write_bytes",
 ]
 
@@ -331,9 +336,16 @@ def open_input(path: str, options: Mapping[str, Any], compression: str | None = 
     """
     if compression == "infer":
         compression = infer_compression(path)
-    opener = fsspec.open(path if is_remote(path) else local_path(path), "rb",
-                         compression=compression, **(dict(options) if is_remote(path) else {}))
-    with opener as fh:
+    if is_remote(path):
+        fs, inner = _filesystem(path, options)
+        # A long-lived process (a worker node) must see an object rewritten since it last
+        # listed it (a fixed input before `curator-jobs retry`): fsspec caches listings and
+        # ETags per filesystem instance, and a stale ETag fails the read (FileExpired).
+        fs.invalidate_cache(inner)
+        with fs.open(inner, "rb", compression=compression) as fh:
+            yield fh
+        return
+    with fsspec.open(local_path(path), "rb", compression=compression) as fh:
         yield fh
 
 
@@ -409,3 +421,60 @@ def write_bytes(path: str, data: bytes, options: Mapping[str, Any] | None = None
 def _protocols(fs: Any) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def upload_file(local: str, url: str, options: Mapping[str, Any] | None = None) -> str:
+    """Write the complete local file ``local`` as ``url`` in one write of its final name.
+
+    The file is read whole and written with :func:`write_bytes` (one PUT on object stores),
+    so no reader ever sees ``url`` partial. Returns ``url``.
+    """
+    with open(local_path(local), "rb") as fh:
+        data = fh.read()
+    return write_bytes(url, data, options)
+
+
+def download_file(url: str, local: str, options: Mapping[str, Any] | None = None) -> str:
+    """Copy ``url`` (or a local path) into the local file ``local``; return ``local``."""
+    data = read_bytes(url, options)
+    with open(local, "wb") as fh:
+        fh.write(data)
+    return local
+
+
+def list_objects(prefix: str, options: Mapping[str, Any] | None = None,
+                 suffix: str = "") -> list[str]:
+    """Every object (file) under the URL ``prefix`` at any depth whose name ends in
+    ``suffix``, as sorted URLs; ``[]`` when there is none (or the prefix is missing)."""
+    fs, inner = _filesystem(prefix, options or {})
+    fs.invalidate_cache(inner.rstrip("/"))  # objects other hosts wrote since the last listing
+    try:
+        found = fs.find(inner.rstrip("/"), detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(fs.unstrip_protocol(p) for p in found if p.endswith(suffix))
+
+
+def remove_objects(urls: Iterable[str], options: Mapping[str, Any] | None = None) -> int:
+    """Remove the objects ``urls`` (best effort: a failure is logged); return how many."""
+    removed = 0
+    for url in urls:
+        try:
+            fs, inner = _filesystem(url, options or {})
+            fs.rm_file(inner)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - cleanup must not fail the caller
+            logger.warning("could not remove %s: %s", url, type(exc).__name__)
+    return removed
+
+
+def remove_prefix(prefix: str, options: Mapping[str, Any] | None = None) -> int:
+    """Remove every object under the URL ``prefix`` (best effort); return how many.
+
+    Used to remove a run's shard prefix, including the shards of attempts that died
+    before committing (found by listing, not from any record).
+    """
+    found = list_objects(prefix.rstrip("/") + "/", options)
+    return remove_objects(found, options)

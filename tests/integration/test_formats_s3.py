@@ -95,8 +95,9 @@ def test_the_s3_example_equals_the_local_example_byte_for_byte(
 ) -> None:
     fs = s3fs_client(s3_env)
     upload_corpus(s3_env, "raw", tmp_path / "local" / "demo-data" / "raw")
-    if fs.exists(f"{BUCKET}/parquet"):
-        fs.rm(f"{BUCKET}/parquet", recursive=True)
+    for prefix in ("parquet", "stats"):
+        if fs.exists(f"{BUCKET}/{prefix}"):
+            fs.rm(f"{BUCKET}/{prefix}", recursive=True)
 
     monkeypatch.chdir(tmp_path / "local")
     local = run_pipeline(Pipeline.load(REPO / "examples" / "jsonl_to_parquet.yaml"))
@@ -108,8 +109,9 @@ def test_the_s3_example_equals_the_local_example_byte_for_byte(
     for local_paths, remote_paths in zip(local, remote, strict=True):
         assert fs.cat_file(remote_paths[0][len("s3://"):]) == \
             (tmp_path / "local" / local_paths[0]).read_bytes()
-    assert (tmp_path / "remote" / "demo-out" / "s3-text-stats.json").read_bytes() == \
+    assert fs.cat_file(f"{BUCKET}/stats/text-stats.json") == \
         (tmp_path / "local" / "demo-out" / "text-stats.json").read_bytes()
+    assert not (tmp_path / "remote" / "demo-out").exists()
     assert sorted(fs.ls(f"{BUCKET}/parquet", detail=False)) == [
         f"{BUCKET}/parquet/part_{i:08d}.parquet" for i in range(6)]
 
@@ -313,8 +315,9 @@ def test_curator_submit_runs_the_s3_example_like_a_user(
     variables set (an embedded cluster: no broker configured) equals a local run."""
     fs = s3fs_client(s3_server)
     upload_corpus(s3_server, "raw", tmp_path / "local" / "demo-data" / "raw")
-    if fs.exists(f"{BUCKET}/parquet"):
-        fs.rm(f"{BUCKET}/parquet", recursive=True)
+    for prefix in ("parquet", "stats"):
+        if fs.exists(f"{BUCKET}/{prefix}"):
+            fs.rm(f"{BUCKET}/{prefix}", recursive=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATOR_", "AWS_"))}
     env.update(s3_server.environ())
     env["PYTHONPATH"] = str(REPO)
@@ -332,5 +335,6 @@ def test_curator_submit_runs_the_s3_example_like_a_user(
         name = f"part_{i:08d}.parquet"
         assert fs.cat_file(f"{BUCKET}/parquet/{name}") == \
             (tmp_path / "local" / "demo-out" / "parquet" / name).read_bytes()
-    assert (tmp_path / "demo-out" / "s3-text-stats.json").read_bytes() == \
+    assert fs.cat_file(f"{BUCKET}/stats/text-stats.json") == \
         (tmp_path / "local" / "demo-out" / "text-stats.json").read_bytes()
+    assert fs.find(f"{BUCKET}/stats") == [f"{BUCKET}/stats/text-stats.json"], "shards left"

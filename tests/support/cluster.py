@@ -23,7 +23,8 @@ class WorkerNode:
     """One ``celery worker`` subprocess of this project's app."""
 
     def __init__(self, env: dict[str, str], name: str, concurrency: int, queue: str,
-                 log_dir: Path, extra: list[str] | None = None) -> None:
+                 log_dir: Path, extra: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.log = log_dir / f"{name.split('@')[0]}.log"
         command = worker_command(concurrency, name, queue, loglevel="INFO") + (extra or [])
@@ -32,7 +33,7 @@ class WorkerNode:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 command, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(REPO),
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(cwd or REPO),
             )
 
     def stop(self) -> None:
