@@ -10,7 +10,8 @@ In the worker's main process (:class:`GuardedConsumer`, before a pool process se
       result backend that cannot join chords itself: Redis can); Celery's other built-in
       tasks (``celery.backend_cleanup``, ``celery.chord``, ``celery.group``, ...) and
       unknown names are dropped;
-    - a message larger than :data:`DEFAULT_MAX_MESSAGE_BYTES` (``CURATOR_MAX_MESSAGE_BYTES``)
+    - a message larger than :data:`DEFAULT_MAX_MESSAGE_BYTES` (``CURATOR_MAX_MESSAGE_BYTES``),
+      or a compressed one (it would be decompressed before any check of its size)
       is dropped before its body is decoded;
     - the arguments must have the shapes our producers send (:func:`message_problem`): job
       ids and batch keys are safe names (:func:`curator_worker.batch.is_safe_name`), no
@@ -36,6 +37,7 @@ from typing import Any
 from curator_worker.app import GATHER, RUN_BATCH
 from curator_worker.batch import is_safe_name
 from curator_worker.compat.celery import FilteringConsumer, printable
+from curator_worker.compat.kombu import refuse_compressed_bodies
 from curator_worker.jobs import JobStore, plan_entry
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,7 @@ class GuardedConsumer(FilteringConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_message_bytes = max_message_bytes()
+        refuse_compressed_bodies()  # before a compressed body can inflate
 
     def accepted_tasks(self) -> frozenset[str]:
         """See :func:`accepted_tasks`."""
@@ -243,6 +246,10 @@ class GuardedConsumer(FilteringConsumer):
         if size > limit:
             return (f"the message is {size} bytes, over the limit of {limit} "
                     f"({MAX_MESSAGE_BYTES_VARIABLE})")
+        if (message.headers or {}).get("compression"):
+            # our producers never compress; kombu left the body as it came
+            # (refuse_compressed_bodies), so it never inflated
+            return "compressed messages are not accepted"
         if body is not None:
             return "Celery's message protocol 1 is not accepted"
         # decoding raises for a body that is not JSON: Celery's handlers log it

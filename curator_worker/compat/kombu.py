@@ -190,3 +190,27 @@ def broker_redis_client(producer: Any) -> Iterator[Any]:
         if not isinstance(client, redis.Redis):
             raise BrokerClientUnavailable("the broker channel has no redis-py client")
         yield client
+
+
+class CompressedBodyRefused(ValueError):
+    """What a compressed message body gives in a worker: it is never decompressed."""
+
+
+def _refuse_compressed(body: bytes) -> bytes:
+    raise CompressedBodyRefused("compressed messages are not accepted")
+
+
+def refuse_compressed_bodies() -> None:
+    """Make kombu leave every compressed message body compressed in this process.
+
+    kombu decompresses a body while it builds the ``Message`` (``kombu.message.Message``
+    calls ``kombu.compression.decompress`` in ``__init__``), before any consumer code sees
+    it: a 60 KB zlib body can become gigabytes there. Every decoder in kombu's registry
+    (``kombu.compression._decoders``; checked with kombu 5.7.0) is replaced by one that
+    raises, so the ``Message`` keeps the raw body and records the error, and the worker
+    refuses the message by its ``compression`` header. Our producers never compress.
+    """
+    from kombu import compression
+
+    for content_type in list(compression._decoders):
+        compression._decoders[content_type] = _refuse_compressed

@@ -9,7 +9,6 @@ stops the processes (by pid) and deletes the namespaces, which deletes their lin
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,40 +16,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+# The namespace check, ``ip`` and the host-name launcher are the cluster benchmark's (one
+# copy: the benchmark and these tests need the same things of the kernel).
+from benchmarks.cluster_support import _SET_HOSTNAME, _ip, unavailable_reason
 from curator_worker.embedded import stop_process
 
-#: Runs argv[2:] after setting the host name to argv[1] (inside ``unshare --uts``).
-_SET_HOSTNAME = (
-    "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
-)
-
-
-def _ip(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def unavailable_reason() -> str | None:
-    """Why namespaces cannot be used here, or ``None`` when a trial namespace works."""
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    for tool in ("ip", "unshare"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed"
-    name = f"cwtrial{os.getpid()}{uuid.uuid4().hex[:4]}"
-    added = _ip("netns", "add", name)
-    if added.returncode != 0:
-        return f"cannot create network namespaces (`ip netns add`: {added.stderr.strip()})"
-    try:
-        trial = subprocess.run(
-            ["ip", "netns", "exec", name, "unshare", "--uts", sys.executable, "-c",
-             _SET_HOSTNAME, "trial-host", "true"],
-            capture_output=True, text=True, timeout=20,
-        )
-        if trial.returncode != 0:
-            return f"cannot run a process in a namespace with its own host name: {trial.stderr}"
-    finally:
-        _ip("netns", "delete", name)
-    return None
+__all__ = ["NetLab", "unavailable_reason"]
 
 
 class NetLab:

@@ -379,6 +379,33 @@ def test_an_oversized_message_is_dropped_unread(
     run_planned_job(app, store, job)
 
 
+def test_a_compressed_message_is_dropped_undecoded(
+    app: Celery, cluster_settings: Settings, store: JobStore, worker_nodes: list[WorkerNode],
+    job: PlannedJob,
+) -> None:
+    """A 60 KB zlib body that inflates to 60 MB (a planned batch padded with spaces): our
+    producers never compress, so it is dropped before it is decoded."""
+    import zlib
+
+    before = snapshot(store, job.job_id)
+    since = log_sizes(worker_nodes)
+    bomb = str(uuid.uuid4())
+    body = b'[["' + job.job_id.encode() + b'", "b000000", [0, 1, 2]' + b" " * (60 * 2**20)
+    body += b"], {}, {}]"
+    with Connection(cluster_settings.broker_url) as conn:
+        conn.Producer().publish(zlib.compress(body, 9), routing_key=TEST_QUEUE,
+                                content_type="application/json", content_encoding="utf-8",
+                                headers={"task": RUN_BATCH, "id": bomb, "lang": "py",
+                                         "compression": "application/x-gzip"})
+    text = wait_for_rejections(worker_nodes, since, [bomb])
+    assert_rejected_once_each(text, [bomb])
+    assert "compressed messages are not accepted" in text
+    assert snapshot(store, job.job_id) == before
+    assert queue_is_drained(store, [bomb])
+    assert_workers_healthy(app, worker_nodes)
+    run_planned_job(app, store, job)
+
+
 # --------------------------------------------------------------------------- unreadable
 
 

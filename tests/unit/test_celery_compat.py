@@ -273,3 +273,29 @@ def test_kombu_producer_batches_publishes() -> None:
     from kombu import Producer
 
     expect_params("kombu Producer.batch", Producer.batch, ["max_size"])
+
+
+def test_kombu_decompresses_while_building_a_message_and_the_refusal_keeps_it_small() -> None:
+    """kombu inflates a compressed body in ``Message.__init__`` (before a consumer sees
+    it); with :func:`refuse_compressed_bodies` the body stays as it came, with an error."""
+    import zlib
+
+    from kombu import compression
+    from kombu.message import Message
+
+    from curator_worker.compat.kombu import refuse_compressed_bodies
+
+    raw = b"x" * 100_000
+    small, content_type = compression.compress(raw, "zlib")
+    assert len(small) < 1000
+    saved = dict(compression._decoders)  # a worker consumer made here already refused them
+    try:
+        compression._decoders[content_type] = zlib.decompress
+        assert Message(body=small, headers={"compression": content_type}).body == raw, \
+            "kombu no longer decompresses in Message.__init__: review refuse_compressed_bodies"
+        refuse_compressed_bodies()
+        message = Message(body=small, headers={"compression": content_type})
+        assert message.body == small and message.errors
+    finally:
+        compression._decoders.clear()
+        compression._decoders.update(saved)
