@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
-from curator_worker.errors import BrokerUnavailableError, IndexSelectionError
+from curator_worker.errors import BrokerUnavailableError, IndexSelectionError, SpecError
 from curator_worker.jobs import FAILED, PUBLISH_HEARTBEAT, JobStore, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
@@ -82,7 +82,8 @@ def check_job(
     indices: str | Sequence[int] | None = None,
     batch_size: int | None = None,
 ) -> CheckedJob:
-    """Validate ``spec``, the index selection and the batch size, touching no server.
+    """Validate ``spec``, the index selection and the batch size, touching no broker (an
+    object-store output's bucket is probed: :func:`check_outputs`).
 
     Raises
     ------
@@ -90,6 +91,7 @@ def check_job(
         For every mistake in the input, before anything is enqueued.
     """
     pipeline = build_pipeline(spec, origin)
+    check_outputs(pipeline, origin)
     try:
         n = len(pipeline)
     except OverflowError:  # a source claiming more than sys.maxsize items (count: 1e19)
@@ -112,6 +114,33 @@ def check_job(
     ):
         raise ValueError(f"Batch size must be a positive integer, got {batch_size!r}.")
     return CheckedJob(pipeline, chosen, pipeline.partition_groups_or_none(chosen))
+
+
+#: Attributes naming where a component writes (the record components, stateful filters).
+OUTPUT_ATTRIBUTES = ("output_dir", "output", "_output_path")
+
+
+def check_outputs(pipeline: Pipeline, origin: str = "<spec>") -> None:
+    """Probe every object-store output of ``pipeline`` (sink and filters): an unreachable
+    endpoint, refused credentials or a missing bucket is one :class:`SpecError` before
+    anything is enqueued, not a failure of every index. Local paths are not touched."""
+    for part in (*pipeline.filters, pipeline.sink):
+        for attribute in OUTPUT_ATTRIBUTES:
+            value = getattr(part, attribute, None)
+            if not isinstance(value, str) or "://" not in value:
+                continue
+            from curator_worker.components.storage import (  # fsspec: only when needed
+                check_output_location,
+                resolve_storage_options,
+            )
+
+            owner = type(part).__name__
+            try:
+                options = resolve_storage_options(getattr(part, "storage_options", None), owner)
+                check_output_location(value, options, owner)
+            except ValueError as exc:
+                raise SpecError(f"{origin}: {exc}") from None
+            break
 
 
 def plan_job(

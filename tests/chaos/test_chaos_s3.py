@@ -29,7 +29,7 @@ from tests.chaos.harness import (
     chaos_spec,
     clean_spec,
 )
-from tests.integration.test_formats_s3 import BUCKET, s3_server, s3fs_client  # noqa: F401
+from tests.integration.test_formats_s3 import BUCKET, s3fs_client
 from tests.support.s3 import S3Server
 
 Report = Callable[..., None]
@@ -37,7 +37,7 @@ Report = Callable[..., None]
 
 @pytest.mark.visibility_timeout(10)
 def test_random_prefork_child_sigkilled_every_second_on_an_s3_job(
-    chaos: ChaosCluster, out_dir: Path, chaos_report: Report, s3_server: S3Server,  # noqa: F811
+    chaos: ChaosCluster, out_dir: Path, chaos_report: Report, s3_server: S3Server,
 ) -> None:
     """SIGKILL a random pool process about every second; the stats object is on s3://."""
     fs = s3fs_client(s3_server)

