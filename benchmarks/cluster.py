@@ -344,7 +344,7 @@ class Cluster:
     def start_nodes(self, runner: str, processes: int) -> list[Any]:
         """One worker node of ``runner`` per host, ``processes`` in all; wait until ready."""
         from curator_worker.embedded import worker_command
-        from curator_worker.jobs import NODES_KEY
+        from curator_worker.store.keys import NODES_KEY
 
         procs, names = [], []
         for k, concurrency in enumerate(spread(processes, self.hosts), start=1):

@@ -161,7 +161,7 @@ def peak_rss_mb() -> float:
 def submit_child(url: str, count: int, queue: str) -> None:
     """In a fresh process: submit a ``count``-index job and print its costs as JSON."""
     import producer.submit as submit
-    from curator_worker.jobs import JobStore
+    from curator_worker.store import JobStore
 
     timings: dict[str, float] = {}
 

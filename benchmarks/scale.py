@@ -58,8 +58,8 @@ from benchmarks.workloads import (  # noqa: E402
 )
 from curator_worker.config import Settings  # noqa: E402
 from curator_worker.embedded import RedisServer, stop_process, worker_command  # noqa: E402
-from curator_worker.jobs import NODES_KEY  # noqa: E402
 from curator_worker.run import run_pipeline  # noqa: E402
+from curator_worker.store.keys import NODES_KEY  # noqa: E402
 
 COUNTS = (1, 2, 4, 8, 14)
 

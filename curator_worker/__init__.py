@@ -20,7 +20,6 @@ from curator_worker.errors import (
     SpecError,
 )
 from curator_worker.gather import gather_pipeline
-from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.metrics import IndexMetrics, PipelineMetrics, StageMetrics
 from curator_worker.pipeline import (
     REQUIRED,
@@ -40,6 +39,7 @@ from curator_worker.run import (
     register_backend,
     run_pipeline,
 )
+from curator_worker.store import Job, JobStatus, JobStore
 
 __version__ = "0.1.0"
 

@@ -1,13 +1,10 @@
-"""Running one batch: its indices in order, its stateful filters' shard, nothing shared.
+"""Running one batch: its indices in order, with private copies of its stateful filters.
 
 Every backend runs work through :func:`execute_batch`. A batch gets its own copies of the
 pipeline's stateful filters, so state never leaks between batches; a failed index's
 contribution to that state is rolled back, so a failed index contributes nothing to merged
-results. :func:`write_shards` then flushes each stateful filter to a fresh temp path and
-renames it to a shard name unique to this attempt (host, pid and a random token), so two
-hosts, containers or attempts can never collide. For an output on object storage (a URL)
-the flushed temp file is uploaded to the attempt-unique shard key in one write instead
-(no rename there); the batch's commit record names the key that counts.
+results. What the copies hold is then flushed into the batch's shards by
+:func:`curator_worker.shards.write_shards`.
 """
 
 from __future__ import annotations
@@ -15,19 +12,15 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import re
 import socket
 import time
 import traceback
 import tracemalloc
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
 from typing import Any
 
-from curator_worker.errors import PipelineError
 from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
 from curator_worker.pipeline import Filter, Pipeline, is_stateful
 from curator_worker.planning import ints_in_range
@@ -36,33 +29,6 @@ from curator_worker.policy import BatchPolicy
 log = logging.getLogger(__name__)
 
 HOSTNAME = socket.gethostname()
-SHARD_SUFFIX = ".shard"
-
-#: What a run id (job id) or batch key must look like to become part of a file name: ASCII
-#: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot, at most 200 characters.
-#: No separator, no ``..``, no NUL, nothing a file system or a terminal reads differently.
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
-
-
-def is_safe_name(name: object) -> bool:
-    """True when ``name`` may be part of a file name (:data:`SAFE_NAME`).
-
-    Examples
-    --------
-    >>> is_safe_name("b000123"), is_safe_name("r2-b000001"), is_safe_name("../x")
-    (True, True, False)
-    """
-    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
-
-
-def _require_safe_name(name: str, what: str) -> None:
-    if not is_safe_name(name):
-        raise ValueError(
-            f"Refusing {what} {ascii(name)[:80]} in a file name: use ASCII letters, digits, "
-            "'.', '_' and '-' (not first), at most 200 characters."
-        )
-
-
 #: Indices at least this long (seconds) always get per-stage timings.
 STAGE_TIMING_ALWAYS = 0.1
 #: After an index shorter than :data:`STAGE_TIMING_ALWAYS`, stages are timed on one index
@@ -143,90 +109,6 @@ def error_record(
         "host": HOSTNAME,
         "pid": os.getpid(),
     }
-
-
-def output_path_of(f: Filter[Any]) -> str:
-    """The final output path of stateful filter ``f`` (its ``_output_path``).
-
-    Raises
-    ------
-    PipelineError
-        If the filter has neither ``_output_path`` nor an artifact to name its output.
-    """
-    path = getattr(f, "_output_path", None)
-    if not path:
-        artifacts = f.artifacts() if hasattr(f, "artifacts") else []
-        path = artifacts[0] if artifacts else None
-    if not path:
-        raise PipelineError(
-            f"Stateful filter {type(f).__name__} has no _output_path. Set it in __init__ to "
-            "the final output file."
-        )
-    return os.fspath(path)
-
-
-def shard_dir(final_output: str, run_id: str) -> Path:
-    """Folder of the shards of one run (job) for a stateful filter's output.
-
-    ``ValueError`` unless ``run_id`` is a safe name (:func:`is_safe_name`): the folder is
-    always directly inside ``<final_output>.shards``. For a URL output use
-    :func:`shard_location` (this returns a local :class:`~pathlib.Path`).
-    """
-    _require_safe_name(run_id, "run id")
-    return Path(f"{final_output}.shards") / run_id
-
-
-def is_url(path: str) -> bool:
-    """True when ``path`` is an fsspec URL other than ``file://`` (e.g. ``s3://b/k``)."""
-    from curator_worker.components.storage import is_remote
-
-    return is_remote(path)
-
-
-def absolute_output(path: str) -> str:
-    """``path`` made absolute when it is local; a URL unchanged."""
-    return path if is_url(path) else os.path.abspath(path)
-
-
-def shard_location(final_output: str, run_id: str) -> str:
-    """Where the shards of one run of a stateful filter's output go: a folder or a prefix.
-
-    ``<final_output>.shards/<run_id>``, for a local path (made absolute) or a URL alike:
-    the one place shard names are made (:func:`shard_name` names the files in it).
-
-    Examples
-    --------
-    >>> shard_location("s3://bucket/stats.json", "job1")
-    's3://bucket/stats.json.shards/job1'
-    """
-    _require_safe_name(run_id, "run id")
-    if is_url(final_output):
-        return f"{final_output}.shards/{run_id}"
-    return os.fspath(shard_dir(os.path.abspath(final_output), run_id))
-
-
-def shard_name(key: str, token: str) -> str:
-    """The file (object) name of one attempt's shard of batch ``key``."""
-    return f"{key}.{token}{SHARD_SUFFIX}"
-
-
-def attempt_token() -> str:
-    """``<host>-<pid>-<random>``: unique to one attempt, on any host or container."""
-    return f"{_token_part(HOSTNAME)}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-def storage_options_of(f: Filter[Any]) -> dict[str, Any]:
-    """The resolved fsspec ``storage_options`` of filter ``f`` (``{}`` when it has none).
-
-    ``"${VARIABLE}"`` values are read from this process's environment; credentials are
-    never stored in a shard name or a commit record.
-    """
-    options = getattr(f, "storage_options", None)
-    if not options:
-        return {}
-    from curator_worker.components.storage import resolve_storage_options
-
-    return resolve_storage_options(options, type(f).__name__)
 
 
 def execute_batch(
@@ -394,158 +276,3 @@ def _record_unfinished(
         record(IndexResult(index, error=error_record(exc, attempt, kind="batch_time_limit"),
                            attempt=attempt))
 
-
-def flush_to(f: Filter[Any], path: str) -> str | None:
-    """Flush stateful filter ``f`` into ``path``; return the file written, if any.
-
-    ``_output_path`` keeps its type: physicsnemo-curator's filters hold a ``pathlib.Path``
-    and call its methods in ``flush()``.
-    """
-    old = getattr(f, "_output_path", None)
-    f._output_path = type(old)(path) if isinstance(old, PurePath) else path  # type: ignore[attr-defined]
-    returned = f.flush()  # type: ignore[attr-defined]
-    written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else path
-    return written if os.path.exists(written) else None
-
-
-def flush_final(f: Filter[Any], final: str) -> str | None:
-    """Flush stateful filter ``f`` straight into its final output ``final``, never partially.
-
-    The flush writes a local temporary file; a local ``final`` is replaced by it in one
-    rename, a URL gets its content in one write of the final key (one PUT). Returns
-    ``final``, or None when ``flush`` wrote nothing.
-    """
-    from curator_worker.atomic import scratch_dir, temp_path_for
-    from curator_worker.components.storage import upload_file
-
-    if not is_url(final):
-        os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
-        written = flush_to(f, str(temp_path_for(final)))
-        if written is None:
-            return None
-        os.replace(written, final)
-        return final
-    with scratch_dir("flush") as folder:
-        written = flush_to(f, os.path.join(folder, os.path.basename(final) or "output"))
-        if written is None:
-            return None
-        upload_file(written, final, storage_options_of(f))
-    return final
-
-
-def write_shards(
-    pipeline: Pipeline, outcome: BatchOutcome, run_id: str, batch_key: str
-) -> dict[str, str]:
-    """Flush each stateful filter of ``outcome`` to a shard unique to this attempt.
-
-    See :func:`write_filter_shards`. Returns filter position (as str) -> shard path.
-    """
-    return write_filter_shards(
-        pipeline, outcome.filters, outcome.stateful_positions, run_id, batch_key
-    )
-
-
-def write_filter_shards(
-    pipeline: Pipeline,
-    filters: Sequence[Filter[Any]],
-    positions: Sequence[int],
-    run_id: str,
-    key: str,
-) -> dict[str, str]:
-    """Flush the stateful filter copies ``filters[n]`` (``n`` in ``positions``) to shards.
-
-    Each flush goes to a fresh temp path (so a ``flush`` that appends to ``_output_path``
-    never appends to an older attempt's file). For a local output the temp file sits in
-    the shard folder and is renamed to the shard name only when complete (``os.replace``),
-    so a crash never leaves a half-written shard under a shard name. For a URL output
-    (object storage has no rename) the flush writes a local temp file which is uploaded to
-    the attempt-unique shard key in one write: an object under a shard key is complete or
-    absent. Shard names carry host, pid and a random token (:func:`attempt_token`): two
-    hosts, containers or attempts never collide; the commit record says which one counts.
-    Returns filter position (as str) -> absolute shard path or URL.
-
-    ``run_id`` and ``key`` must be safe names (:func:`is_safe_name`), so every file stays
-    in its filter's shard folder; ``ValueError`` otherwise, before anything is written.
-    """
-    _require_safe_name(run_id, "run id")
-    _require_safe_name(key, "batch key")
-    token = attempt_token()
-    shards: dict[str, str] = {}
-    if any(is_url(output_path_of(pipeline.filters[n])) for n in positions):
-        from curator_worker.atomic import remove_stale_scratch
-
-        remove_stale_scratch()  # local copies of attempts killed on this host
-    for n in positions:
-        location = shard_location(output_path_of(pipeline.filters[n]), run_id)
-        name = shard_name(key, token)
-        if is_url(location):
-            from curator_worker.atomic import scratch_dir
-            from curator_worker.components.storage import join, upload_file
-
-            with scratch_dir("shard") as folder:
-                written = flush_to(filters[n], os.path.join(folder, f"{key}.{token}.tmp"))
-                if written is None:
-                    continue
-                shard = join(location, name)
-                options = storage_options_of(pipeline.filters[n])
-                upload_file(written, shard, options)
-            _remember_options(shard, pipeline.filters[n])
-            shards[str(n)] = shard
-            continue
-        folder = Path(location)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"{key}.{token}.tmp"
-        written = flush_to(filters[n], str(tmp))
-        if written is None:
-            continue
-        shard_path = folder / name
-        os.replace(written, shard_path)
-        shards[str(n)] = str(shard_path)
-    return shards
-
-
-def _token_part(text: str) -> str:
-    """``text`` with every character a safe name does not allow replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "host"
-
-
-#: Shard URL -> the filter whose ``storage_options`` wrote it, for the last few shards this
-#: process wrote: :func:`discard_files` removes a losing attempt's shard objects with the
-#: same options (credentials are resolved again then, never kept here).
-_SHARD_WRITERS: dict[str, Filter[Any]] = {}
-_SHARD_WRITERS_KEPT = 64
-
-
-def _remember_options(url: str, f: Filter[Any]) -> None:
-    _SHARD_WRITERS[url] = f
-    while len(_SHARD_WRITERS) > _SHARD_WRITERS_KEPT:
-        del _SHARD_WRITERS[next(iter(_SHARD_WRITERS))]
-
-
-def discard_files(paths: Sequence[str], options: Mapping[str, Any] | None = None) -> None:
-    """Remove files or objects (shards of an attempt that lost the commit race).
-
-    A URL is removed with ``options``, else with the ``storage_options`` of the filter
-    that wrote it in this process (best effort: a failure is logged; gather removes what
-    is left under the job's shard prefix when the job succeeds).
-    """
-    urls = [p for p in paths if is_url(p)]
-    if urls:
-        from curator_worker.components.storage import remove_objects
-
-        for url in urls:
-            writer = _SHARD_WRITERS.pop(url, None)
-            try:
-                found = options if options is not None else (
-                    storage_options_of(writer) if writer is not None else {})
-            except ValueError as exc:  # a ${VARIABLE} no longer set
-                log.warning("cannot remove %s: %s", url, exc)
-                continue
-            remove_objects([url], found)
-    for path in paths:
-        if is_url(path):
-            continue
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass

@@ -2,7 +2,7 @@
 
 A job that fails 2,000 indices with the same exception has one problem, not 2,000. The
 job store keeps one error record per failed index (:meth:`JobStore.failures
-<curator_worker.jobs.JobStore.failures>`); :func:`group_failures` folds them into groups
+<curator_worker.store.JobStore.failures>`); :func:`group_failures` folds them into groups
 of the same exception type and message, where messages that differ only in numbers
 (``"bad value at index 7"``, ``"... index 31"``) are the same error. Each group keeps its
 indices, compressed as ranges by :func:`format_ranges` (``3-7,12``, the form
@@ -149,7 +149,7 @@ def group_failures(failures: Mapping[int, Mapping[str, Any]]) -> list[FailureGro
     ----------
     failures : Mapping[int, Mapping]
         Index -> error record (``type``, ``message``, ``traceback``, ``kind``, ``host``), as
-        :meth:`JobStore.failures <curator_worker.jobs.JobStore.failures>` returns.
+        :meth:`JobStore.failures <curator_worker.store.JobStore.failures>` returns.
 
     Returns
     -------

@@ -1,4 +1,5 @@
-"""Gather: merge committed filter shards into final outputs and finish the job.
+"""Gather: merge committed filter shards into final outputs and finish the job (the
+shards themselves, from naming to removal, are :mod:`curator_worker.shards`).
 
 Gather is the chord callback of every Celery job; the batch whose commit completes the job
 runs it at once too, in its own process, so a job ends without waiting for the callback's
@@ -15,100 +16,26 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from curator_worker.atomic import (
-    atomic_path,
     remove_stale_scratch,
     remove_stale_temps,
-    scratch_dir,
-    temp_path_for,
 )
-from curator_worker.batch import (
+from curator_worker.pipeline import Pipeline, is_stateful
+from curator_worker.shards import (
     SHARD_SUFFIX,
+    GatherLockLost,
     is_url,
+    merge_shards,
     output_path_of,
-    shard_location,
+    remove_shard_locations,
     storage_options_of,
 )
-from curator_worker.jobs import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
-from curator_worker.pipeline import Filter, Pipeline, is_stateful
 from curator_worker.spec import spec_hash
+from curator_worker.store import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger(__name__)
-
-
-class GatherLockLost(Exception):
-    """This gather's lock expired (its node froze or stalled) and another may finish the job."""
-
-
-def merge_shards(
-    f: Filter[Any], shard_paths: Sequence[str], final_output: str,
-    still_held: Callable[[], bool] | None = None,
-) -> str:
-    """Merge ``shard_paths`` with ``type(f).merge`` into ``final_output``, atomically.
-
-    Local: the merge writes a temp file beside ``final_output`` that replaces it in one
-    rename, and is removed if the merge fails. When ``final_output`` or a shard is a URL
-    (object storage has no rename), the shards are first copied into a local temp folder,
-    ``merge`` runs on those copies into a local temp file, and the result is written to
-    ``final_output`` in one write of the final key: no object under a final name is ever
-    partial, and ``merge`` itself only ever sees local files. ``still_held`` is asked just
-    before the rename (or the write): when it says no (this gather lost its lock), nothing
-    is written and :class:`GatherLockLost` raised, so a gather that lost its lock never
-    replaces another gather's output.
-    """
-    if is_url(final_output) or any(is_url(p) for p in shard_paths):
-        return _merge_via_local_copies(f, shard_paths, final_output, still_held)
-    os.makedirs(os.path.dirname(os.path.abspath(final_output)), exist_ok=True)
-    tmp = str(temp_path_for(final_output))
-    written = tmp
-    try:
-        returned = type(f).merge(list(shard_paths), tmp)  # type: ignore[attr-defined]
-        written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
-        if still_held is not None and not still_held():
-            raise GatherLockLost(final_output)
-        os.replace(written, final_output)
-    except BaseException:
-        for path in {tmp, written}:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        raise
-    return final_output
-
-
-def _merge_via_local_copies(
-    f: Filter[Any], shard_paths: Sequence[str], final_output: str,
-    still_held: Callable[[], bool] | None,
-) -> str:
-    """:func:`merge_shards` when the output or a shard is a URL (see there)."""
-    from curator_worker.components.storage import download_file, upload_file
-
-    options = storage_options_of(f)
-    with scratch_dir("merge") as folder:
-        copies = []
-        for n, shard in enumerate(shard_paths):
-            if is_url(shard):
-                local = os.path.join(folder, f"{n:06d}-{shard.rsplit('/', 1)[-1]}")
-                copies.append(download_file(shard, local, options))
-            else:
-                copies.append(shard)
-        name = final_output.rstrip("/").rsplit("/", 1)[-1] or "merged"
-        tmp = os.path.join(folder, f"merged-{name}")
-        returned = type(f).merge(copies, tmp)  # type: ignore[attr-defined]
-        written = os.fspath(returned) if isinstance(returned, str | os.PathLike) else tmp
-        if still_held is not None and not still_held():
-            raise GatherLockLost(final_output)
-        if is_url(final_output):
-            upload_file(written, final_output, options)
-        else:
-            with atomic_path(final_output) as target:
-                shutil.copyfile(written, target)
-    return final_output
 
 
 def gather_job(
@@ -156,7 +83,7 @@ def _gather_locked(
     if status.state in FINAL_STATES:
         log.info("job %s already %s; gather has nothing to do", job_id, status.state)
         if status.state == SUCCEEDED:
-            _remove_shard_dirs(stateful, job_id)
+            remove_shard_locations(stateful, job_id)
         return status.state
 
     if not status.all_committed:
@@ -203,7 +130,7 @@ def _gather_locked(
         # them again.
         if not store.mark_merged(job_id, lock=token):
             raise GatherLockLost(job_id)
-        _remove_shard_dirs(stateful, job_id)
+        remove_shard_locations(stateful, job_id)
     fields = {"error": error} if error is not None and status.error is None else {}
     if not store.set_state(job_id, state, lock=token, **fields):
         now = store.state(job_id)
@@ -242,38 +169,6 @@ def remove_abandoned_temps(pipeline: Pipeline, own: bool = False) -> None:
         remove_stale_temps(folder, own=own)
     if any(is_url(output_path_of(f)) for f in pipeline.filters if is_stateful(f)):
         remove_stale_scratch()
-
-
-def remove_shard_location(f: Filter[Any], run_id: str) -> None:
-    """Remove every shard of run ``run_id`` of filter ``f``, committed or not.
-
-    A local shard folder is removed with what it holds (and ``<output>.shards`` once no
-    run uses it); a URL shard prefix is listed and every object under it removed, so the
-    shards of attempts that died before committing go too. Best effort, never raises.
-    """
-    final = output_path_of(f)
-    location = shard_location(final, run_id)
-    if is_url(location):
-        from curator_worker.components.storage import remove_prefix
-
-        try:
-            removed = remove_prefix(location, storage_options_of(f))
-            log.info("removed %d shard objects under %s", removed, location)
-        except Exception as exc:  # noqa: BLE001 - cleanup must not fail a finished job
-            log.warning("could not remove the shards under %s: %s: %s", location,
-                        type(exc).__name__, exc)
-        return
-    folder = Path(location)
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        folder.parent.rmdir()  # the <output>.shards folder, once no run uses it
-    except OSError:
-        pass
-
-
-def _remove_shard_dirs(stateful: Sequence[tuple[int, Filter[Any]]], run_id: str) -> None:
-    for _, f in stateful:
-        remove_shard_location(f, run_id)
 
 
 def gather_pipeline(pipeline: Pipeline) -> list[str]:

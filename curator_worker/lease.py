@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from curator_worker.compat.kombu import DEFAULT_UNACKED_INDEX, renew_unacked
+from curator_worker.store.keys import job_key
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ UNACKED_INDEX_KEY = DEFAULT_UNACKED_INDEX
 
 def delivery_tags_key(job_id: str) -> str:
     """The broker Redis hash of a job's batch key -> delivery tag of its message."""
-    return f"curator:job:{job_id}:tags"
+    return job_key(job_id, "tags")
 
 
 class LeaseRenewal:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -201,6 +202,22 @@ def stage_names(pipeline: Pipeline) -> dict[str, str]:
             label = getattr(f, "__name__", "") or cls.__name__
         names[f"filter[{n}]:{cls.__name__}"] = label
     return names
+
+
+def stage_order(name: str) -> tuple[int, int, str]:
+    """Sort key putting stage keys in pipeline order: source, ``filter[i]:Name``..., sink.
+
+    Examples
+    --------
+    >>> sorted(["sink", "filter[1]:B", "source", "filter[0]:A"], key=stage_order)
+    ['source', 'filter[0]:A', 'filter[1]:B', 'sink']
+    """
+    if name == "source":
+        return (0, 0, name)
+    match = re.match(r"filter\[(\d+)\]", name)
+    if match:
+        return (1, int(match.group(1)), name)
+    return (2, 0, name) if name == "sink" else (3, 0, name)
 
 
 def _stages(stages: Mapping[str, float] | None, names: Mapping[str, str]) -> list[tuple[str, int]]:

@@ -2,7 +2,7 @@
 
 ``curator-jobs report JOB --out DIR`` calls :func:`write_report`, which reads the job's
 status, committed batches, per-index metrics and failures from the job store
-(:class:`~curator_worker.jobs.Job`) and writes into ``DIR``:
+(:class:`~curator_worker.store.Job`) and writes into ``DIR``:
 
 ``report.html``
     Summary header, the four charts embedded as base64 ``data:`` URIs (the page needs no
@@ -58,7 +58,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 import numpy as np
 
-from curator_worker.jobs import FINAL_STATES, Job, JobStatus
+from curator_worker.metrics import stage_order
+from curator_worker.store import FINAL_STATES, Job, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class ReportData:
     spec : dict
         The job's pipeline spec (components and params).
     history : list[dict]
-        Its retries and resumes (:func:`~curator_worker.history.job_history`).
+        Its retries and resumes (:func:`~curator_worker.store.history.job_history`).
     """
 
     status: JobStatus
@@ -138,7 +139,7 @@ class ReportData:
         -------
         ReportData
         """
-        from curator_worker.history import job_history
+        from curator_worker.store.history import job_history
 
         status = job.status()  # first: the rest is at least as recent as the counters
         return cls(status=status, batches=job.batches(), metrics=job.metrics(),
@@ -245,18 +246,7 @@ def stage_totals(metrics: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     for entry in metrics:
         for name, seconds in (entry.get("stages") or {}).items():
             totals[name] += float(seconds)
-    return {name: totals[name] for name in sorted(totals, key=_stage_order)}
-
-
-def _stage_order(name: str) -> tuple[int, int, str]:
-    if name == "source":
-        return (0, 0, name)
-    match = re.match(r"filter\[(\d+)\]", name)
-    if match:
-        return (1, int(match.group(1)), name)
-    if name == "sink":
-        return (2, 0, name)
-    return (3, 0, name)
+    return {name: totals[name] for name in sorted(totals, key=stage_order)}
 
 
 def _stage_display(name: str) -> str:
@@ -797,7 +787,7 @@ def _summary_html(data: ReportData) -> str:
 
 def _pipeline_html(data: ReportData) -> str:
     """The job's pipeline (components and params) and its retry/resume history."""
-    from curator_worker.history import describe_history, pipeline_params, pipeline_summary
+    from curator_worker.store.history import describe_history, pipeline_params, pipeline_summary
 
     if not data.spec:
         return '<p class="muted">No pipeline recorded.</p>'

@@ -34,37 +34,31 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from curator_worker import batch_results, log_context
+from curator_worker import log_context
 from curator_worker.app import GATHER, RUN_BATCH, app
-from curator_worker.batch import (
-    HOSTNAME,
-    IndexResult,
-    discard_files,
-    error_record,
-    execute_batch,
-    write_shards,
-)
+from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_batch
 from curator_worker.compat.celery import worker_node
 from curator_worker.compat.kombu import BrokerKeys
 from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job, remove_abandoned_temps
-from curator_worker.jobs import (
+from curator_worker.lease import LeaseRenewal
+from curator_worker.pipeline import Pipeline
+from curator_worker.policy import BatchPolicy
+from curator_worker.shards import discard_losing_shards, write_shards
+from curator_worker.spec import UnknownClassError, build_pipeline, spec_hash
+from curator_worker.store import (
     ALREADY_COMMITTED,
     CANCELLED,
     COMMITTED_LAST,
     FINAL_STATES,
     SUCCEEDED,
-    AttemptMark,
     JobStore,
-    announce_node,
+    batch_results,
     connect,
-    forget_node,
 )
-from curator_worker.lease import LeaseRenewal
-from curator_worker.pipeline import Pipeline
-from curator_worker.policy import BatchPolicy
-from curator_worker.spec import UnknownClassError, build_pipeline, spec_hash
+from curator_worker.store.attempts import AttemptMark
+from curator_worker.store.nodes import announce_node, forget_node
 from curator_worker.trust import refuse, unknown_job, unplanned_batch
 
 log = logging.getLogger(__name__)
@@ -280,7 +274,9 @@ def _process_batch(
         return batch_key
 
     skip = _skipped_indices(store, job_id, batch_key, indices, attempt, policy, duplicate)
-    careful = attempt > 1 and not duplicate
+    # a redelivery after a worker died records the index it runs, so the next death is
+    # blamed on that index (crash attribution)
+    track_running_index = attempt > 1 and not duplicate
     last_check = [time.monotonic()]
 
     def cancelled() -> bool:
@@ -298,7 +294,7 @@ def _process_batch(
     progress = _InflightProgress(store, job_id, batch_key, _lease(job_id, batch_key))
     outcome = execute_batch(
         pipeline, indices, attempt=attempt, policy=policy, skip=skip, should_stop=cancelled,
-        on_start=partial(_starting, store, job_id, batch_key, careful),
+        on_start=partial(_starting, store, job_id, batch_key, track_running_index),
         on_stuck=stuck, on_index=progress, **metrics,
     )
     if outcome.stopped_early:
@@ -318,11 +314,8 @@ def _process_batch(
         _gather_now(store, job_id, pipeline)
     elif committed == ALREADY_COMMITTED:
         log.info("job %s batch %s was committed by another attempt", job_id, batch_key)
-        discard_files(list(shards.values()))
-        if store.state(job_id) == SUCCEEDED:  # gather already removed the folders
-            for shard in shards.values():
-                _remove_empty_dirs(os.path.dirname(shard), levels=2)
-    if careful:
+        discard_losing_shards(shards.values(), merged=store.state(job_id) == SUCCEEDED)
+    if track_running_index:
         store.set_current(job_id, batch_key, None)
     return batch_key
 
@@ -426,16 +419,6 @@ def _skipped_indices(
             reason = RuntimeError(f"index {index} {what} ({entry['count']} times); skipped")
             skip[index] = error_record(reason, attempt, kind=kind)
     return skip
-
-
-def _remove_empty_dirs(folder: str, levels: int) -> None:
-    """Remove ``folder`` and up to ``levels - 1`` parents while they are empty."""
-    for _ in range(levels):
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-        folder = os.path.dirname(folder)
 
 
 def _commit_record(

@@ -35,10 +35,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from curator_worker.app import GATHER, RUN_BATCH
-from curator_worker.batch import is_safe_name
 from curator_worker.compat.celery import FilteringConsumer, printable
 from curator_worker.compat.kombu import refuse_compressed_bodies
-from curator_worker.jobs import JobStore, plan_entry
+from curator_worker.shards import is_safe_name
+from curator_worker.store import JobStore
+from curator_worker.store.keys import plan_entry
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def unplanned_batch(
     """Why job ``job_id`` did not plan batch ``batch_key`` with ``indices``, or ``None``.
 
     One lookup when the batch is planned: the plan's stored text
-    (:func:`~curator_worker.jobs.plan_entry`) is compared with the message's indices
+    (:func:`~curator_worker.store.plan_entry`) is compared with the message's indices
     encoded the same way, so an index of another type (``"0"``, ``0.0``, ``true``), order
     or count does not match.
     """

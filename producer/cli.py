@@ -24,10 +24,10 @@ import redis
 # into one line.
 from curator_worker.config import Settings, check_environment, check_queue_name, redact_text
 from curator_worker.errors import CuratorError
-from curator_worker.jobs import Job, JobStatus, JobStore
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.progress import human_rate
 from curator_worker.spec import read_spec_file
+from curator_worker.store import Job, JobStatus, JobStore
 from producer.job_views import dashboard_command, failures_command
 from producer.wait import LiveProgress, live_progress
 
@@ -121,7 +121,7 @@ def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = F
     ``curator-jobs`` command is suggested; ``live``: the live progress of a running job.
     """
     from curator_worker.failures import group_failures, shorten_ranges
-    from curator_worker.history import (
+    from curator_worker.store.history import (
         describe_history,
         job_history,
         pipeline_params,
@@ -476,7 +476,7 @@ def list_command(limit: int, as_json: bool, broker: str | None) -> None:
     if not 1 <= limit <= 10_000:
         _fail(f"--limit must be from 1 to 10000, got {limit}.")
     store = _store(Settings.from_env(broker_url=broker))
-    from curator_worker.history import job_history, pipeline_summary
+    from curator_worker.store.history import job_history, pipeline_summary
 
     statuses = [store.status(job_id) for job_id in store.list_jobs(limit)]
     pipelines = {s.job_id: pipeline_summary(store.record(s.job_id)["spec"]) for s in statuses}

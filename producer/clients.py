@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from curator_worker.config import Settings
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,11 @@ import logging
 from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.errors import CuratorError
-from curator_worker.history import record_history
-from curator_worker.jobs import CANCELLED, SUCCEEDED, JobStore
 from curator_worker.planning import Batch, plan_batches
 from curator_worker.spec import build_pipeline
+from curator_worker.store import CANCELLED, SUCCEEDED, JobStore
+from curator_worker.store.history import record_history
+from curator_worker.store.keys import retry_prefix
 from producer.joblock import job_control_lock
 from producer.submit import publish_chord
 from producer.wait import resend_gather
@@ -150,7 +151,7 @@ def _retry(settings: Settings, store: JobStore, job_id: str) -> int:
     pipeline = build_pipeline(record["spec"], f"job {job_id}")
     size = int(record["options"].get("batch_size") or 1)
     round_number = int(record.get("retries") or 0) + 1
-    batches = plan_batches(pipeline.partition_groups(failed), size, f"r{round_number}-b")
+    batches = plan_batches(pipeline.partition_groups(failed), size, retry_prefix(round_number))
     # Plan the new batches before reopening: a late gather (the previous chord's callback
     # arrives after the last batch already gathered) then never sees a running job whose
     # planned batches are all committed, and cannot finish it before the retry round runs.

@@ -14,7 +14,7 @@ import click
 
 from curator_worker.config import Settings, redact_url
 from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 
 #: Characters of an index range list printed per group before it is cut.
 MAX_RANGES_CHARS = 400

@@ -18,23 +18,17 @@ from contextlib import contextmanager
 import redis
 
 from curator_worker.errors import JobControlConflictError
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore, scripts
+from curator_worker.store.keys import job_key
 
 #: Seconds a job-control lock outlives a holder that died without releasing it.
 LOCK_SECONDS = 120
 
-# Delete the lock only if it still holds our token (it may have expired and been retaken).
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 def lock_key(job_id: str) -> str:
     """The Redis key of ``job_id``'s job-control lock."""
-    return JobStore.key(job_id, "control-lock")
+    return job_key(job_id, "control-lock")
 
 
 @contextmanager
@@ -74,4 +68,5 @@ def job_control_lock(store: JobStore, job_id: str, action: str,
     try:
         yield
     finally:
-        client.eval(_RELEASE, 1, key, token)
+        # only if it still holds our token (it may have expired and been retaken)
+        scripts.register(client, "release_lock")(keys=[key], args=[token])

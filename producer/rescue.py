@@ -26,8 +26,8 @@ import redis
 from curator_worker.app import RUN_BATCH
 from curator_worker.compat.kombu import BrokerKeys, message_task_args, unacked_envelope
 from curator_worker.config import Settings, celery_config
-from curator_worker.jobs import JobStatus, JobStore
 from curator_worker.planning import Batch
+from curator_worker.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
 from curator_worker.errors import BrokerUnavailableError, IndexSelectionError, SpecError
-from curator_worker.jobs import FAILED, PUBLISH_HEARTBEAT, JobStore, live_nodes, new_job_id
 from curator_worker.pipeline import Pipeline
 from curator_worker.planning import (
     Batch,
@@ -34,6 +33,9 @@ from curator_worker.planning import (
     plan_sized_batches,
 )
 from curator_worker.spec import build_pipeline, spec_hash
+from curator_worker.store import JobStore, new_job_id
+from curator_worker.store.nodes import live_nodes
+from curator_worker.store.status import FAILED, PUBLISH_HEARTBEAT
 from producer.clients import clients_for
 
 log = logging.getLogger(__name__)

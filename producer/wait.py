@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from curator_worker.config import Settings
 from curator_worker.errors import JobWaitTimeout
-from curator_worker.jobs import NODE_TTL, NODES_KEY, JobStatus, JobStore
 from curator_worker.progress import ProgressReporter
+from curator_worker.store import JobStatus, JobStore
+from curator_worker.store.keys import NODES_KEY
+from curator_worker.store.nodes import NODE_TTL
 
 #: Seconds a fully committed job may wait for its chord callback before gather is re-sent.
 GATHER_GRACE = 15.0
@@ -71,7 +73,7 @@ def live_progress(store: JobStore, job_id: str) -> LiveProgress:
     """The live progress of ``job_id``: counters, in-flight indices, live workers.
 
     Worker processes are counted only on live nodes (a heartbeat within
-    :data:`~curator_worker.jobs.NODE_TTL`), at most their node's pool size each: a process
+    :data:`~curator_worker.store.NODE_TTL`), at most their node's pool size each: a process
     replaced (``max_tasks_per_child``, a crash) within the window is not counted twice.
     """
     status, inflight, _ = store.progress(job_id, within=WORKER_WINDOW)
@@ -146,7 +148,7 @@ def retry_round(store: JobStore, job_id: str, status: JobStatus,
     sizes = {k: len(v) for k, v in store.batches(job_id).items() if k.startswith(prefix)}
     if not sizes:
         return None
-    from curator_worker.history import job_history
+    from curator_worker.store.history import job_history
 
     retries = [e for e in job_history(store, job_id) if e.get("action") == "retry"]
     return RetryRound(number, sizes, retries[-1].get("at") if retries else None)

@@ -14,7 +14,7 @@ import pytest
 from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 from tests.support.cluster import WorkerNode, private_redis, wait_until_ready
 from tests.support.s3 import S3Server, seaweed_s3, weed_binary
 

@@ -17,12 +17,12 @@ from typing import Any
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
-from curator_worker.jobs import PARTIAL, SUCCEEDED
 from curator_worker.metrics import record_of_job_entry, safe_record, stage_names
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.spec import pipeline_to_spec, spec_hash
+from curator_worker.store import PARTIAL, SUCCEEDED
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import shutil
 import threading
 import uuid
 from abc import abstractmethod
@@ -52,24 +51,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from curator_worker.batch import (
-    HOSTNAME,
-    IndexResult,
-    error_record,
-    execute_batch,
-    is_url,
-    output_path_of,
-    shard_location,
-    storage_options_of,
-    write_filter_shards,
-)
+from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_batch
 from curator_worker.errors import JobFailedError
-from curator_worker.gather import merge_shards, remove_shard_location
 from curator_worker.metrics import record_of, safe_record, stage_names
 from curator_worker.pipeline import Pipeline, is_stateful
 from curator_worker.planning import auto_batch_size, pack_groups
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
+from curator_worker.shards import (
+    is_url,
+    merge_shards,
+    output_path_of,
+    remove_shard_location,
+    shard_location,
+    storage_options_of,
+    write_filter_shards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -514,17 +511,8 @@ class LocalRun:
                         stray.unlink(missing_ok=True)
 
     def _remove_shards(self, n: int) -> None:
-        if is_url(self.finals[n]):
-            remove_shard_location(self.pipeline.filters[n], self.run_id)
-            return
-        folders = {Path(path).parent for _, path in self.shards.get(n, [])}
-        folders.add(Path(shard_location(self.finals[n], self.run_id)))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-            try:
-                folder.parent.rmdir()  # <output>.shards, once no run uses it
-            except OSError:
-                pass
+        # shards are always written under the run's shard location (shards.write_shards)
+        remove_shard_location(self.pipeline.filters[n], self.run_id)
 
     def finish(self) -> RunResult:
         """Gather (unless ``gather=False``) and return the results, or raise the failures.

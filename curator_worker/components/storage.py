@@ -262,7 +262,8 @@ def check_output_location(url: str, options: Mapping[str, Any], owner: str) -> N
     or does not exist: before a job runs, not as a failure of every index.
 
     Only URLs of :data:`BUCKET_PROTOCOLS` are probed (one request for the bucket); other
-    locations are left to the first write. Nothing is written or created.
+    locations are left to the first write, and so is a bucket this host has no
+    credentials for (the workers may have them). Nothing is written or created.
 
     Raises
     ------
@@ -283,6 +284,11 @@ def check_output_location(url: str, options: Mapping[str, Any], owner: str) -> N
             "create buckets)."
         ) from None
     except Exception as exc:  # noqa: BLE001 - any failure here is the user's to fix
+        if type(exc).__name__ == "NoCredentialsError":
+            # this host has none, the workers may (their environment or instance profile):
+            # nothing is known to be wrong, so the first write decides
+            logger.info("%s: not checking %s: no credentials on this host", owner, url)
+            return
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(
             f"{owner}: cannot reach the bucket of {url!r} ({type(exc).__name__}: {first}). "

@@ -44,7 +44,7 @@ from prometheus_client.exposition import choose_encoder
 from curator_worker.dashboard.metrics import job_registry
 from curator_worker.dashboard.views import JobViews
 from curator_worker.errors import ConfigurationError, CuratorError, JobNotFoundError
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the dashboard shows, read from the job store and shaped as JSON-ready dicts.
 
-:class:`JobViews` reads only the job store (:class:`~curator_worker.jobs.JobStore` and the
+:class:`JobViews` reads only the job store (:class:`~curator_worker.store.JobStore` and the
 keys its module documents), so the dashboard works for jobs of any worker, on any host,
 as long as it reaches their Redis. Reads a job's size would make expensive (commit
 records, failures) are cached until the job's counters move: a finished job costs one
@@ -15,7 +15,6 @@ has not committed yet shows that batch as running.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections import deque
@@ -25,7 +24,9 @@ from typing import Any
 
 from curator_worker.errors import JobNotFoundError
 from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
-from curator_worker.jobs import JobStatus, JobStore, live_nodes
+from curator_worker.metrics import stage_order
+from curator_worker.store import JobStatus, JobStore
+from curator_worker.store.nodes import live_nodes
 
 #: Seconds over which the current throughput is measured.
 RATE_WINDOW = 10.0
@@ -52,16 +53,6 @@ MAX_CACHED_JOBS = 200
 def lane_key(node: str | None, pid: Any, host: str | None = None) -> str:
     """The label of one worker process, ``"<node> <pid>"`` (as the job report names it)."""
     return f"{node or host or '?'} {pid if pid is not None else '?'}"
-
-
-def stage_order(name: str) -> tuple[int, int, str]:
-    """Sort key putting stages in pipeline order: source, ``filter[i]:Name``..., sink."""
-    if name == "source":
-        return (0, 0, name)
-    match = re.match(r"filter\[(\d+)\]", name)
-    if match:
-        return (1, int(match.group(1)), name)
-    return (2, 0, name) if name == "sink" else (3, 0, name)
 
 
 def pipeline_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ import redis
 from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
-from curator_worker.jobs import PARTIAL, JobStatus, JobStore
+from curator_worker.store import PARTIAL, JobStatus, JobStore
 from producer.wait import GATHER_GRACE, resend_gather
 from tests.integration.test_celery_jobs import sequential_stats
 from tests.support.cluster import REPO, WorkerNode, wait_until_ready

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from curator_worker.jobs import SUCCEEDED
+from curator_worker.store import SUCCEEDED
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.chaos.harness import (

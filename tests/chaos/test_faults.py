@@ -29,17 +29,9 @@ from curator_worker.app import RUN_BATCH, create_app
 from curator_worker.compat.kombu import BrokerKeys
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
-from curator_worker.jobs import (
-    CANCELLED,
-    FAILED,
-    PARTIAL,
-    RUNNING,
-    SUCCEEDED,
-    JobStatus,
-    JobStore,
-)
 from curator_worker.lease import LeaseRenewal, delivery_tags_key
 from curator_worker.policy import BatchPolicy
+from curator_worker.store import CANCELLED, FAILED, PARTIAL, RUNNING, SUCCEEDED, JobStatus, JobStore
 from curator_worker.tasks import process_batch
 from producer.rescue import missing_batches
 from producer.submit import submit_job

@@ -13,7 +13,7 @@ from celery import Celery
 from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
-from curator_worker.jobs import SUCCEEDED, JobStore
+from curator_worker.store import SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.deploy.conftest import (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cluster_support import NETNS_DIR, processes_in, unavailable_reason
-from tests.support.cluster import REPO
+from tests.support.cluster import REPO, sigint_as_default
 
 SCRIPT = REPO / "benchmarks" / "cluster.py"
 TINY = ["--hosts", "2", "--processes", "2,4", "--rounds", "1", "--items", "12",
@@ -99,7 +99,8 @@ def test_cluster_cleans_up_when_stopped(namespaces: None, tmp_path: Path, sig: i
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *TINY, "--items", "4000", "--out",
          str(tmp_path / "never.json")],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=sigint_as_default)
     try:
         tag, inodes = None, set()
         deadline = time.monotonic() + 120
@@ -116,9 +117,13 @@ def test_cluster_cleans_up_when_stopped(namespaces: None, tmp_path: Path, sig: i
         proc.send_signal(sig)
         proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # SIGTERM first: its clean-up stops what it started
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == (143 if sig == signal.SIGTERM else 130)
     assert not (tmp_path / "never.json").exists()
     assert _named(tag) == []

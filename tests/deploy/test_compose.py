@@ -21,7 +21,7 @@ import redis
 import yaml
 
 from curator_worker.embedded import RedisServer, free_port, redis_server_binary
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 from tests.deploy.conftest import (
     BIN,
     COMPOSE_FILE,

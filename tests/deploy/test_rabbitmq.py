@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from curator_worker.embedded import RedisServer
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 from tests.deploy.conftest import BIN, base_env, sequential_stats, start, unique
 from tests.support.specs import stats_spec, write_spec
 

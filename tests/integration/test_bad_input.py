@@ -30,7 +30,8 @@ import redis
 import yaml
 
 from curator_worker.embedded import RedisServer, free_port
-from curator_worker.jobs import JOBS_INDEX, JobStore
+from curator_worker.store import JobStore
+from curator_worker.store.keys import JOBS_INDEX
 from tests.support.cluster import REPO, private_redis
 from tests.support.specs import stats_spec
 

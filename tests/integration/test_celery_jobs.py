@@ -13,8 +13,8 @@ import pytest
 
 from curator_worker import JobFailedError, run_pipeline
 from curator_worker.config import Settings
-from curator_worker.jobs import PARTIAL, SUCCEEDED, JobStore
 from curator_worker.spec import build_pipeline
+from curator_worker.store import PARTIAL, SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.cluster import REPO

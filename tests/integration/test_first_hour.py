@@ -19,11 +19,11 @@ from curator_worker.app import create_app
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
 from curator_worker.config import Settings
 from curator_worker.errors import JobWaitTimeout
-from curator_worker.jobs import CANCELLED, PARTIAL
+from curator_worker.store import CANCELLED, PARTIAL
 from producer.control import cancel_job
 from producer.submit import submit_job
 from producer.wait import live_progress, wait_for_job
-from tests.support.cluster import REPO, WorkerNode, wait_until_ready
+from tests.support.cluster import REPO, WorkerNode, sigint_as_default, wait_until_ready
 from tests.support.specs import stats_spec, write_spec
 
 BIN = Path(sys.executable).parent
@@ -93,7 +93,7 @@ def test_ctrl_c_on_an_embedded_wait_says_the_job_stops_with_it(tmp_path: Path) -
     full.update(PYTHONPATH=str(REPO))
     proc = subprocess.Popen([str(BIN / "curator-submit"), str(spec_path), "--workers", "1",
                              "--batch-size", "1"], env=full, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_default)
     try:
         deadline = time.monotonic() + 60
         while not list((tmp_path / "out").glob("stats.json.shards/*/*")):
@@ -213,7 +213,8 @@ def test_ctrl_c_on_wait_says_the_job_goes_on(tmp_path, store, cluster_settings,
     full = {k: v for k, v in os.environ.items() if not k.startswith("CURATOR_")}
     full.update(cluster_env, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([str(BIN / "curator-jobs"), "wait", job.job_id], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_default)
     try:
         time.sleep(3)
         proc.send_signal(signal.SIGINT)

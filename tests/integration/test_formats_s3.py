@@ -27,9 +27,9 @@ from curator_worker.components import (
 )
 from curator_worker.config import Settings
 from curator_worker.errors import SpecError
-from curator_worker.jobs import PARTIAL, SUCCEEDED, JobStore
 from curator_worker.pipeline import Pipeline
 from curator_worker.spec import build_pipeline, load_spec
+from curator_worker.store import PARTIAL, SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.cluster import WorkerNode, wait_until_ready
@@ -234,6 +234,14 @@ def test_a_bad_output_bucket_is_one_line_before_anything_is_enqueued(
         assert "\n" not in message and expected in message, message
         assert "not-the-secret-value" not in message and s3_server.secret_key not in message
     check_job(spec(good, f"s3://{BUCKET}/stats.json"), origin="job.yaml")  # all reachable
+    # a submit host without credentials cannot tell: the workers may have them
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    anonymous = {"client_kwargs": {"endpoint_url": s3_server.endpoint_url}}
+    check_job(spec(anonymous, f"s3://{BUCKET}/stats.json") | {
+        "filters": []}, origin="job.yaml")
 
 
 # --------------------------------------------------------------------------- Celery

@@ -7,9 +7,9 @@ from pathlib import Path
 from curator_worker.app import create_app
 from curator_worker.components import NpzPerIndex, SyntheticArrays
 from curator_worker.config import Settings
-from curator_worker.jobs import SUCCEEDED, JobStore
 from curator_worker.lease import delivery_tags_key
 from curator_worker.spec import pipeline_to_spec
+from curator_worker.store import SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.cluster import WorkerNode, private_redis, wait_until_ready

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("worker_nodes")
 
 @pytest.fixture(scope="module")
 def finished_job(tmp_path_factory, cluster_settings):
-    from curator_worker.jobs import JobStore
+    from curator_worker.store import JobStore
 
     tmp = tmp_path_factory.mktemp("observed")
     store = JobStore.from_url(cluster_settings.effective_job_store_url)

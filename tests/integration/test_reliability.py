@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from curator_worker.jobs import CANCELLED, PARTIAL, SUCCEEDED
 from curator_worker.policy import BatchPolicy, RetryPolicy
+from curator_worker.store import CANCELLED, PARTIAL, SUCCEEDED
 from producer.control import cancel_job, resume_job, retry_job
 from producer.submit import submit_job
 from producer.wait import wait_for_job
@@ -204,7 +204,7 @@ def test_a_late_chord_gather_cannot_finish_a_retried_job_early(
     """
     from curator_worker import tasks
     from curator_worker.gather import gather_job
-    from curator_worker.jobs import RUNNING, JobStore
+    from curator_worker.store import RUNNING, JobStore
 
     flag = tmp_path / "fixed"
     spec = faulty_spec(tmp_path, 8, "BrokenUntilFixed", broken="3", fixed_flag=str(flag))
@@ -236,7 +236,7 @@ def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
     runs again (the first died between the two) does not merge the missing shards."""
     from curator_worker import tasks
     from curator_worker.gather import gather_job
-    from curator_worker.jobs import RUNNING, JobStore
+    from curator_worker.store import RUNNING, JobStore
 
     job = submit_job(stats_spec(tmp_path, 8), inline_settings, batch_size=4)
     shards = tmp_path / "stats.json.shards"
@@ -264,7 +264,7 @@ def test_batches_of_a_job_that_ended_failed_do_not_run(tmp_path, store, inline_s
     """A job a failed publish ended ``failed`` keeps its counters: its batches already on
     the queue are skipped, uncommitted, and ``resume`` runs them later."""
     from curator_worker import tasks
-    from curator_worker.jobs import FAILED
+    from curator_worker.store import FAILED
 
     spec = stats_spec(tmp_path, 8)
     job = submit_job(spec, inline_settings, batch_size=4)

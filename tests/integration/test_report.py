@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from curator_worker.config import Settings
-from curator_worker.jobs import CANCELLED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Job, JobStore
 from curator_worker.report import (
     CHART_FILES,
     CHART_HEIGHT_PX,
@@ -26,6 +25,7 @@ from curator_worker.report import (
     timeline_lanes,
     write_report,
 )
+from curator_worker.store import CANCELLED, FAILED, PARTIAL, RUNNING, SUCCEEDED, Job, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.specs import stats_spec

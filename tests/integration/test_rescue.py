@@ -18,7 +18,7 @@ import redis
 
 import producer.rescue as rescue_module
 from curator_worker.config import Settings
-from curator_worker.jobs import SUCCEEDED, JobStore
+from curator_worker.store import SUCCEEDED, JobStore
 from producer.rescue import LostBatchRescue, missing_batches
 from producer.submit import submit_job
 from producer.wait import wait_for_job

@@ -18,10 +18,11 @@ import pytest
 
 from curator_worker import run_pipeline
 from curator_worker.app import create_app
-from curator_worker.batch import execute_batch, write_shards
+from curator_worker.batch import execute_batch
 from curator_worker.config import Settings
-from curator_worker.jobs import CANCELLED, PARTIAL, SUCCEEDED, JobStore
+from curator_worker.shards import write_shards
 from curator_worker.spec import build_pipeline
+from curator_worker.store import CANCELLED, PARTIAL, SUCCEEDED, JobStore
 from producer.control import cancel_job, resume_job, retry_job
 from producer.submit import submit_job
 from producer.wait import wait_for_job
@@ -272,9 +273,9 @@ def test_storage_options_credentials_reach_shards_gather_and_a_losing_attempts_d
 ) -> None:
     """Credentials only as "${VARIABLE}" storage_options of the filter (no AWS_* in the
     environment): shards, the merge and a losing attempt's discard all use them."""
-    from curator_worker.batch import discard_files
     from curator_worker.components import JsonlFiles, JsonlSink, TextStats
     from curator_worker.pipeline import Pipeline
+    from curator_worker.shards import discard_files
 
     url = fresh_prefix(s3_server, "options")
     upload_corpus(s3_server, "options/raw", tmp_path / "raw")

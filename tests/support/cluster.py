@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,3 +79,13 @@ def private_redis(prefix: str = "curator-test-redis-") -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def sigint_as_default() -> None:
+    """``preexec_fn`` for a child a test sends SIGINT (Ctrl-C) to.
+
+    A shell without job control starts background commands with SIGINT ignored, and
+    children inherit that: a suite started as ``make test &`` would send its Ctrl-C to
+    processes that ignore it. The child takes SIGINT as a terminal's Ctrl-C again.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

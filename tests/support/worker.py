@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from curator_worker import tasks
-from curator_worker.jobs import JobStore
+from curator_worker.store import JobStore
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from curator_worker.dashboard.views import (
     pipeline_of,
     throughput_series,
 )
-from curator_worker.jobs import JobStatus
+from curator_worker.store import JobStatus
 
 
 def _record(node, pid, started, finished, n, attempt=1, stages=None, timed=None):

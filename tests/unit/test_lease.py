@@ -59,7 +59,16 @@ def test_a_batch_without_a_recorded_tag_stops_trying(clock: list[float]) -> None
     assert broker.lookups == 1 and broker.renewed == []
 
 
-def test_a_broker_error_does_not_stop_the_batch(clock: list[float]) -> None:
-    renew = LeaseRenewal(FakeBroker({}, fail=True), "j1", "b000000", visibility_timeout=4)
+def test_a_broker_error_does_not_stop_the_batch_and_renewal_is_tried_again(
+    clock: list[float],
+) -> None:
+    broker = FakeBroker({f"{delivery_tags_key('j1')}/b000000": "tag-0"}, fail=True)
+    renew = LeaseRenewal(broker, "j1", "b000000", visibility_timeout=4)
     clock[0] += 2
     renew()  # logged, not raised
+    assert broker.lookups == 1 and broker.renewed == []
+    broker.fail = False
+    clock[0] += 1.0
+    renew()  # the broker is back: the next period (a quarter of 4 s) renews
+    assert broker.lookups == 2
+    assert [(tag, xx) for _, tag, xx in broker.renewed] == [("tag-0", True)]

@@ -665,7 +665,7 @@ def test_allow_list_keeps_builtins_and_allows_listed_prefixes(
         ("curator_worker.components.sources", ("pkg",), True),
         ("curator_worker.components", (), True),
         ("curator_worker.componentsx", ("pkg",), False),
-        ("curator_worker.jobs", ("pkg",), False),
+        ("curator_worker.store", ("pkg",), False),
         ("anything", None, True),
     ],
     ids=str,

@@ -9,8 +9,8 @@ import pytest
 
 from curator_worker import tasks
 from curator_worker.components import FileGlob, NpzPerIndex
-from curator_worker.jobs import JobStore
 from curator_worker.spec import pipeline_to_spec
+from curator_worker.store import JobStore
 from tests.support.worker import as_worker_process
 
 

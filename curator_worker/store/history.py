@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from curator_worker.jobs import JobStore
+from curator_worker.store.job_store import JobStore
 
 #: Most history entries kept per job (the oldest are dropped beyond it).
 MAX_HISTORY = 200
