@@ -27,7 +27,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 demo: $(CORE)
 	$(VENV)/bin/curator-submit examples/demo.yaml --wait

@@ -1,41 +1,17 @@
-"""The Celery app: this project's tasks, configured from ``CURATOR_*`` settings.
+"""The workers' Celery app, configured from ``CURATOR_*`` settings when imported.
 
 Workers run ``celery -A curator_worker.app worker`` (what ``curator-worker`` starts).
-Producers build their own app for the cluster they talk to with :func:`create_app` and send
-tasks by name, so one Python process can talk to several clusters.
+Producers do not import it: they build their own app for the cluster they talk to with
+:func:`curator_worker.messaging.create_app` and send tasks by name, so one Python process
+can talk to several clusters.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from curator_worker.config import Settings
+from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 
-from curator_worker.compat.celery import detach_result_tracking
-from curator_worker.config import Settings, celery_config
-
-RUN_BATCH = "curator.run_batch"
-GATHER = "curator.gather"
-
-
-def create_app(settings: Settings, *, with_tasks: bool = False) -> Celery:
-    """A Celery app configured for ``settings``.
-
-    Parameters
-    ----------
-    settings : Settings
-        Broker, result backend and behaviour.
-    with_tasks : bool
-        Import and register this project's tasks (workers); producers send by name. A
-        worker of such an app checks every message before running it
-        (:mod:`curator_worker.trust`).
-    """
-    app = Celery("curator_worker", include=["curator_worker.tasks"] if with_tasks else [])
-    app.conf.update(celery_config(settings))
-    if with_tasks:
-        app.conf.worker_consumer = "curator_worker.trust:GuardedConsumer"
-    if not with_tasks and settings.effective_result_backend:
-        detach_result_tracking(app)  # producers wait on the job store
-    return app
-
+__all__ = ["GATHER", "RUN_BATCH", "app", "create_app"]
 
 #: The workers' app, configured from the environment at import.
 app = create_app(Settings.from_env(), with_tasks=True)

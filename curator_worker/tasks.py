@@ -35,7 +35,7 @@ from celery.signals import (
 )
 
 from curator_worker import log_context
-from curator_worker.app import GATHER, RUN_BATCH, app
+from curator_worker.app import app
 from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_batch
 from curator_worker.compat.celery import worker_node
 from curator_worker.compat.kombu import BrokerKeys
@@ -43,6 +43,7 @@ from curator_worker.config import DEFAULT_VISIBILITY_TIMEOUT, Settings
 from curator_worker.errors import BrokerUnavailableError, CuratorError
 from curator_worker.gather import gather_job, remove_abandoned_temps
 from curator_worker.lease import LeaseRenewal
+from curator_worker.messaging import GATHER, RUN_BATCH
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.shards import discard_losing_shards, write_shards

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from curator_worker.app import GATHER, RUN_BATCH
 from curator_worker.compat.celery import FilteringConsumer, printable
 from curator_worker.compat.kombu import refuse_compressed_bodies
+from curator_worker.messaging import GATHER, RUN_BATCH
 from curator_worker.shards import is_safe_name
 from curator_worker.store import JobStore
 from curator_worker.store.keys import plan_entry
@@ -220,7 +220,7 @@ def accepted_tasks(app: Any) -> frozenset[str]:
 class GuardedConsumer(FilteringConsumer):
     """Celery's worker consumer, checking every task message before it runs.
 
-    The worker app names it in ``worker_consumer`` (:func:`curator_worker.app.create_app`).
+    The worker app names it in ``worker_consumer`` (:func:`curator_worker.messaging.create_app`).
     It keeps only :func:`accepted_tasks`' handlers and puts the size and shape checks in
     front of our tasks'; every message it cannot run is one :func:`refuse` line and an
     acknowledgement. How that hooks into Celery's consumer is

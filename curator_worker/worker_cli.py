@@ -66,16 +66,9 @@ class _Stop(BaseException):  # noqa: N818 - not an error: a BaseException, like 
 def _probe(url: str) -> None:
     """Raise unless the server of ``url`` answers within :data:`PROBE_TIMEOUT` seconds."""
     if is_redis_url(url):
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from curator_worker.store.connection import ping_once
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT,
-                                      socket_timeout=PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
-        try:
-            client.ping()
-        finally:
-            client.close()
+        ping_once(url, PROBE_TIMEOUT)
         return
     from kombu import Connection
 

@@ -19,9 +19,8 @@ from typing import Any, TypeVar
 import click
 import redis
 
-# Modules that import curator_worker.app (which reads the environment when imported) are
-# imported inside the commands, after check_environment() turned a bad CURATOR_* value
-# into one line.
+# Heavier modules (the submit path, reports, the dashboard) are imported inside the
+# commands that need them, so `--help` and a bad CURATOR_* value answer at once.
 from curator_worker.config import Settings, check_environment, check_queue_name, redact_text
 from curator_worker.errors import CuratorError
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy

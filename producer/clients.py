@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from curator_worker.config import Settings
+from curator_worker.messaging import create_app
 from curator_worker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ _cache: OrderedDict[Settings, _Clients] = OrderedDict()
 
 
 def _open(settings: Settings, timeout: float) -> _Clients:
-    # imported here: curator_worker.app reads the environment when imported, and a command
-    # must check it first (a bad CURATOR_* value is one line, not a traceback)
-    from curator_worker.app import create_app
-
     url = settings.effective_job_store_url
     store = JobStore.from_url(url, ttl=settings.job_ttl, timeout=timeout)  # checks with PING
     probe = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,

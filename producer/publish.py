@@ -57,7 +57,6 @@ from celery import Celery, chord
 from celery.canvas import Signature
 from kombu import Queue
 
-from curator_worker.app import GATHER, RUN_BATCH
 from curator_worker.compat.celery import (
     argsrepr_limits,
     direct_queue,
@@ -77,6 +76,7 @@ from curator_worker.compat.kombu import (
     retarget_envelope,
 )
 from curator_worker.lease import delivery_tags_key
+from curator_worker.messaging import GATHER, RUN_BATCH
 from curator_worker.planning import Batch
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def publish_chord(
     Parameters
     ----------
     app : Celery
-        A producer app (see :func:`curator_worker.app.create_app`).
+        A producer app (see :func:`curator_worker.messaging.create_app`).
     job_id : str
         The job, already written to the job store.
     batches : Sequence[Batch]

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 from curator_worker.config import Settings
 from curator_worker.errors import JobWaitTimeout
+from curator_worker.messaging import GATHER, create_app
 from curator_worker.progress import ProgressReporter
 from curator_worker.store import JobStatus, JobStore
 from curator_worker.store.keys import NODES_KEY
 from curator_worker.store.nodes import NODE_TTL
+from producer.rescue import LostBatchRescue
 
 #: Seconds a fully committed job may wait for its chord callback before gather is re-sent.
 GATHER_GRACE = 15.0
@@ -156,8 +158,6 @@ def retry_round(store: JobStore, job_id: str, status: JobStatus,
 
 def resend_gather(settings: Settings, job_id: str, queue: str) -> None:
     """Send ``curator.gather`` for ``job_id`` again (safe: gather is idempotent)."""
-    from curator_worker.app import GATHER, create_app  # reads the environment: see wait_for_job
-
     app = create_app(settings)
     try:
         app.send_task(GATHER, args=([], job_id), queue=queue or settings.queue)
@@ -199,10 +199,6 @@ def wait_for_job(
         The caller just sent a retry: progress shows that round's indices and rate, even
         if the round already ended.
     """
-    # imported here, not at the top: curator_worker.app reads CURATOR_* when imported, and
-    # the commands check those first to report a bad value in one line
-    from producer.rescue import LostBatchRescue
-
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise ValueError(f"The wait timeout must be a finite number of seconds, got {timeout!r}.")
     if not (math.isfinite(poll) and poll > 0):

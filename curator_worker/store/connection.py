@@ -9,6 +9,19 @@ from redis.retry import Retry
 from curator_worker.config import redact_url
 from curator_worker.errors import BrokerUnavailableError
 
+
+def ping_once(url: str, timeout: float) -> None:
+    """One PING to the Redis at ``url`` on a connection of its own: no retries, ``timeout``
+    seconds for connect and reply. Raises what the client raises (``redis.RedisError``,
+    ``OSError``, ``ValueError`` for a bad URL)."""
+    probe = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                 retry=Retry(NoBackoff(), 0))
+    try:
+        probe.ping()
+    finally:
+        probe.close()
+
+
 #: How long a job store client keeps retrying through an outage (a Redis restart).
 RETRY_ATTEMPTS = 40
 
@@ -29,12 +42,7 @@ def connect(url: str, *, timeout: float = 5.0, retries: int = RETRY_ATTEMPTS) ->
         Naming the URL with its password redacted.
     """
     try:
-        probe = redis.Redis.from_url(url, socket_connect_timeout=timeout,
-                                     socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
-        try:
-            probe.ping()
-        finally:
-            probe.close()
+        ping_once(url, timeout)
         client = redis.Redis.from_url(
             url, socket_connect_timeout=timeout,
             socket_timeout=max(timeout, 30.0) if retries else timeout,
