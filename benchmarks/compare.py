@@ -26,6 +26,8 @@ Runners, each with ``--workers`` processes (default 2):
 ``ours_cold``      the same, but every run is a spec the cluster has never seen (a new
                    ``salt`` parameter, same work): a user's first job of a pipeline
 ``ours_noevents``  ``ours`` with task events off (what the embedded default runs)
+``ours_nometrics`` ``ours`` with ``track_metrics`` off: no copy of the per-index records
+                   into the local metrics store after the job (its cost, shown apart)
 =================  ========================================================================
 
 Pools and clusters are started once and reported separately ("start-up"), and each runner
@@ -94,7 +96,7 @@ from benchmarks.workloads import (  # noqa: E402
 from curator_worker.pipeline import Pipeline  # noqa: E402
 
 RUNNERS = ("loop", "sequential", "ppe", "loky", "loky_batched", "dask", "naive", "tuned",
-           "ours", "ours_cold", "ours_noevents")
+           "ours", "ours_cold", "ours_noevents", "ours_nometrics")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -431,11 +433,23 @@ class OursNoEventsRunner(OursRunner):
     events = False
 
 
+class OursNoMetricsRunner(OursRunner):
+    """``ours`` with ``track_metrics`` off (no per-index copy into the local store)."""
+
+    name = "ours_nometrics"
+
+    def run(self, w: Workload) -> list[list[str]]:
+        """The warm spec of ``w``, its metrics not recorded locally."""
+        pipeline = make_pipeline(**w.params)
+        pipeline.track_metrics = False
+        return self._run(pipeline)
+
+
 RUNNER_CLASSES: dict[str, type[Runner]] = {
     cls.name: cls
     for cls in (LoopRunner, SequentialRunner, PPERunner, LokyRunner, LokyBatchedRunner,
                 DaskRunner, NaiveCeleryRunner, TunedCeleryRunner, OursRunner, OursColdRunner,
-                OursNoEventsRunner)
+                OursNoEventsRunner, OursNoMetricsRunner)
 }
 
 

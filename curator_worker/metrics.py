@@ -350,9 +350,12 @@ class MetricsStore:
     def record(self, invocation: str, records: Iterable[IndexRecord]) -> None:
         """Store ``records`` under ``invocation`` (a later record of an index replaces it)."""
         now = time.time()
+        dumps = json.dumps
         rows = [
-            (invocation, r.index, int(r.ok), None if r.paths is None else json.dumps(r.paths),
-             r.error, r.wall_time_ns, r.peak_memory_bytes, json.dumps(r.stages), now)
+            (invocation, r.index, int(r.ok), None if r.paths is None else dumps(r.paths),
+             r.error, r.wall_time_ns, r.peak_memory_bytes,
+             dumps(r.stages) if r.stages else "[]",  # most indices: stages not sampled
+             now)
             for r in records
         ]
         if not rows:

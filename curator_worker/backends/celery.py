@@ -23,6 +23,7 @@ from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.spec import pipeline_to_spec, spec_hash
 from curator_worker.store import PARTIAL, SUCCEEDED
+from curator_worker.store.reads import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,13 @@ def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
         return
     try:
         names = stage_names(pipeline)
-        records = [record_of_job_entry(index, entry, names)
-                   for index, (_, entry) in sorted(store.result_records(job_id).items())]
-        safe_record(pipeline, records)
+        # thousands of small objects: a cyclic collection would walk them all, several
+        # times (it cost more than the copy itself)
+        with collector_paused():
+            entries = store.result_records(job_id)
+            records = [record_of_job_entry(index, entries[index][1], names)
+                       for index in sorted(entries)]
+            safe_record(pipeline, records)
     except Exception as exc:  # noqa: BLE001 - a broken job store must not hide the outcome
         log.warning("job %s: could not copy its metrics: %s: %s", job_id,
                     type(exc).__name__, exc)
