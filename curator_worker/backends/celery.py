@@ -77,13 +77,19 @@ def _job_options(kwargs: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
             "trace_memory": bool(options.get("trace_memory", tracked and pipeline.track_memory))}
 
 
+#: Records copied into the local metrics store per write (bounds the producer's memory).
+METRICS_COPY_CHUNK = 20_000
+
+
 def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
     """Copy a job's per-index records from the job store into the pipeline's metrics store.
 
     The job store already holds each index's wall time, stage timings (one fast index in
     16, every slow one) and, with ``trace_memory``, peak memory; copying them lets
     :attr:`Pipeline.metrics` and ``resume`` work as on the local backends, also after an
-    embedded cluster is gone. Never raises: metrics must not fail a run.
+    embedded cluster is gone. Streamed: one batch's records decoded at a time, written
+    :data:`METRICS_COPY_CHUNK` at a time (a later retry round's record of an index
+    replaces the earlier one). Never raises: metrics must not fail a run.
     """
     if not pipeline.track_metrics:
         return
@@ -92,10 +98,13 @@ def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
         # thousands of small objects: a cyclic collection would walk them all, several
         # times (it cost more than the copy itself)
         with collector_paused():
-            entries = store.result_records(job_id)
-            records = [record_of_job_entry(index, entries[index][1], names)
-                       for index in sorted(entries)]
-            safe_record(pipeline, records)
+            pending: list[Any] = []
+            for entries in store.streamed_result_records(job_id):
+                pending += [record_of_job_entry(e["index"], e, names) for e in entries]
+                if len(pending) >= METRICS_COPY_CHUNK:  # a million records: ~1 GB at once
+                    safe_record(pipeline, pending)
+                    pending = []
+            safe_record(pipeline, pending)
     except Exception as exc:  # noqa: BLE001 - a broken job store must not hide the outcome
         log.warning("job %s: could not copy its metrics: %s: %s", job_id,
                     type(exc).__name__, exc)

@@ -88,3 +88,34 @@ def test_resume_on_a_cluster_counts_earlier_jobs_of_the_same_spec(
     assert results == [[sample(tmp_path, i)] for i in range(6)]
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
         f"sample_{i:04d}.csv" for i in (0, 2, 4, 5)]
+
+
+def test_the_metrics_copy_streams_batches_and_a_retry_rounds_success_wins(
+    tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Copied a few records at a time (a million would not fit at once); an index failed in
+    the first round and retried keeps the retry's success."""
+    from curator_worker.backends import celery as celery_backend
+    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.store import JobStore
+    from curator_worker.store.batch_results import encode
+
+    monkeypatch.setattr(celery_backend, "METRICS_COPY_CHUNK", 2)
+    store = JobStore.from_url(redis_server.url)
+    job = "metrics-copy-stream"
+    batches = [("b000000", [0, 1]), ("b000001", [2, 3, 4])]
+    store.create_job(job, {"version": 1}, {}, batches, total=5, queue="q")
+
+    def ok(i: int) -> IndexResult:
+        return IndexResult(i, paths=[f"/out/{i}"], seconds=0.002)
+
+    failed = IndexResult(1, error=error_record(RuntimeError("first round")))
+    store.commit_batch(job, "b000000", encode([ok(0), failed]), {"shards": {}})
+    store.commit_batch(job, "b000001", encode([ok(2), ok(3), ok(4)]), {"shards": {}})
+    store.add_batches(job, [("r1-b000000", [1])])
+    store.commit_batch(job, "r1-b000000", encode([ok(1)]), {"shards": {}})
+
+    pipeline = pipeline_in(tmp_path)
+    celery_backend.record_job_metrics(pipeline, store, job)
+    assert [m.index for m in pipeline.metrics.indices] == [0, 1, 2, 3, 4]
+    assert all(m.wall_time_ns == 2_000_000 for m in pipeline.metrics.indices)
