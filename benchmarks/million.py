@@ -48,12 +48,18 @@ from curator_worker.config import Settings  # noqa: E402
 from curator_worker.embedded import RedisServer, stop_process  # noqa: E402
 
 
-def producer(url: str, queue: str, items: int, workers: int) -> dict[str, Any]:
-    """The child's part: one job of ``items`` no-op indices; wall and peak RSS."""
+def producer(url: str, queue: str, items: int, workers: int,
+             metrics: bool = True) -> dict[str, Any]:
+    """The child's part: one job of ``items`` no-op indices; wall and peak RSS.
+
+    ``metrics``: the pipeline's ``track_metrics`` (on, as a user gets it: every index's
+    record is then copied into the local metrics store after the job)."""
     from curator_worker.run import run_pipeline
 
+    pipeline = make_pipeline(items)
+    pipeline.track_metrics = metrics
     begin = time.perf_counter()
-    paths = run_pipeline(make_pipeline(items), backend="celery", n_jobs=workers,
+    paths = run_pipeline(pipeline, backend="celery", n_jobs=workers,
                          broker_url=url, queue=queue, timeout=1800)
     wall = time.perf_counter() - begin
     if len(paths) != items or paths[-1] != [f"{items - 1}:{items - 1}"]:
@@ -63,7 +69,8 @@ def producer(url: str, queue: str, items: int, workers: int) -> dict[str, Any]:
                                           / 1024, 1)}
 
 
-def one_run(items: int, workers: int, rtt_ms: float, folder: Path) -> dict[str, Any]:
+def one_run(items: int, workers: int, rtt_ms: float, folder: Path,
+            metrics: bool = True) -> dict[str, Any]:
     """Start Redis (and the relay), a worker node, run the producer child; stop all."""
     server = RedisServer(folder)
     server.start()
@@ -80,7 +87,7 @@ def one_run(items: int, workers: int, rtt_ms: float, folder: Path) -> dict[str, 
         before = int(direct.info("memory")["used_memory"])
         child = subprocess.run(
             [sys.executable, __file__, "--producer", url, "--items", str(items),
-             "--workers", str(workers)],
+             "--workers", str(workers), *([] if metrics else ["--no-metrics"])],
             capture_output=True, text=True, cwd=str(REPO), timeout=3600,
         )
         if child.returncode != 0:
@@ -111,17 +118,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="round-trip time added between Redis and everyone (0)")
     parser.add_argument("--rounds", type=int, default=3, help="runs, each on a fresh cluster")
     parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/)")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="track_metrics off (a labelled variant: no copy of every index's "
+                             "record into the local metrics store after the job)")
     parser.add_argument("--producer", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.producer:
-        print(json.dumps(producer(args.producer, "bench-million", args.items, args.workers)))
+        print(json.dumps(producer(args.producer, "bench-million", args.items, args.workers,
+                                  metrics=not args.no_metrics)))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         folder = Path(tempfile.mkdtemp(prefix="curator-bench-million-"))
         try:
-            runs.append(one_run(args.items, args.workers, args.rtt_ms, folder))
+            runs.append(one_run(args.items, args.workers, args.rtt_ms, folder,
+                                metrics=not args.no_metrics))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         print(f"round {r + 1}/{args.rounds}: {runs[-1]}", flush=True)
@@ -132,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {key: span(key) for key in ("wall_s", "producer_peak_rss_mb", "redis_peak_mb")}
     source = commit_info()
-    out = args.out or default_out(f"million-rtt{args.rtt_ms:g}ms", source["commit"])
+    label = f"million-rtt{args.rtt_ms:g}ms" + ("-nometrics" if args.no_metrics else "")
+    out = args.out or default_out(label, source["commit"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": machine_info(), **source,
         "config": {"items": args.items, "workers": args.workers, "rtt_ms": args.rtt_ms,
-                   "rounds": args.rounds, "task_events": True},
+                   "rounds": args.rounds, "task_events": True,
+                   "track_metrics": not args.no_metrics},
         "runs": runs, "summary": summary,
     }, indent=2) + "\n")
     for key, value in summary.items():

@@ -90,7 +90,16 @@ def test_million_runs_end_to_end_through_a_delayed_broker(tmp_path: Path) -> Non
                   "--out", str(out), cwd=tmp_path)
     results = json.loads(out.read_text())
     assert results["config"] == {"items": 3000, "workers": 2, "rtt_ms": 1.0, "rounds": 1,
-                                 "task_events": True}
+                                 "task_events": True, "track_metrics": True}
     run = results["runs"][0]
     assert run["wall_s"] > 0.002  # at least the relay's delay, once
     assert run["producer_peak_rss_mb"] > 0 and run["redis_peak_mb"] >= run["redis_before_mb"]
+
+
+def test_million_without_metrics_is_a_labelled_variant(tmp_path: Path) -> None:
+    out = tmp_path / "million.json"
+    run_benchmark("million.py", "--items", "2000", "--rounds", "1", "--no-metrics",
+                  "--out", str(out), cwd=tmp_path)
+    results = json.loads(out.read_text())
+    assert results["config"]["track_metrics"] is False
+    assert results["runs"][0]["wall_s"] > 0
