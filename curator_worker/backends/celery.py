@@ -17,7 +17,12 @@ from typing import Any
 from curator_worker.config import Settings
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
-from curator_worker.metrics import record_of_job_entry, safe_record, stage_names
+from curator_worker.metrics import (
+    MetricRow,
+    metric_rows_of_columns,
+    safe_record_rows,
+    stage_names,
+)
 from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
@@ -98,13 +103,13 @@ def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
         # thousands of small objects: a cyclic collection would walk them all, several
         # times (it cost more than the copy itself)
         with collector_paused():
-            pending: list[Any] = []
-            for entries in store.streamed_result_records(job_id):
-                pending += [record_of_job_entry(e["index"], e, names) for e in entries]
+            pending: list[MetricRow] = []
+            for columns in store.streamed_metric_columns(job_id):
+                pending += metric_rows_of_columns(*columns, names)
                 if len(pending) >= METRICS_COPY_CHUNK:  # a million records: ~1 GB at once
-                    safe_record(pipeline, pending)
+                    safe_record_rows(pipeline, pending)
                     pending = []
-            safe_record(pipeline, pending)
+            safe_record_rows(pipeline, pending)
     except Exception as exc:  # noqa: BLE001 - a broken job store must not hide the outcome
         log.warning("job %s: could not copy its metrics: %s: %s", job_id,
                     type(exc).__name__, exc)

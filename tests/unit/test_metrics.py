@@ -308,3 +308,37 @@ def test_thread_backend_traces_memory_for_every_index(tmp_path: Path) -> None:
     run_pipeline(p, backend="thread", n_jobs=3, batch_size=2)
     assert len(p.metrics.indices) == 12
     assert all(m.peak_memory_bytes > 0 for m in p.metrics.indices)
+
+
+def test_rows_copied_from_a_job_store_batch_equal_what_a_local_run_records(
+    tmp_path: Path,
+) -> None:
+    """The celery backend's copy (columns of a committed batch) stores exactly the rows a
+    local backend stores for the same results: successes, a failure, stages, memory."""
+    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.metrics import metric_rows_of_columns, record_of
+    from curator_worker.store.batch_results import decode_metric_columns, encode
+
+    names = {"source": "source", "filter[0]:OffsetFilter": "offset", "sink": "sink"}
+    results = [
+        IndexResult(4, paths=["/o/4"], seconds=0.002),
+        IndexResult(5, paths=["/o/5", "/o/5b"], seconds=0.003,
+                    stages={"source": 0.001, "filter[0]:OffsetFilter": 0.0005, "sink": 0.0015},
+                    peak_mb=1.5),
+        IndexResult(6, error=error_record(ValueError("bad row"))),
+        IndexResult(7, paths=[], seconds=0.004, tries=2),
+    ]
+    local, copied = MetricsStore(tmp_path / "local.db"), MetricsStore(tmp_path / "copy.db")
+    local.record("inv", [record_of(r, names) for r in results])
+    copied.record_rows("inv", metric_rows_of_columns(
+        *decode_metric_columns(encode(results).blob), names))
+
+    def rows(store: MetricsStore) -> list[tuple]:
+        with sqlite3.connect(store.path) as conn:
+            return conn.execute("SELECT invocation, idx, ok, paths, error, wall_time_ns, "
+                                "peak_memory_bytes, stages FROM results ORDER BY idx").fetchall()
+
+    assert rows(copied) == rows(local)
+    assert [r[2] for r in rows(copied)] == [1, 1, 0, 1]
+    assert json.loads(rows(copied)[1][7]) == [["source", 1_000_000], ["offset", 500_000],
+                                              ["sink", 1_500_000]]
