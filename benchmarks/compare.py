@@ -56,6 +56,7 @@ pid.
 from __future__ import annotations
 
 import argparse
+import atexit
 import faulthandler
 import gc
 import json
@@ -467,6 +468,7 @@ def embedded_start(timeout: float = 120.0) -> dict[str, float]:
         (SyntheticArrays(count=4, seed=1).write(NpzPerIndex(output_dir=str(folder / "out")))
          .save(spec_path))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CURATOR_")}
+        env["CURATOR_DB_DIR"] = str(folder / "metrics")
         command = [str(Path(sys.executable).parent / "curator-submit"), str(spec_path), "--wait"]
         begin = time.perf_counter()
         proc = subprocess.Popen(command, env=env, cwd=str(folder), stdout=subprocess.DEVNULL,
@@ -650,6 +652,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the results as JSON here (default: benchmarks/results/"
                              "compare-<UTC time>-<commit>.json)")
     args = parser.parse_args(argv)
+    # metrics stores (track_metrics is on, as users run) in a folder of this run's own,
+    # not the user's cache: each job adds its indices' rows
+    metrics_dir = tempfile.mkdtemp(prefix="curator-bench-metrics-")
+    os.environ["CURATOR_DB_DIR"] = metrics_dir
+    atexit.register(shutil.rmtree, metrics_dir, True)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
 

@@ -89,6 +89,9 @@ def one_run(items: int, workers: int, rtt_ms: float, folder: Path,
             [sys.executable, __file__, "--producer", url, "--items", str(items),
              "--workers", str(workers), *([] if metrics else ["--no-metrics"])],
             capture_output=True, text=True, cwd=str(REPO), timeout=3600,
+            # a metrics store of the round's own: a user's cache would grow by a million
+            # rows a run, and every later round would insert into a larger store
+            env={**os.environ, "CURATOR_DB_DIR": str(folder / "metrics")},
         )
         if child.returncode != 0:
             raise RuntimeError(f"producer failed:\n{child.stderr[-3000:]}")
