@@ -275,8 +275,21 @@ def metric_rows_of_columns(
     return rows
 
 
+def rows_of(records: Iterable[IndexRecord]) -> list[MetricRow]:
+    """The metrics store's rows (:data:`MetricRow`) of ``records``."""
+    dumps = json.dumps
+    return [(r.index, int(r.ok), None if r.paths is None else dumps(r.paths), r.error,
+             r.wall_time_ns, r.peak_memory_bytes,
+             dumps(r.stages) if r.stages else "[]")  # most indices: stages not sampled
+            for r in records]
+
+
 def safe_record_rows(pipeline: Pipeline, rows: Sequence[MetricRow]) -> None:
-    """:func:`safe_record` for ready rows (:func:`metric_rows_of_columns`)."""
+    """Record ready rows into ``pipeline``'s store (:func:`metric_rows_of_columns`,
+    :func:`rows_of`); a store that cannot be written only logs a warning.
+
+    The outputs of a run never depend on its metrics being saved.
+    """
     if not rows or not pipeline.track_metrics:
         return
     try:
@@ -378,13 +391,7 @@ class MetricsStore:
 
     def record(self, invocation: str, records: Iterable[IndexRecord]) -> None:
         """Store ``records`` under ``invocation`` (a later record of an index replaces it)."""
-        dumps = json.dumps
-        self.record_rows(invocation, [
-            (r.index, int(r.ok), None if r.paths is None else dumps(r.paths), r.error,
-             r.wall_time_ns, r.peak_memory_bytes,
-             dumps(r.stages) if r.stages else "[]")  # most indices: stages not sampled
-            for r in records
-        ])
+        self.record_rows(invocation, rows_of(records))
 
     def record_rows(self, invocation: str, rows: Sequence[MetricRow]) -> None:
         """Store ready rows (:data:`MetricRow`) under ``invocation``, in one transaction."""
@@ -468,14 +475,7 @@ class MetricsStore:
 
 
 def safe_record(pipeline: Pipeline, records: Sequence[IndexRecord]) -> None:
-    """Record into ``pipeline``'s store; a store that cannot be written only logs a warning.
-
-    The outputs of a run never depend on its metrics being saved.
-    """
-    if not records or not pipeline.track_metrics:
-        return
-    try:
-        pipeline.metrics_store().record(pipeline.invocation_id, records)
-    except (sqlite3.Error, OSError) as exc:
-        log.warning("could not record metrics in %s: %s: %s",
-                    getattr(pipeline, "db_path", None), type(exc).__name__, exc)
+    """Record into ``pipeline``'s store; a store that cannot be written only logs a warning
+    (:func:`safe_record_rows`)."""
+    if records and pipeline.track_metrics:
+        safe_record_rows(pipeline, rows_of(records))
