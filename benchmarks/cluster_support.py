@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from benchmarks.latency_proxy import DelayProxy
-from curator_worker.pipeline import Param, Sink
+from curator_worker.contract.pipeline import Param, Sink
 
 #: Runs argv[2:] after setting the host name to argv[1] (inside ``unshare --uts``).
 _SET_HOSTNAME = (

@@ -94,7 +94,7 @@ from benchmarks.workloads import (  # noqa: E402
     run_chunk,
     run_item,
 )
-from curator_worker.pipeline import Pipeline  # noqa: E402
+from curator_worker.contract.pipeline import Pipeline  # noqa: E402
 
 RUNNERS = ("loop", "sequential", "ppe", "loky", "loky_batched", "dask", "naive", "tuned",
            "ours", "ours_cold", "ours_noevents", "ours_nometrics")

@@ -43,10 +43,10 @@ from celery import Celery, group  # noqa: E402
 from benchmarks.noise import CpuMeter  # noqa: E402
 from benchmarks.workloads import make_pipeline  # noqa: E402
 from curator_worker.config import Settings  # noqa: E402
+from curator_worker.contract.planning import Batch  # noqa: E402
+from curator_worker.contract.spec import pipeline_to_spec  # noqa: E402
 from curator_worker.embedded import RedisServer  # noqa: E402
 from curator_worker.messaging import RUN_BATCH, create_app  # noqa: E402
-from curator_worker.planning import Batch  # noqa: E402
-from curator_worker.spec import pipeline_to_spec  # noqa: E402
 from producer.publish import publish_chord  # noqa: E402
 
 JOB_ID = "bench-enqueue"

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
-from curator_worker.pipeline import Filter, Param, Pipeline, Sink, Source
-from curator_worker.spec import build_pipeline, pipeline_to_spec
+from curator_worker.contract.pipeline import Filter, Param, Pipeline, Sink, Source
+from curator_worker.contract.spec import build_pipeline, pipeline_to_spec
 
 #: Item counts and per-item costs of the three workloads (issue 5).
 WORKLOADS: dict[str, dict[str, Any]] = {

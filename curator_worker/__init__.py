@@ -10,6 +10,17 @@ here unchanged::
 
 from typing import Any
 
+from curator_worker import earlier_import_paths
+from curator_worker.contract.pipeline import (
+    REQUIRED,
+    Filter,
+    Param,
+    Pipeline,
+    PipelineStateError,
+    Sink,
+    Source,
+)
+from curator_worker.contract.planning import batch_groups, intersect_partitions
 from curator_worker.errors import (
     CuratorError,
     IndexSelectionError,
@@ -21,16 +32,6 @@ from curator_worker.errors import (
 )
 from curator_worker.gather import gather_pipeline
 from curator_worker.metrics import IndexMetrics, PipelineMetrics, StageMetrics
-from curator_worker.pipeline import (
-    REQUIRED,
-    Filter,
-    Param,
-    Pipeline,
-    PipelineStateError,
-    Sink,
-    Source,
-)
-from curator_worker.planning import batch_groups, intersect_partitions
 from curator_worker.run import (
     RunBackend,
     RunConfig,
@@ -40,6 +41,8 @@ from curator_worker.run import (
     run_pipeline,
 )
 from curator_worker.store import Job, JobStatus, JobStore
+
+earlier_import_paths.install()  # `import curator_worker.worker.tasks` and the like keep working
 
 __version__ = "0.1.0"
 

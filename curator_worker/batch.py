@@ -21,9 +21,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator_worker.contract.pipeline import Filter, Pipeline, is_stateful
+from curator_worker.contract.planning import ints_in_range
 from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
-from curator_worker.pipeline import Filter, Pipeline, is_stateful
-from curator_worker.planning import ints_in_range
 from curator_worker.policy import BatchPolicy
 
 log = logging.getLogger(__name__)

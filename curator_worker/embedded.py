@@ -267,9 +267,9 @@ class LocalCluster:
         No retry or resume can ever use them once the private job store is stopped, so
         :meth:`stop` removes them. Never raises: cleaning up must not hide the run's error.
         """
-        from curator_worker.pipeline import is_stateful
+        from curator_worker.contract.pipeline import is_stateful
+        from curator_worker.contract.spec import build_pipeline
         from curator_worker.shards import is_url, output_path_of, shard_location
-        from curator_worker.spec import build_pipeline
         from curator_worker.store import JobStore
 
         folders: list[Path | str] = []

@@ -329,7 +329,7 @@ def _build_app(argv: list[str]) -> tuple[Any, list[str]]:
             self.bound = [_sockname(s) for s in sockets]
             return sockets[0].getsockname()[1]
 
-    from curator_worker.app import app as celery_app
+    from curator_worker.worker.app import app as celery_app
 
     flower_app = GuardedFlower(capp=celery_app, options=options, **settings)
     return flower_app, credentials

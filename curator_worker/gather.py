@@ -22,7 +22,8 @@ from curator_worker.atomic import (
     remove_stale_scratch,
     remove_stale_temps,
 )
-from curator_worker.pipeline import Pipeline, is_stateful
+from curator_worker.contract.pipeline import Pipeline, is_stateful
+from curator_worker.contract.spec import spec_hash
 from curator_worker.shards import (
     SHARD_SUFFIX,
     GatherLockLost,
@@ -32,7 +33,6 @@ from curator_worker.shards import (
     remove_shard_locations,
     storage_options_of,
 )
-from curator_worker.spec import spec_hash
 from curator_worker.store import FAILED, FINAL_STATES, PARTIAL, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger(__name__)

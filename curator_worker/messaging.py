@@ -28,7 +28,7 @@ def create_app(settings: Settings, *, with_tasks: bool = False) -> Celery:
         worker of such an app checks every message before running it
         (:mod:`curator_worker.trust`).
     """
-    app = Celery("curator_worker", include=["curator_worker.tasks"] if with_tasks else [])
+    app = Celery("curator_worker", include=["curator_worker.worker.tasks"] if with_tasks else [])
     app.conf.update(celery_config(settings))
     if with_tasks:
         app.conf.worker_consumer = "curator_worker.trust:GuardedConsumer"

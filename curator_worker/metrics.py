@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from curator_worker.batch import IndexResult
-    from curator_worker.pipeline import Pipeline
+    from curator_worker.contract.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -317,8 +317,8 @@ def pipeline_key(pipeline: Pipeline) -> str:
     The spec hash when the pipeline can be saved as a spec; otherwise a hash of each
     component's class and constructor arguments.
     """
+    from curator_worker.contract.spec import pipeline_to_spec, spec_hash
     from curator_worker.errors import CuratorError
-    from curator_worker.spec import pipeline_to_spec, spec_hash
 
     try:
         return spec_hash(pipeline_to_spec(pipeline))

@@ -2,7 +2,7 @@
 
 Every backend receives the same validated :class:`RunConfig` and returns the sink paths of
 each index, ordered like ``indices``. Backends differ only in how they dispatch work;
-planning (partitions, batches) lives in :mod:`curator_worker.planning`.
+planning (partitions, batches) lives in :mod:`curator_worker.contract.planning`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from curator_worker.pipeline import Pipeline
-from curator_worker.planning import batch_groups, check_indices, intersect_partitions
+from curator_worker.contract.pipeline import Pipeline
+from curator_worker.contract.planning import batch_groups, check_indices, intersect_partitions
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def run_pipeline(
 def _resume(pipeline: Pipeline, runner: RunBackend, chosen: list[int],
             config: RunConfig) -> list[list[str]]:
     """Run only the indices of ``chosen`` that no earlier run completed; merge the paths."""
-    from curator_worker.pipeline import PipelineStateError, is_stateful
+    from curator_worker.contract.pipeline import PipelineStateError, is_stateful
 
     if not pipeline.track_metrics:
         raise PipelineStateError(

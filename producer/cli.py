@@ -22,10 +22,10 @@ import redis
 # Heavier modules (the submit path, reports, the dashboard) are imported inside the
 # commands that need them, so `--help` and a bad CURATOR_* value answer at once.
 from curator_worker.config import Settings, check_environment, check_queue_name, redact_text
+from curator_worker.contract.spec import read_spec_file
 from curator_worker.errors import CuratorError
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
 from curator_worker.progress import human_rate
-from curator_worker.spec import read_spec_file
 from curator_worker.store import Job, JobStatus, JobStore
 from producer.job_views import dashboard_command, failures_command
 from producer.wait import LiveProgress, live_progress

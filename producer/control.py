@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 
 from curator_worker.config import Settings
+from curator_worker.contract.planning import Batch, plan_batches
+from curator_worker.contract.spec import build_pipeline
 from curator_worker.errors import CuratorError
 from curator_worker.messaging import create_app
-from curator_worker.planning import Batch, plan_batches
-from curator_worker.spec import build_pipeline
 from curator_worker.store import CANCELLED, SUCCEEDED, JobStore
 from curator_worker.store.history import record_history
 from curator_worker.store.keys import retry_prefix

@@ -16,7 +16,7 @@ signature, one message build and several Redis round trips per header task (abou
     checks that the queue's key is what kombu uses (a ``global_keyprefix``, a priority or
     a non-direct exchange makes the check fail, and the ``batch`` method is used). Each
     batch's delivery tag goes to ``curator:job:<id>:tags`` in the same pipeline, for its
-    worker to renew the message's lease while it runs (:mod:`curator_worker.lease`).
+    worker to renew the message's lease while it runs (:mod:`curator_worker.worker.lease`).
 ``batch`` (any broker, Redis result backend)
     Each header goes through ``app.send_task`` on one producer inside kombu's
     ``Producer.batch()`` (buffered in one pipeline on Redis; immediate elsewhere).
@@ -75,9 +75,9 @@ from curator_worker.compat.kombu import (
     read_published_envelope,
     retarget_envelope,
 )
-from curator_worker.lease import delivery_tags_key
+from curator_worker.contract.planning import Batch
 from curator_worker.messaging import GATHER, RUN_BATCH
-from curator_worker.planning import Batch
+from curator_worker.store.keys import delivery_tags_key
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +435,7 @@ class _TemplatePublisher:
                 chunk = batches[start : start + chunk_size]
                 tags = fast_uuids(len(chunk))
                 pipe.lpush(self.key, *self.envelopes(chunk, start, tags))
-                # each batch's delivery tag, for its worker to renew its lease (lease.py)
+                # each batch's delivery tag, for its worker to renew its lease (worker/lease.py)
                 pipe.hset(tags_key, mapping={b.key: t for b, t in zip(chunk, tags, strict=True)})
                 if self.ttl:
                     pipe.expire(tags_key, self.ttl)

@@ -25,8 +25,8 @@ import redis
 
 from curator_worker.compat.kombu import BrokerKeys, message_task_args, unacked_envelope
 from curator_worker.config import Settings, celery_config
+from curator_worker.contract.planning import Batch
 from curator_worker.messaging import RUN_BATCH
-from curator_worker.planning import Batch
 from curator_worker.store import JobStatus, JobStore
 
 log = logging.getLogger(__name__)

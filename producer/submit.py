@@ -19,9 +19,8 @@ from typing import Any
 from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
-from curator_worker.errors import BrokerUnavailableError, IndexSelectionError, SpecError
-from curator_worker.pipeline import Pipeline
-from curator_worker.planning import (
+from curator_worker.contract.pipeline import Pipeline
+from curator_worker.contract.planning import (
     Batch,
     IndexCost,
     balanced_batch_sizes,
@@ -32,7 +31,8 @@ from curator_worker.planning import (
     plan_independent_batches,
     plan_sized_batches,
 )
-from curator_worker.spec import build_pipeline, spec_hash
+from curator_worker.contract.spec import build_pipeline, spec_hash
+from curator_worker.errors import BrokerUnavailableError, IndexSelectionError, SpecError
 from curator_worker.store import JobStore, new_job_id
 from curator_worker.store.nodes import live_nodes
 from curator_worker.store.status import FAILED, PUBLISH_HEARTBEAT
@@ -172,7 +172,7 @@ def _plan(
 
     ``cost`` (what the last run of the spec measured) coarsens automatic batches of cheap
     or uniform indices, and keeps them under a third of ``visibility_timeout``
-    (:func:`~curator_worker.planning.balanced_batch_sizes`).
+    (:func:`~curator_worker.contract.planning.balanced_batch_sizes`).
     """
     pipeline, indices, groups = checked.pipeline, checked.indices, checked.groups
     seconds, spread = cost if cost is not None else (None, None)

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
 from curator_worker.store import JobStore
-from tests.support.cluster import WorkerNode, private_redis, wait_until_ready
+from tests.support.cluster import WorkerNode, private_redis, running_nodes
 from tests.support.s3 import S3Server, seaweed_s3, weed_binary
 
 TEST_QUEUE = "curator-test"
@@ -60,16 +59,8 @@ def worker_nodes(cluster_settings: Settings, tmp_path_factory: pytest.TempPathFa
                  ) -> Iterator[list[WorkerNode]]:
     """Two worker nodes with different hostnames, prefork, 2 processes each."""
     logs = tmp_path_factory.mktemp("worker-logs")
-    env = cluster_settings.environ()
-    nodes = [WorkerNode(env, name, 2, TEST_QUEUE, logs) for name in NODE_NAMES]
-    app = create_app(cluster_settings)
-    try:
-        wait_until_ready(app, NODE_NAMES, nodes)
+    with running_nodes(cluster_settings, NODE_NAMES, 2, logs) as nodes:
         yield nodes
-    finally:
-        app.close()
-        for node in nodes:
-            node.stop()
 
 
 @pytest.fixture()

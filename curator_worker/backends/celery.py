@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from curator_worker.config import Settings
+from curator_worker.contract.pipeline import Pipeline
+from curator_worker.contract.spec import pipeline_to_spec, spec_hash
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
 from curator_worker.metrics import (
@@ -23,10 +25,8 @@ from curator_worker.metrics import (
     safe_record_rows,
     stage_names,
 )
-from curator_worker.pipeline import Pipeline
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
-from curator_worker.spec import pipeline_to_spec, spec_hash
 from curator_worker.store import PARTIAL, SUCCEEDED
 from curator_worker.store.reads import collector_paused
 

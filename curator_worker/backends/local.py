@@ -4,7 +4,7 @@ Every local parallel run goes the same way, whatever dispatches the work:
 
 1. **Plan.** The run's indices are grouped with :meth:`Pipeline.partition_groups` (source
    and sink partitions intersected; a group is never split) and packed into batches with
-   :func:`~curator_worker.planning.pack_groups`.
+   :func:`~curator_worker.contract.planning.pack_groups`.
 2. **Run batches.** Each batch runs in a worker through
    :func:`~curator_worker.batch.execute_batch` with private copies of the stateful filters
    (a failed index is rolled back, the batch goes on), then flushes each stateful filter to
@@ -24,7 +24,7 @@ Options every local parallel backend accepts (``run_pipeline(..., **options)``):
 
 ``batch_size`` : int, optional
     Indices per batch (default: about four batches per worker, see
-    :func:`~curator_worker.planning.auto_batch_size`). ``1`` gives per-index tasks.
+    :func:`~curator_worker.contract.planning.auto_batch_size`). ``1`` gives per-index tasks.
 ``gather`` : bool, default True
     Merge stateful filters' shards at the end of the run.
 ``on_error`` : {"raise", "collect"}, default "raise"
@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_batch
+from curator_worker.contract.pipeline import Pipeline, is_stateful
+from curator_worker.contract.planning import auto_batch_size, pack_groups
 from curator_worker.errors import JobFailedError
 from curator_worker.metrics import record_of, safe_record, stage_names
-from curator_worker.pipeline import Pipeline, is_stateful
-from curator_worker.planning import auto_batch_size, pack_groups
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
 from curator_worker.shards import (
@@ -474,7 +474,8 @@ class LocalRun:
                 written.append(merge_shards(self.pipeline.filters[n], shards, self.finals[n]))
                 log.info("%s run %s: merged %d shards into %s", self.backend, self.run_id,
                          len(shards), self.finals[n])
-            self._remove_shards(n)
+            # shards are always written under the run's shard location (write_shards)
+            remove_shard_location(self.pipeline.filters[n], self.run_id)
         return written
 
     def prune_uncommitted(self) -> None:
@@ -509,10 +510,6 @@ class LocalRun:
                         log.warning("%s run %s: removing uncommitted shard file %s",
                                     self.backend, self.run_id, stray)
                         stray.unlink(missing_ok=True)
-
-    def _remove_shards(self, n: int) -> None:
-        # shards are always written under the run's shard location (shards.write_shards)
-        remove_shard_location(self.pipeline.filters[n], self.run_id)
 
     def finish(self) -> RunResult:
         """Gather (unless ``gather=False``) and return the results, or raise the failures.

@@ -9,7 +9,7 @@ every message whose score is older than the visibility timeout. The transport op
 ``global_keyprefix`` prefixes every key kombu writes.
 
 We read those keys with a plain Redis client (lost-batch rescue, :mod:`producer.rescue`),
-write the ``unacked_index`` score of a running batch (its lease, :mod:`curator_worker.lease`)
+write the ``unacked_index`` score of a running batch (its lease, :mod:`curator_worker.worker.lease`)
 and build message envelopes ourselves (template publishing, :mod:`producer.publish`).
 Checked against kombu 5.7.0 and redis-py 8.1.0 (``kombu/transport/redis.py``: ``Channel``
 class attributes, ``QoS.append``, ``QoS.restore_visible``, ``Channel._put``).

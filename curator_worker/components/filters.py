@@ -1,8 +1,9 @@
 """Filters: transform or observe the items of one index.
 
-:class:`FieldStats` is a *stateful* filter (see :func:`curator_worker.pipeline.is_stateful`):
-it accumulates exact per-field statistics, flushes them to a shard file and merges shards
-into a result that is bit-identical to a single sequential run.
+:class:`FieldStats` is a *stateful* filter (see
+:func:`curator_worker.contract.pipeline.is_stateful`): it accumulates exact per-field
+statistics, flushes them to a shard file and merges shards into a result that is
+bit-identical to a single sequential run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from curator_worker.atomic import atomic_path
-from curator_worker.pipeline import Filter, Param
+from curator_worker.contract.pipeline import Filter, Param
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from curator_worker.components.storage import (
     resolve_storage_options,
     write_bytes,
 )
-from curator_worker.pipeline import Param, Sink, Source, normalise_index
+from curator_worker.contract.pipeline import Param, Sink, Source, normalise_index
 
 logger = logging.getLogger(__name__)
 

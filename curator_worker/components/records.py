@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from curator_worker.components.storage import check_location, check_storage_options, join
-from curator_worker.pipeline import Param, Sink
+from curator_worker.contract.pipeline import Param, Sink
 
 Item = dict[str, Any]
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from curator_worker.atomic import atomic_path
-from curator_worker.pipeline import Param, Sink
+from curator_worker.contract.pipeline import Param, Sink
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from curator_worker.pipeline import Param, Source, normalise_index
+from curator_worker.contract.pipeline import Param, Source, normalise_index
 
 logger = logging.getLogger(__name__)
 

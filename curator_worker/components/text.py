@@ -22,7 +22,7 @@ from curator_worker.components.storage import (
     resolve_storage_options,
     write_bytes,
 )
-from curator_worker.pipeline import Filter, Param
+from curator_worker.contract.pipeline import Filter, Param
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ One namespace per job::
                                   renewed while it lives, expiring soon after it died
     curator:job:<id>:gathering    string: the gather lock (expires unless renewed)
     curator:job:<id>:tags         hash, in the *broker's* Redis: batch key -> delivery tag
-                                  of its message, for lease renewal (``curator_worker.lease``)
+                                  of its message, for lease renewal (worker/lease.py)
     curator:jobs                  sorted set: job id by creation time
     curator:spec:<hash>:cost      the last finished job of that spec: JSON {"seconds"
                                   per index (batch wall time / indices), "spread" of

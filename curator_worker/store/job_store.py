@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from curator_worker.planning import IndexCost
+from curator_worker.contract.planning import IndexCost
 from curator_worker.store import scripts
 from curator_worker.store.attempts import ATTEMPT_MARK_TTL, AttemptMark, BatchStart
 from curator_worker.store.batch_results import EncodedResults

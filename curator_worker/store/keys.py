@@ -33,6 +33,12 @@ def job_keys(job_id: str) -> list[str]:
     return [job_key(job_id, part) for part in JOB_PARTS]
 
 
+def delivery_tags_key(job_id: str) -> str:
+    """The broker Redis hash of a job's batch key -> delivery tag of its message (written
+    by the producer, read by the worker renewing the batch's lease)."""
+    return job_key(job_id, "tags")
+
+
 def alive_key(job_id: str, batch_key: str) -> str:
     """The liveness mark of the attempt running ``batch_key`` (``AttemptMark``)."""
     return job_key(job_id, f"alive:{batch_key}")

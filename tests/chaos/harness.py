@@ -29,9 +29,9 @@ import numpy as np
 import psutil
 import redis
 
-from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
+from curator_worker.messaging import create_app
 from curator_worker.store import PARTIAL, JobStatus, JobStore
 from producer.wait import GATHER_GRACE, resend_gather
 from tests.integration.test_celery_jobs import sequential_stats

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from curator_worker import tasks
 from curator_worker.gather import gather_job
 from curator_worker.policy import BatchPolicy
 from curator_worker.store import PARTIAL, SUCCEEDED, JobStore
 from curator_worker.store.attempts import BatchStart
-from curator_worker.tasks import process_batch
+from curator_worker.worker import tasks
+from curator_worker.worker.tasks import process_batch
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.chaos.harness import (

@@ -24,15 +24,16 @@ from typing import Any
 
 import pytest
 
-from curator_worker import tasks
-from curator_worker.app import RUN_BATCH, create_app
 from curator_worker.compat.kombu import BrokerKeys
 from curator_worker.components.filters import FieldStats
 from curator_worker.gather import gather_job
-from curator_worker.lease import LeaseRenewal, delivery_tags_key
+from curator_worker.messaging import RUN_BATCH, create_app
 from curator_worker.policy import BatchPolicy
 from curator_worker.store import CANCELLED, FAILED, PARTIAL, RUNNING, SUCCEEDED, JobStatus, JobStore
-from curator_worker.tasks import process_batch
+from curator_worker.store.keys import delivery_tags_key
+from curator_worker.worker import tasks
+from curator_worker.worker.lease import LeaseRenewal
+from curator_worker.worker.tasks import process_batch
 from producer.rescue import missing_batches
 from producer.submit import submit_job
 from producer.wait import resend_gather, wait_for_job

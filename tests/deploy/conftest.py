@@ -28,10 +28,10 @@ import yaml
 from celery import Celery
 
 from curator_worker import run_pipeline
-from curator_worker.app import create_app
 from curator_worker.config import Settings
+from curator_worker.contract.spec import build_pipeline
 from curator_worker.embedded import RedisServer, stop_process
-from curator_worker.spec import build_pipeline
+from curator_worker.messaging import create_app
 from tests.support.cluster import REPO
 
 DOCKER_DIR = REPO / "docker"

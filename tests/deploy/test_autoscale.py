@@ -10,9 +10,9 @@ from typing import Any
 
 from celery import Celery
 
-from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
+from curator_worker.messaging import create_app
 from curator_worker.store import SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job

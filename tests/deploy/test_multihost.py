@@ -18,9 +18,9 @@ from typing import TypeVar
 import pytest
 import redis
 
-from curator_worker.app import create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import redis_server_binary
+from curator_worker.messaging import create_app
 from curator_worker.store import SUCCEEDED, JobStore
 from producer.submit import submit_job
 from tests.deploy.conftest import base_env, sequential_stats, unique

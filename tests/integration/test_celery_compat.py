@@ -18,11 +18,11 @@ import redis
 from celery import Celery
 from kombu import Connection, Queue
 
-from curator_worker.app import RUN_BATCH, create_app
 from curator_worker.compat import celery as compat
 from curator_worker.compat import kombu as kombu_compat
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer
+from curator_worker.messaging import RUN_BATCH, create_app
 from producer.publish import frozen_body
 from tests.support.cluster import private_redis
 

@@ -13,7 +13,7 @@ import pytest
 
 from curator_worker import JobFailedError, run_pipeline
 from curator_worker.config import Settings
-from curator_worker.spec import build_pipeline
+from curator_worker.contract.spec import build_pipeline
 from curator_worker.store import PARTIAL, SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
@@ -231,7 +231,7 @@ def test_a_finished_job_leaves_its_cost_and_spread_per_index(store) -> None:
 def test_the_next_job_of_a_spec_sizes_batches_from_its_cost_per_index(
         tmp_path, store, cluster_settings):
     """A finished job leaves its seconds per index; cheap indices then get fewer batches."""
-    from curator_worker.spec import spec_hash
+    from curator_worker.contract.spec import spec_hash
 
     spec = stats_spec(tmp_path, 160)
     digest = spec_hash(spec)

@@ -15,10 +15,10 @@ import pytest
 
 import curator_worker.components.sources as sources
 from curator_worker import JobFailedError, run_pipeline
-from curator_worker.app import create_app
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
 from curator_worker.config import Settings
 from curator_worker.errors import JobWaitTimeout
+from curator_worker.messaging import create_app
 from curator_worker.store import CANCELLED, PARTIAL
 from producer.control import cancel_job
 from producer.submit import submit_job

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from curator_worker import run_pipeline
-from curator_worker.app import create_app
 from curator_worker.components import (
     JsonlFiles,
     ParquetChunked,
@@ -26,13 +25,13 @@ from curator_worker.components import (
     TextStats,
 )
 from curator_worker.config import Settings
+from curator_worker.contract.pipeline import Pipeline
+from curator_worker.contract.spec import build_pipeline, load_spec
 from curator_worker.errors import SpecError
-from curator_worker.pipeline import Pipeline
-from curator_worker.spec import build_pipeline, load_spec
 from curator_worker.store import PARTIAL, SUCCEEDED, JobStore
 from producer.submit import submit_job
 from producer.wait import wait_for_job
-from tests.support.cluster import WorkerNode, wait_until_ready
+from tests.support.cluster import running_nodes
 from tests.support.records import corpus, write_jsonl
 from tests.support.s3 import S3Server
 
@@ -266,17 +265,9 @@ def s3_worker_nodes(s3_server: S3Server, cluster_settings: Settings,
     queue = "curator-test-s3"
     settings = Settings(broker_url=cluster_settings.broker_url, queue=queue,
                         visibility_timeout=3600)
-    env = {**settings.environ(), **s3_server.environ()}
-    names = ["s3a@test-host-c", "s3b@test-host-d"]
-    nodes = [WorkerNode(env, name, 1, queue, tmp_path) for name in names]
-    app = create_app(settings)
-    try:
-        wait_until_ready(app, names, nodes)
+    with running_nodes(settings, ["s3a@test-host-c", "s3b@test-host-d"], 1, tmp_path,
+                       env=s3_server.environ()):
         yield settings
-    finally:
-        app.close()
-        for node in nodes:
-            node.stop()
 
 
 def test_a_record_job_on_two_celery_nodes_equals_sequential(

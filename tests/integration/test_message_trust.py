@@ -22,11 +22,11 @@ import pytest
 from celery import Celery
 from kombu import Connection
 
-from curator_worker.app import GATHER, RUN_BATCH, create_app
 from curator_worker.config import Settings
-from curator_worker.lease import delivery_tags_key
-from curator_worker.planning import Batch
+from curator_worker.contract.planning import Batch
+from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.store import RUNNING, SUCCEEDED, JobStore, new_job_id
+from curator_worker.store.keys import delivery_tags_key
 from producer.submit import publish_chord
 from producer.wait import wait_for_job
 from tests.conftest import NODE_NAMES, TEST_QUEUE

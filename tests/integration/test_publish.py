@@ -22,10 +22,10 @@ from celery import chord
 from celery.utils.saferepr import saferepr
 
 from curator_worker import run_pipeline
-from curator_worker.app import GATHER, RUN_BATCH, create_app
 from curator_worker.config import Settings
-from curator_worker.planning import Batch, plan_batches
-from curator_worker.spec import build_pipeline
+from curator_worker.contract.planning import Batch, plan_batches
+from curator_worker.contract.spec import build_pipeline
+from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.store import SUCCEEDED, JobStore, new_job_id
 from producer.publish import fast_uuids, header_argsrepr, publish_chord
 from producer.submit import submit_job

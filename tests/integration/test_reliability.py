@@ -183,7 +183,7 @@ def test_cli_job_control_commands(tmp_path, store, cluster_settings, cluster_env
 
 def test_run_pipeline_celery_forwards_the_job_policy(tmp_path, cluster_settings, store):
     from curator_worker import JobFailedError, run_pipeline
-    from curator_worker.spec import build_pipeline
+    from curator_worker.contract.spec import build_pipeline
 
     pipeline = build_pipeline(faulty_spec(tmp_path, 6, "HangingArrays", hang="2", hang_s=60.0))
     with pytest.raises(JobFailedError) as info:
@@ -202,9 +202,9 @@ def test_a_late_chord_gather_cannot_finish_a_retried_job_early(
     Batches run in this process, so the order is certain: job ends partial, retry is
     sent, the first chord's gather arrives, then the retry batch.
     """
-    from curator_worker import tasks
     from curator_worker.gather import gather_job
     from curator_worker.store import RUNNING, JobStore
+    from curator_worker.worker import tasks
 
     flag = tmp_path / "fixed"
     spec = faulty_spec(tmp_path, 8, "BrokenUntilFixed", broken="3", fixed_flag=str(flag))
@@ -234,9 +234,9 @@ def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
         tmp_path, store, inline_settings, monkeypatch):
     """Gather removes a succeeded job's shards before its state says so; a gather that
     runs again (the first died between the two) does not merge the missing shards."""
-    from curator_worker import tasks
     from curator_worker.gather import gather_job
     from curator_worker.store import RUNNING, JobStore
+    from curator_worker.worker import tasks
 
     job = submit_job(stats_spec(tmp_path, 8), inline_settings, batch_size=4)
     shards = tmp_path / "stats.json.shards"
@@ -263,8 +263,8 @@ def test_shards_are_gone_when_success_shows_and_a_second_gather_keeps_it(
 def test_batches_of_a_job_that_ended_failed_do_not_run(tmp_path, store, inline_settings):
     """A job a failed publish ended ``failed`` keeps its counters: its batches already on
     the queue are skipped, uncommitted, and ``resume`` runs them later."""
-    from curator_worker import tasks
     from curator_worker.store import FAILED
+    from curator_worker.worker import tasks
 
     spec = stats_spec(tmp_path, 8)
     job = submit_job(spec, inline_settings, batch_size=4)

@@ -17,18 +17,17 @@ from pathlib import Path
 import pytest
 
 from curator_worker import run_pipeline
-from curator_worker.app import create_app
 from curator_worker.batch import execute_batch
 from curator_worker.config import Settings
+from curator_worker.contract.spec import build_pipeline
 from curator_worker.shards import write_shards
-from curator_worker.spec import build_pipeline
 from curator_worker.store import CANCELLED, PARTIAL, SUCCEEDED, JobStore
 from producer.control import cancel_job, resume_job, retry_job
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.integration.test_celery_jobs import sequential_stats
 from tests.integration.test_formats_s3 import BUCKET, s3fs_client, upload_corpus
-from tests.support.cluster import WorkerNode, wait_until_ready
+from tests.support.cluster import running_nodes
 from tests.support.s3 import S3Server
 from tests.support.specs import stats_spec
 
@@ -135,20 +134,9 @@ def isolated_nodes(s3_server: S3Server, cluster_settings: Settings,
     settings = Settings(broker_url=cluster_settings.broker_url, queue=queue,
                         visibility_timeout=3600)
     names = ["s3x@host-x", "s3y@host-y"]
-    nodes = []
-    for name in names:
-        home = tmp_path / name.split("@")[1]
-        (home / "tmp").mkdir(parents=True)
-        env = {**settings.environ(), **s3_server.environ(), "TMPDIR": str(home / "tmp")}
-        nodes.append(WorkerNode(env, name, 1, queue, tmp_path, cwd=home))
-    app = create_app(settings)
-    try:
-        wait_until_ready(app, names, nodes)
+    homes = {name: tmp_path / name.split("@")[1] for name in names}
+    with running_nodes(settings, names, 1, tmp_path, env=s3_server.environ(), homes=homes):
         yield settings
-    finally:
-        app.close()
-        for node in nodes:
-            node.stop()
 
 
 def test_an_s3_stateful_job_on_two_nodes_sharing_no_folder_equals_a_local_sequential_run(
@@ -274,7 +262,7 @@ def test_storage_options_credentials_reach_shards_gather_and_a_losing_attempts_d
     """Credentials only as "${VARIABLE}" storage_options of the filter (no AWS_* in the
     environment): shards, the merge and a losing attempt's discard all use them."""
     from curator_worker.components import JsonlFiles, JsonlSink, TextStats
-    from curator_worker.pipeline import Pipeline
+    from curator_worker.contract.pipeline import Pipeline
     from curator_worker.shards import discard_files
 
     url = fresh_prefix(s3_server, "options")

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from kombu import Connection
 
-from curator_worker.app import RUN_BATCH, create_app
 from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer, free_port
+from curator_worker.messaging import RUN_BATCH, create_app
 from curator_worker.store import FAILED, JobStore
 from curator_worker.store.keys import JOBS_INDEX
 from producer.submit import submit_job

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from curator_worker.pipeline import Filter, Param, Sink, Source
+from curator_worker.contract.pipeline import Filter, Param, Sink, Source
 
 #: Set in worker processes by :func:`set_tag` (the ``initializer`` tests).
 TAG = "unset"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from celery import Celery
 
+from curator_worker.config import Settings
 from curator_worker.embedded import RedisServer, stop_process, worker_command
+from curator_worker.messaging import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +63,35 @@ def wait_until_ready(app: Celery, names: list[str], nodes: list[WorkerNode],
             return
     logs = "\n".join(node.tail() for node in nodes)
     raise RuntimeError(f"workers {names} not ready after {timeout}s (saw {seen}):\n{logs}")
+
+
+@contextmanager
+def running_nodes(settings: Settings, names: list[str], concurrency: int, log_dir: Path,
+                  env: dict[str, str] | None = None,
+                  homes: dict[str, Path] | None = None) -> Iterator[list[WorkerNode]]:
+    """Worker nodes ``names`` on ``settings``' broker and queue, ready (each answers a
+    ping) inside the block, stopped after it by pid whatever happens.
+
+    ``env`` is added to each node's environment (credentials, endpoints); ``homes`` gives
+    a node its own working folder (and ``TMPDIR`` under it): hosts sharing no folder.
+    """
+    nodes = []
+    app = create_app(settings)
+    try:
+        for name in names:
+            node_env = {**settings.environ(), **(env or {})}
+            home = (homes or {}).get(name)
+            if home is not None:
+                (home / "tmp").mkdir(parents=True, exist_ok=True)
+                node_env["TMPDIR"] = str(home / "tmp")
+            nodes.append(WorkerNode(node_env, name, concurrency, settings.queue, log_dir,
+                                    cwd=home))
+        wait_until_ready(app, names, nodes)
+        yield nodes
+    finally:
+        app.close()
+        for node in nodes:
+            node.stop()
 
 
 def python() -> str:

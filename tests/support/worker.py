@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from curator_worker import tasks
 from curator_worker.store import JobStore
+from curator_worker.worker import tasks
 
 
 @contextmanager

@@ -26,8 +26,8 @@ from curator_worker.backends.local import LocalRun, RunResult, failure_record
 from curator_worker.backends.process_pool import ProcessPoolBackend
 from curator_worker.backends.thread import ThreadBackend
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
+from curator_worker.contract.pipeline import Filter, Pipeline
 from curator_worker.errors import JobFailedError, SpecError
-from curator_worker.pipeline import Filter, Pipeline
 from curator_worker.run import list_backends
 from tests.support import backends_fixtures as fx
 from tests.support.backends_dask import shared_client

@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from celery import Celery, signals
 from celery.utils.saferepr import saferepr
+from curator_worker.log_context import WORKER_LOG_FORMAT
 from kombu import Exchange, Queue
 from packaging.requirements import Requirement
 
-from curator_worker.app import GATHER, RUN_BATCH, create_app
 from curator_worker.compat import CHECKED_VERSIONS
 from curator_worker.compat import celery as compat
 from curator_worker.compat import kombu as kombu_compat
 from curator_worker.config import Settings
-from curator_worker.log_context import WORKER_LOG_FORMAT
+from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.trust import GuardedConsumer
 from producer.publish import frozen_body
 
@@ -224,9 +224,9 @@ def test_worker_log_lines_carry_the_batch_context() -> None:
     format and filter replace its formatter on every handler."""
     code = (
         "import logging\n"
-        "import curator_worker.tasks\n"
-        "from curator_worker.app import app\n"
-        "from curator_worker import log_context\n"
+        "import curator_worker.worker.tasks\n"
+        "from curator_worker.worker.app import app\n"
+        "from curator_worker.worker import log_context\n"
         "app.log.setup_logging_subsystem(loglevel='INFO', colorize=False)\n"
         "with log_context.batch_context('job-7', 'b000003'):\n"
         "    log_context.set_index(42)\n"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from curator_worker import Pipeline, gather_pipeline, run_pipeline
-from curator_worker.spec import build_pipeline
+from curator_worker.contract.spec import build_pipeline
 from tests.support.backends_dask import shared_client
 from tests.support.compat_components import CsvSink, OffsetFilter, RowStatsFilter, SquaresSource
 

@@ -18,7 +18,7 @@ from curator_worker.components import (
     NpzPerIndex,
     SyntheticArrays,
 )
-from curator_worker.pipeline import REQUIRED, Pipeline, is_stateful
+from curator_worker.contract.pipeline import REQUIRED, Pipeline, is_stateful
 
 ALL_COMPONENTS = [SyntheticArrays, FileGlob, FieldStats, NpzPerIndex, NpzChunked]
 

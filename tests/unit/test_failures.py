@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from curator_worker.contract.planning import parse_indices
 from curator_worker.failures import format_ranges, group_failures, message_pattern
-from curator_worker.planning import parse_indices
 
 
 @pytest.mark.parametrize("indices, expected", [

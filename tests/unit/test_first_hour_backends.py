@@ -15,8 +15,8 @@ import pytest
 from curator_worker import run_pipeline
 from curator_worker.backends.local import RunResult
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
+from curator_worker.contract.pipeline import Pipeline
 from curator_worker.errors import CuratorError, IndexFailedError
-from curator_worker.pipeline import Pipeline
 from tests.support.cluster import REPO
 
 

@@ -30,9 +30,9 @@ from curator_worker.components import (
 )
 from curator_worker.components.storage import PathList, resolve_storage_options, write_bytes
 from curator_worker.components.text import text_digest
+from curator_worker.contract.pipeline import REQUIRED, Pipeline, is_stateful
+from curator_worker.contract.spec import load_spec
 from curator_worker.errors import SpecError
-from curator_worker.pipeline import REQUIRED, Pipeline, is_stateful
-from curator_worker.spec import load_spec
 from tests.support.records import corpus, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from curator_worker.config import (
     redact_text,
     redact_url,
 )
+from curator_worker.contract.spec import _module_allowed, build_pipeline, read_spec_file
 from curator_worker.errors import ConfigurationError, SpecError
-from curator_worker.spec import _module_allowed, build_pipeline, read_spec_file
 from tests.support.specs import stats_spec
 
 SECRET = "Zq9-s3cr3t"

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from curator_worker.app import GATHER, RUN_BATCH, create_app
 from curator_worker.batch import execute_batch
 from curator_worker.config import Settings
+from curator_worker.contract.spec import build_pipeline
+from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.shards import is_safe_name, shard_dir, write_filter_shards
-from curator_worker.spec import build_pipeline
 from curator_worker.store import JobStore, new_job_id
 from curator_worker.trust import (
     CHORD_UNLOCK,

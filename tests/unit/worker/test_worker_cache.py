@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curator_worker import tasks
 from curator_worker.components import FileGlob, NpzPerIndex
-from curator_worker.spec import pipeline_to_spec
+from curator_worker.contract.spec import pipeline_to_spec
 from curator_worker.store import JobStore
+from curator_worker.worker import tasks
 from tests.support.worker import as_worker_process
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from curator_worker import lease
-from curator_worker.lease import LeaseRenewal, delivery_tags_key
+from curator_worker.store.keys import delivery_tags_key
+from curator_worker.worker.lease import LeaseRenewal
 
 
 class FakeBroker:

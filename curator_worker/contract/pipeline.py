@@ -12,8 +12,6 @@ spec (:meth:`Pipeline.save`) and rebuilt on another machine (:meth:`Pipeline.loa
 
 from __future__ import annotations
 
-import functools
-import inspect
 import operator
 import time
 import tracemalloc
@@ -21,15 +19,22 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import GeneratorType
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from curator_worker.contract.chain import run_chain, source_items
+from curator_worker.contract.params import REQUIRED, Component, Param, init_signature
+from curator_worker.contract.spec import load_spec, pipeline_to_spec, save_spec
 from curator_worker.errors import PipelineError
 
 if TYPE_CHECKING:
     from os import PathLike
 
     from curator_worker.metrics import MetricsStore, PipelineMetrics
+
+__all__ = [
+    "REQUIRED", "SETTABLE", "Filter", "Param", "Pipeline", "PipelineStateError", "Sink",
+    "Source", "init_signature", "is_stateful", "normalise_index", "source_items",
+]
 
 T = TypeVar("T")
 
@@ -61,128 +66,7 @@ def normalise_index(index: int, length: int) -> int:
     return i
 
 
-class _Required:
-    """Sentinel type of :data:`REQUIRED`."""
-
-    _instance: _Required | None = None
-
-    def __new__(cls) -> _Required:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-    def __reduce__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-"""Default of a :class:`Param` that has no default: the user must give it."""
-
-
-class Param:
-    """One constructor parameter of a component, as a spec names it.
-
-    Parameters
-    ----------
-    name : str
-        The keyword argument name of the component's ``__init__``.
-    description : str
-        One line for ``--help`` and error messages.
-    type : type, optional
-        Values in a spec are coerced to this type (``str`` by default).
-    default : Any, optional
-        Value used when the spec omits the param; :data:`REQUIRED` (the default) means
-        the spec must give it.
-    choices : Sequence, optional
-        If given, the value must be one of these.
-
-    Examples
-    --------
-    >>> Param("count", "How many records", type=int, default=100).required
-    False
-    """
-
-    __slots__ = ("name", "description", "type", "default", "choices")
-
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        type: type = str,  # noqa: A002 - the contract's name
-        default: Any = REQUIRED,
-        choices: Sequence[Any] | None = None,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.type = type
-        self.default = default
-        self.choices = list(choices) if choices is not None else None
-
-    @property
-    def required(self) -> bool:
-        """True when the param has no default and must be given."""
-        return self.default is REQUIRED
-
-    def __repr__(self) -> str:
-        return (
-            f"Param({self.name!r}, type={getattr(self.type, '__name__', self.type)}, "
-            f"default={self.default!r})"
-        )
-
-
-@functools.lru_cache(maxsize=1024)
-def init_signature(cls: type) -> inspect.Signature:
-    """``inspect.signature(cls.__init__)``, cached per class.
-
-    Building a component reads it, and for a class without its own ``__init__`` it is
-    parsed from ``object.__init__``'s text signature: ~0.2 ms, most of a spec's build time.
-    """
-    return inspect.signature(cls.__init__)
-
-
-def _bound_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The arguments of ``cls(*args, **kwargs)`` by parameter name (``{}`` if they don't bind)."""
-    try:
-        signature = init_signature(cls)
-        bound = signature.bind(None, *args, **kwargs)
-    except (TypeError, ValueError):
-        return {}
-    arguments: dict[str, Any] = {}
-    for name, value in list(bound.arguments.items())[1:]:
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            arguments.update(value)
-        elif kind is not inspect.Parameter.VAR_POSITIONAL:
-            arguments[name] = value
-    return arguments
-
-
-class _Component:
-    """Records the arguments a component was built with, for :meth:`Pipeline.save`."""
-
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        self = super().__new__(cls)
-        object.__setattr__(self, "_init_params", _bound_arguments(cls, args, kwargs))
-        return self
-
-    @classmethod
-    def params(cls) -> list[Param]:
-        """The parameters a spec may give this component (none by default)."""
-        return []
-
-    @property
-    def init_params(self) -> dict[str, Any]:
-        """The keyword arguments this instance was built with."""
-        return dict(getattr(self, "_init_params", {}))
-
-
-class Source(_Component, Generic[T], ABC):
+class Source(Component, Generic[T], ABC):
     """An indexed collection of work: ``len(source)`` indices, each yielding items.
 
     Subclasses set the class attributes ``name`` and ``description``, declare their
@@ -203,6 +87,8 @@ class Source(_Component, Generic[T], ABC):
     >>> list(Numbers()[2])
     [2]
     """
+
+    component_kind = "source"
 
     @abstractmethod
     def __len__(self) -> int:
@@ -236,7 +122,7 @@ class Source(_Component, Generic[T], ABC):
         return Pipeline(self).write(s)
 
 
-class Filter(_Component, Generic[T], ABC):
+class Filter(Component, Generic[T], ABC):
     """Transforms the stream of items of one index: expand, contract or pass through.
 
     A *stateful* filter accumulates over items (statistics, an index file). It also has
@@ -244,6 +130,8 @@ class Filter(_Component, Generic[T], ABC):
     and a static ``merge(shard_paths, output_path) -> str`` that combines the shards that
     parallel workers flushed. Runners set ``_output_path`` per shard; never rely on the PID.
     """
+
+    component_kind = "filter"
 
     @abstractmethod
     def __call__(self, items: Iterator[T]) -> Iterator[T]:
@@ -254,8 +142,10 @@ class Filter(_Component, Generic[T], ABC):
         return []
 
 
-class Sink(_Component, Generic[T], ABC):
+class Sink(Component, Generic[T], ABC):
     """Writes the items of one index and returns the paths written."""
+
+    component_kind = "sink"
 
     @abstractmethod
     def __call__(self, items: Iterator[T], index: int) -> list[str]:
@@ -272,43 +162,6 @@ class Sink(_Component, Generic[T], ABC):
 def is_stateful(f: Filter[Any]) -> bool:
     """True when ``f`` follows the stateful-filter protocol (``flush`` + ``merge``)."""
     return callable(getattr(f, "flush", None)) and callable(getattr(type(f), "merge", None))
-
-
-def source_items(source: Source[Any], index: int) -> Iterator[Any]:
-    """The items of ``source[index]`` as an iterator.
-
-    A generator or iterator is used as is; a list or tuple is a sequence of items; any
-    other value is a single item.
-    """
-    produced = source[index]
-    if type(produced) is GeneratorType or isinstance(produced, Iterator):  # fast path first
-        return produced
-    if isinstance(produced, list | tuple):
-        return iter(produced)
-    if produced is None:
-        return iter(())
-    return iter((produced,))
-
-
-class _Timed:
-    """An iterator that adds the time spent in ``next()`` to its clock (for stage timings)."""
-
-    __slots__ = ("_it", "_clock")
-
-    def __init__(self, it: Iterator[Any], clocks: list[list[float]]) -> None:
-        self._it = it
-        self._clock = [0.0]  # seconds spent in next(), upstream stages included
-        clocks.append(self._clock)
-
-    def __iter__(self) -> _Timed:
-        return self
-
-    def __next__(self) -> Any:
-        start = time.perf_counter()
-        try:
-            return next(self._it)
-        finally:
-            self._clock[0] += time.perf_counter() - start
 
 
 class PipelineStateError(PipelineError, RuntimeError):
@@ -640,31 +493,7 @@ class Pipeline:
         """
         sink = self.require_sink()
         chain = self._filters if filters is None else filters
-        if timings is None:
-            items: Iterator[Any] = source_items(self._source, index)
-            for f in chain:
-                items = iter(f(items))
-            paths = sink(items, index)
-            return [str(p) for p in (paths or [])]
-
-        clocks: list[list[float]] = []
-        start = time.perf_counter()
-        items = _Timed(source_items(self._source, index), clocks)
-        for f in chain:
-            items = _Timed(iter(f(items)), clocks)
-        before_sink = time.perf_counter()
-        paths = sink(items, index)
-        total = time.perf_counter() - before_sink
-        names = ["source"] + [f"filter[{n}]:{type(f).__name__}" for n, f in enumerate(chain)]
-        spent = {"source": before_sink - start}  # building the generators counts as source
-        upstream = 0.0
-        for name, clock in zip(names, clocks, strict=True):
-            spent[name] = spent.get(name, 0.0) + max(clock[0] - upstream, 0.0)
-            upstream = clock[0]
-        spent["sink"] = max(total - upstream, 0.0)
-        for name, seconds in spent.items():
-            timings[name] = timings.get(name, 0.0) + seconds
-        return [str(p) for p in (paths or [])]
+        return run_chain(self._source, chain, sink, index, timings)
 
     def __getitem__(self, index: int) -> list[str]:
         """Run ``index`` and return the paths the sink wrote.
@@ -711,7 +540,7 @@ class Pipeline:
 
     def partition_groups_or_none(self, indices: Sequence[int]) -> list[list[int]] | None:
         """Like :meth:`partition_groups`, but ``None`` when neither side has partitions."""
-        from curator_worker.planning import merge_partitions
+        from curator_worker.contract.planning import merge_partitions
 
         source_groups = self._source.partition_indices(list(indices))
         sink = self._sink
@@ -721,15 +550,11 @@ class Pipeline:
         return merge_partitions(source_groups, sink_groups, indices=indices)
 
     def to_spec(self) -> dict[str, Any]:
-        """This pipeline as a spec dict (see :mod:`curator_worker.spec`)."""
-        from curator_worker.spec import pipeline_to_spec
-
+        """This pipeline as a spec dict (see :mod:`curator_worker.contract.spec`)."""
         return pipeline_to_spec(self)
 
     def save(self, path: str | PathLike[str]) -> None:
         """Save this pipeline as a YAML (``.yaml``/``.yml``) or JSON (``.json``) spec."""
-        from curator_worker.spec import save_spec
-
         save_spec(self, path)
 
     @classmethod
@@ -741,8 +566,6 @@ class Pipeline:
         SpecError
             One line naming the file, the component and the fix.
         """
-        from curator_worker.spec import load_spec
-
         pipeline = load_spec(path)
         pipeline.track_metrics = True
         return pipeline

@@ -15,17 +15,17 @@ import pytest
 
 from curator_worker import run as run_module
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
-from curator_worker.errors import IndexSelectionError, PipelineError
-from curator_worker.pipeline import (
+from curator_worker.contract.params import _Required
+from curator_worker.contract.pipeline import (
     REQUIRED,
     Filter,
     Param,
     Pipeline,
     Sink,
     Source,
-    _Required,
     is_stateful,
 )
+from curator_worker.errors import IndexSelectionError, PipelineError
 from curator_worker.run import (
     RunBackend,
     RunConfig,

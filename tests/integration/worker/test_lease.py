@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curator_worker.app import create_app
 from curator_worker.components import NpzPerIndex, SyntheticArrays
 from curator_worker.config import Settings
-from curator_worker.lease import delivery_tags_key
-from curator_worker.spec import pipeline_to_spec
+from curator_worker.contract.spec import pipeline_to_spec
+from curator_worker.messaging import create_app
 from curator_worker.store import SUCCEEDED, JobStore
+from curator_worker.store.keys import delivery_tags_key
 from producer.submit import submit_job
 from producer.wait import wait_for_job
 from tests.support.cluster import WorkerNode, private_redis, wait_until_ready

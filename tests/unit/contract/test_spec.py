@@ -15,10 +15,8 @@ import pytest
 import yaml
 
 from curator_worker.components import FieldStats, FileGlob, NpzPerIndex, SyntheticArrays
-from curator_worker.errors import PipelineError, SpecError
-from curator_worker.pipeline import Pipeline, Sink, Source
-from curator_worker.run import run_pipeline
-from curator_worker.spec import (
+from curator_worker.contract.pipeline import Pipeline, Sink, Source
+from curator_worker.contract.spec import (
     _module_allowed,
     allowed_module_prefixes,
     build_pipeline,
@@ -26,6 +24,8 @@ from curator_worker.spec import (
     read_spec_file,
     spec_hash,
 )
+from curator_worker.errors import PipelineError, SpecError
+from curator_worker.run import run_pipeline
 
 USER_MODULE = "cw_spec_user_components"
 BROKEN_MODULE = "cw_spec_broken_components"
@@ -33,7 +33,7 @@ BROKEN_MODULE = "cw_spec_broken_components"
 USER_MODULE_SOURCE = textwrap.dedent(
     '''
     """Components a spec imports from outside curator_worker (test fixture)."""
-    from curator_worker.pipeline import Filter, Param, Sink, Source
+    from curator_worker.contract.pipeline import Filter, Param, Sink, Source
 
 
     class Modes(Source):

@@ -4,8 +4,9 @@ On a Redis broker kombu emulates acknowledgements: a delivered message is listed
 ``unacked_index`` sorted set with its delivery time, and a sweep puts every message older
 than the visibility timeout back in the queue, whether or not its worker is still running
 it (celery/celery#5935). A batch longer than the timeout then runs twice, and again every
-timeout. The producer records each batch's delivery tag (:func:`delivery_tags_key`, in
-the broker's Redis, for messages it publishes from a template); while a batch runs, its
+timeout. The producer records each batch's delivery tag (in the broker's Redis, under
+:func:`~curator_worker.store.keys.delivery_tags_key`, for messages it publishes from a
+template); while a batch runs, its
 worker process moves that time forward after an index finishes, at most every quarter of
 the timeout (:class:`LeaseRenewal`). A process that hangs inside one index stops renewing,
 so its batch still comes back; so does the batch of a host that died.
@@ -18,18 +19,13 @@ import time
 from typing import Any
 
 from curator_worker.compat.kombu import DEFAULT_UNACKED_INDEX, renew_unacked
-from curator_worker.store.keys import job_key
+from curator_worker.store.keys import delivery_tags_key
 
 log = logging.getLogger(__name__)
 
 #: kombu's default name of the sorted set of unacknowledged messages (Redis transport;
 #: the :class:`~curator_worker.compat.kombu.BrokerKeys` gives it for other transport options).
 UNACKED_INDEX_KEY = DEFAULT_UNACKED_INDEX
-
-
-def delivery_tags_key(job_id: str) -> str:
-    """The broker Redis hash of a job's batch key -> delivery tag of its message."""
-    return job_key(job_id, "tags")
 
 
 class LeaseRenewal:

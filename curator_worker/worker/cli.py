@@ -201,7 +201,7 @@ def worker_command(
     click.echo(f"curator-worker: broker {redact_url(settings.broker_url)}", err=True)
     if not _wait_for_servers(settings):
         return
-    from curator_worker.app import app  # configured from the environment set above
+    from curator_worker.worker.app import app  # configured from the environment set above
 
     app.worker_main(argv)
 

@@ -8,12 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from curator_worker.errors import (
-    IndexSelectionError,
-    PartitionConflictError,
-    PipelineError,
-)
-from curator_worker.planning import (
+from curator_worker.contract.planning import (
     BATCHES_PER_WORKER,
     MAX_AUTO_BATCH_SIZE,
     Batch,
@@ -28,6 +23,11 @@ from curator_worker.planning import (
     plan_balanced_batches,
     plan_batches,
     plan_sized_batches,
+)
+from curator_worker.errors import (
+    IndexSelectionError,
+    PartitionConflictError,
+    PipelineError,
 )
 
 

@@ -1,5 +1,10 @@
 """Pipeline specs: how a pipeline travels to workers on other machines.
 
+It needs no :class:`~curator_worker.contract.pipeline.Pipeline` at import: components are
+recognised by their kind (:attr:`Component.component_kind`) and a pipeline is built with
+the source's own builders, so ``Pipeline.save``/``Pipeline.load`` can use this module
+without an import cycle. Reading a file within limits is :mod:`.spec_file`.
+
 A spec is the YAML/JSON layout physicsnemo-curator saves::
 
     version: 1
@@ -24,25 +29,20 @@ import inspect
 import json
 import math
 import os
-import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from curator_worker.config import allowed_module_prefixes
+from curator_worker.contract.params import REQUIRED, Component, Param, init_signature
+from curator_worker.contract.spec_file import SpecTooBig, check_size, read_spec_file
 from curator_worker.errors import SpecError
-from curator_worker.pipeline import (
-    REQUIRED,
-    Filter,
-    Param,
-    Pipeline,
-    Sink,
-    Source,
-    init_signature,
-)
+
+if TYPE_CHECKING:
+    from curator_worker.contract.pipeline import Pipeline
 
 SPEC_VERSION = 1
 #: Module prefixes always allowed: the project's own components.
@@ -51,7 +51,15 @@ _TOP_LEVEL_KEYS = {"version", "metadata", "source", "filters", "sink"}
 #: Keys of a component entry; physicsnemo-curator's own saver also writes ``class`` (the
 #: class name, then ``name`` is a display name) and ``description`` (ignored on load).
 _COMPONENT_KEYS = {"name", "module", "params", "class", "description"}
-_KINDS: dict[str, type] = {"source": Source, "filter": Filter, "sink": Sink}
+#: The kinds of component a spec names, in its order.
+KINDS = ("source", "filter", "sink")
+
+
+def kind_of(cls: Any) -> str | None:
+    """``"source"``, ``"filter"`` or ``"sink"`` for a component class, else ``None``."""
+    if isinstance(cls, type) and issubclass(cls, Component):
+        return cls.component_kind or None
+    return None
 
 
 # --------------------------------------------------------------------------- saving
@@ -95,9 +103,9 @@ def component_to_spec(component: Any, kind: str) -> dict[str, Any]:
     """The ``{name, module, params}`` entry of one component."""
     cls = type(component)
     label = f"{kind} {cls.__qualname__}"
-    if not isinstance(component, _KINDS[kind]):
+    if kind_of(cls) != kind:
         raise SpecError(
-            f"{label}: only {_KINDS[kind].__name__} subclasses can be saved in a spec "
+            f"{label}: only {kind.capitalize()} subclasses can be saved in a spec "
             "(functions and lambdas run only on local backends)."
         )
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
@@ -152,145 +160,6 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-#: Largest spec file read (bytes): a spec is a few kilobytes; parsing more costs seconds.
-MAX_SPEC_BYTES = 1024 * 1024
-#: Deepest nesting of lists and mappings in a spec.
-MAX_SPEC_DEPTH = 64
-#: Most values in a spec, counting each use of a YAML alias in full (an alias bomb).
-MAX_SPEC_NODES = 100_000
-#: Most YAML aliases (``*name``) in a spec.
-MAX_SPEC_ALIASES = 100
-
-
-class _LimitedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses deep nesting and many aliases as it composes."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._aliases = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML's hook
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_SPEC_ALIASES:
-                raise _TooBig(f"more than {MAX_SPEC_ALIASES} YAML aliases")
-        self._depth += 1
-        try:
-            if self._depth > MAX_SPEC_DEPTH:
-                raise _TooBig(f"nested deeper than {MAX_SPEC_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _TooBig(Exception):
-    """A spec beyond :data:`MAX_SPEC_DEPTH`, :data:`MAX_SPEC_NODES` or the alias limit."""
-
-
-def _check_size(data: Any) -> None:
-    """Raise :class:`_TooBig` if ``data``, expanded, is too deep or has too many values."""
-    count = 0
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if count > MAX_SPEC_NODES:
-            raise _TooBig(f"more than {MAX_SPEC_NODES} values (YAML aliases count in full)")
-        if depth > MAX_SPEC_DEPTH:
-            raise _TooBig(f"nested deeper than {MAX_SPEC_DEPTH} levels")
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-            stack.extend((k, depth + 1) for k in value)
-        elif isinstance(value, list | tuple):
-            stack.extend((v, depth + 1) for v in value)
-
-
-def _read_regular_file(path: Path) -> bytes:
-    """At most :data:`MAX_SPEC_BYTES` of ``path``, which must be a regular file.
-
-    Opened without blocking (a FIFO with no writer would hang a plain open) and checked on
-    the open descriptor, so a device, FIFO or directory is refused before any read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found. Check the path.") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec ({exc.strerror}).") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "not a plain file")
-        raise SpecError(f"{path}: the spec is {kind}, not a regular file. Give a YAML or "
-                        "JSON file.")
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_SPEC_BYTES + 1)
-    if len(data) > MAX_SPEC_BYTES:
-        raise SpecError(
-            f"{path}: the spec is larger than {MAX_SPEC_BYTES // 1024} KiB. A spec names "
-            "components and their params; put bulk data in files the source reads."
-        )
-    return data
-
-
-def read_spec_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a spec file (YAML or JSON) into a dict, without building it.
-
-    Only a regular file of at most :data:`MAX_SPEC_BYTES` is read; YAML is safe-loaded
-    with at most :data:`MAX_SPEC_ALIASES` aliases, and no spec may nest deeper than
-    :data:`MAX_SPEC_DEPTH` or hold more than :data:`MAX_SPEC_NODES` values.
-
-    Raises
-    ------
-    SpecError
-        If the file is missing, not a regular file, too large, not valid YAML/JSON, or
-        too deep or too big once parsed.
-    """
-    path = Path(path)
-    raw = _read_regular_file(path)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SpecError(
-            f"{path}: the spec is not UTF-8 text (byte {exc.start}). Save it as UTF-8 YAML "
-            "or JSON."
-        ) from None
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader
-        _check_size(data)
-    except json.JSONDecodeError as exc:
-        raise SpecError(
-            f"{path}: JSON syntax error at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
-            "Fix the JSON."
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{path}: YAML syntax error{where}: {problem}. Fix the YAML.") from None
-    except _TooBig as exc:
-        raise SpecError(f"{path}: the spec has {exc}. Simplify it.") from None
-    except RecursionError:
-        raise SpecError(
-            f"{path}: the spec is nested deeper than {MAX_SPEC_DEPTH} levels. Simplify it."
-        ) from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a YAML date 2026-13-45
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SpecError(f"{path}: a value cannot be read: {first}. Fix the spec.") from None
-    if not isinstance(data, dict):
-        raise SpecError(
-            f"{path}: a spec must be a mapping with 'source', 'filters' and 'sink' keys, "
-            f"got {type(data).__name__}."
-        )
-    return data
 
 
 def _module_allowed(module: str, prefixes: tuple[str, ...] | None) -> bool:
@@ -496,7 +365,7 @@ def build_component(
         available = sorted(
             getattr(o, "name", "") or o.__name__
             for o in vars(module).values()
-            if inspect.isclass(o) and issubclass(o, _KINDS[kind]) and o is not _KINDS[kind]
+            if kind_of(o) == kind and "component_kind" not in vars(o)  # not the base class
             and o.__module__ == module.__name__
         )
         close = difflib.get_close_matches(name, available, n=1)
@@ -505,12 +374,12 @@ def build_component(
         raise UnknownClassError(
             f"{label}: no class named '{name}' in the module.{hint}{listing}",
             module_name, name, getattr(module, "__file__", None))
-    if not issubclass(cls, _KINDS[kind]):
-        actual = next((k for k, base in _KINDS.items() if issubclass(cls, base)), None)
+    if kind_of(cls) != kind:
+        actual = kind_of(cls)
         is_a = f"a {actual}" if actual else "not a pipeline component"
         raise SpecError(
             f"{label}: '{name}' is {is_a}, but a {kind} is needed here. "
-            f"Use a {_KINDS[kind].__name__} subclass."
+            f"Use a {kind.capitalize()} subclass."
         )
     if inspect.isabstract(cls):
         raise SpecError(
@@ -532,8 +401,8 @@ def check_spec_layout(spec: Any, origin: str) -> None:
     if not isinstance(spec, Mapping):
         raise SpecError(f"{origin}: a spec must be a mapping, got {type(spec).__name__}.")
     try:
-        _check_size(spec)  # a spec dict from Python, not only from a file
-    except _TooBig as exc:
+        check_size(spec)  # a spec dict from Python, not only from a file
+    except SpecTooBig as exc:
         raise SpecError(f"{origin}: the spec has {exc}. Simplify it.") from None
     extra = set(spec) - _TOP_LEVEL_KEYS
     if extra:
@@ -586,7 +455,11 @@ def build_pipeline(
         for n, entry in enumerate(spec.get("filters") or [])
     ]
     sink = build_component(spec["sink"], "sink", origin, "sink", prefixes)
-    return Pipeline(source, filters, sink, track_metrics=track_metrics)
+    pipeline = source.write(sink)  # the source's builders: no Pipeline import needed here
+    for f in filters:
+        pipeline = pipeline.filter(f)
+    pipeline.track_metrics = track_metrics
+    return pipeline
 
 
 def load_spec(path: str | os.PathLike[str]) -> Pipeline:
