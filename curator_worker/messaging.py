@@ -2,7 +2,7 @@
 
 Importing this module reads no environment and builds no app: a producer builds its own
 app for the cluster it talks to (:func:`create_app`) and sends tasks by name. The workers'
-app, configured from ``CURATOR_*`` at import, is :mod:`curator_worker.app`.
+app, configured from ``CURATOR_*`` at import, is :mod:`curator_worker.worker.app`.
 """
 
 from __future__ import annotations

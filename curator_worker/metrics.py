@@ -4,10 +4,12 @@ A pipeline with ``track_metrics=True`` (the default, as in physicsnemo-curator) 
 for every index it runs on any backend, the wall time of each stage (``source``, each
 filter by its ``name``, ``sink``), the index's wall time and peak Python memory
 (``tracemalloc``, when ``track_memory``), and the sink's paths or the error. The local
-backends record what their workers report; the ``celery`` backend copies the job store's
-records when the job ends. :attr:`Pipeline.metrics` reads them back as
-:class:`PipelineMetrics`, and ``run_pipeline(..., resume=True)`` skips the indices a
-previous run of the same pipeline (same components, same params) completed.
+backends record what their workers report, one store row per batch; the ``celery``
+backend copies the job store's batch blobs when the job ends, as they are (the store is
+:class:`~curator_worker.metrics_store.MetricsStore`; it decodes batches when read).
+:attr:`Pipeline.metrics` reads them back as :class:`PipelineMetrics`, and
+``run_pipeline(..., resume=True)`` skips the indices a previous run of the same pipeline
+(same components, same params) completed.
 
 One SQLite file per pipeline configuration, ``<db_dir>/<config hash>.db``; ``db_dir`` is
 the pipeline's, else ``$CURATOR_DB_DIR``, else ``$XDG_CACHE_HOME/curator-worker`` (default
@@ -24,9 +26,7 @@ import logging
 import os
 import re
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,37 +244,6 @@ def record_of(result: IndexResult, names: Mapping[str, str]) -> IndexRecord:
 MetricRow = tuple[int, int, str | None, str | None, int, int, str]
 
 
-def metric_rows_of_columns(
-    indices: Sequence[int], paths: Sequence[list[str] | None], micros: Sequence[int],
-    more: Mapping[str, Mapping[str, Any]], names: Mapping[str, str],
-) -> list[MetricRow]:
-    """The rows of a job store batch's columns
-    (:func:`~curator_worker.store.batch_results.decode_metric_columns`): what
-    :meth:`MetricsStore.record` stores for the same indices run locally
-    (:func:`record_of`), without a record object per index (a million indices' copy is
-    seconds shorter)."""
-    dumps = json.dumps
-    rows: list[MetricRow] = []
-    append = rows.append
-    for position, (index, found, us) in enumerate(zip(indices, paths, micros, strict=True)):
-        wall = round(us / 1e6 * 1e9)
-        extra = more.get(str(position)) if more else None
-        if extra is None and found is not None:  # the usual index: a success, no extras
-            append((index, 1, dumps(found), None, wall, 0, "[]"))
-            continue
-        extra = extra or {}
-        if found is None:
-            err = extra.get("error") or {}
-            append((index, 0, None, f"{err.get('type', 'Error')}: {err.get('message', '')}",
-                    wall, 0, "[]"))
-            continue
-        stages = _stages(extra.get("stages"), names)
-        append((index, 1, dumps(list(found)), None, wall,
-                round(float(extra.get("peak_mb", 0.0)) * 2**20),
-                dumps(stages) if stages else "[]"))
-    return rows
-
-
 def rows_of(records: Iterable[IndexRecord]) -> list[MetricRow]:
     """The metrics store's rows (:data:`MetricRow`) of ``records``."""
     dumps = json.dumps
@@ -284,19 +253,70 @@ def rows_of(records: Iterable[IndexRecord]) -> list[MetricRow]:
             for r in records]
 
 
-def safe_record_rows(pipeline: Pipeline, rows: Sequence[MetricRow]) -> None:
-    """Record ready rows into ``pipeline``'s store (:func:`metric_rows_of_columns`,
-    :func:`rows_of`); a store that cannot be written only logs a warning.
-
-    The outputs of a run never depend on its metrics being saved.
-    """
-    if not rows or not pipeline.track_metrics:
-        return
+def _guarded(pipeline: Pipeline, write: Callable[[Any], Any]) -> Any:
+    """``write(store)`` on ``pipeline``'s store; a store that cannot be written only logs a
+    warning (and gives ``None``): the outputs of a run never depend on its metrics."""
     try:
-        pipeline.metrics_store().record_rows(pipeline.invocation_id, rows)
+        return write(pipeline.metrics_store())
     except (sqlite3.Error, OSError) as exc:
         log.warning("could not record metrics in %s: %s: %s",
                     getattr(pipeline, "db_path", None), type(exc).__name__, exc)
+        return None
+
+
+def safe_record_rows(pipeline: Pipeline, rows: Sequence[MetricRow]) -> None:
+    """Record ready per-index rows (:func:`rows_of`) into ``pipeline``'s store; a store
+    that cannot be written only logs a warning."""
+    if rows and pipeline.track_metrics:
+        _guarded(pipeline, lambda store: store.record_rows(pipeline.invocation_id, rows))
+
+
+def safe_record_results(pipeline: Pipeline, results: Sequence[IndexResult],
+                        names: Mapping[str, str]) -> None:
+    """Record a local batch's results into ``pipeline``'s store as one row
+    (:meth:`MetricsStore.record_results`); a store that cannot be written only logs a
+    warning.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The pipeline that ran them (nothing is recorded without ``track_metrics``).
+    results : Sequence[IndexResult]
+        The batch's results.
+    names : Mapping[str, str]
+        :func:`stage_names` of the pipeline.
+    """
+    if results and pipeline.track_metrics:
+        _guarded(pipeline, lambda store: store.record_results(
+            pipeline.invocation_id, results, names))
+
+
+def safe_record_job_blobs(pipeline: Pipeline, blobs: Iterable[bytes | str],
+                          names: Mapping[str, str]) -> int:
+    """Record a celery job's result blobs into ``pipeline``'s store as they are, one row
+    per batch (:meth:`MetricsStore.record_job_blobs`); a store that cannot be written only
+    logs a warning. Errors raised by ``blobs`` itself (other than ``OSError``) propagate.
+
+    Returns
+    -------
+    int
+        The number of batches stored (0 when the store could not be written).
+    """
+    if not pipeline.track_metrics:
+        return 0
+    stored = _guarded(pipeline, lambda store: store.record_job_blobs(
+        pipeline.invocation_id, blobs, names))
+    return stored or 0
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`MetricsStore` lives in :mod:`curator_worker.metrics_store` (imported on
+    first use: that module builds on this one)."""
+    if name == "MetricsStore":
+        from curator_worker.metrics_store import MetricsStore
+
+        return MetricsStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- where
@@ -334,148 +354,8 @@ def pipeline_key(pipeline: Pipeline) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- the store
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    invocation TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    ok INTEGER NOT NULL,
-    paths TEXT,
-    error TEXT,
-    wall_time_ns INTEGER NOT NULL DEFAULT 0,
-    peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
-    stages TEXT NOT NULL DEFAULT '[]',
-    finished REAL NOT NULL,
-    PRIMARY KEY (invocation, idx)
-);
-CREATE INDEX IF NOT EXISTS results_by_index ON results (idx, finished);
-"""
-
-
-class MetricsStore:
-    """A SQLite file of per-index records, shared by the runs of one pipeline configuration.
-
-    Safe to use from several threads; each process opens its own connection. Write
-    transactions are short (one per batch), readers never block writers (WAL).
-
-    Parameters
-    ----------
-    path : str | os.PathLike
-        The database file (its folder is created).
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = -1
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            with conn:
-                conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
-
-    def close(self) -> None:
-        """Close this process's connection (reopened on next use)."""
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
-
-    def record(self, invocation: str, records: Iterable[IndexRecord]) -> None:
-        """Store ``records`` under ``invocation`` (a later record of an index replaces it)."""
-        self.record_rows(invocation, rows_of(records))
-
-    def record_rows(self, invocation: str, rows: Sequence[MetricRow]) -> None:
-        """Store ready rows (:data:`MetricRow`) under ``invocation``, in one transaction."""
-        if not rows:
-            return
-        now = time.time()
-        with self._lock:
-            conn = self._connection()
-            with conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(invocation, *row, now) for row in rows])
-
-    def metrics(self, invocation: str) -> PipelineMetrics:
-        """The completed indices of ``invocation``, in index order."""
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT idx, stages, wall_time_ns, peak_memory_bytes FROM results "
-                "WHERE invocation = ? AND ok = 1 ORDER BY idx", (invocation,)).fetchall()
-        return PipelineMetrics([
-            IndexMetrics(idx, [StageMetrics(n, ns) for n, ns in json.loads(stages)], wall, peak)
-            for idx, stages, wall, peak in rows
-        ])
-
-    def completed(self, invocation: str | None = None) -> dict[int, list[str]]:
-        """Index to sink paths of completed indices: of ``invocation``, or of any run.
-
-        Over every run, an index counts when its latest record is a success.
-        """
-        with self._lock:
-            conn = self._connection()
-            if invocation is not None:
-                rows = conn.execute("SELECT idx, paths FROM results WHERE invocation = ? "
-                                    "AND ok = 1", (invocation,)).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT idx, ok, paths FROM results ORDER BY idx, finished").fetchall()
-                latest = {idx: (ok, paths) for idx, ok, paths in rows}
-                rows = [(idx, paths) for idx, (ok, paths) in latest.items() if ok]
-        return {idx: json.loads(paths) for idx, paths in rows}
-
-    def failed(self, invocation: str) -> dict[int, str]:
-        """Index to ``"Type: message"`` of the failed indices of ``invocation``."""
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT idx, error FROM results WHERE invocation = ? AND ok = 0 ORDER BY idx",
-                (invocation,)).fetchall()
-        return dict(rows)
-
-    def adopt(self, invocation: str, indices: Sequence[int]) -> None:
-        """Copy the latest successful record of each of ``indices`` into ``invocation``.
-
-        A resumed run's pipeline then reports the indices it skipped as its own.
-        """
-        wanted = set(indices)
-        if not wanted:
-            return
-        with self._lock:
-            conn = self._connection()
-            rows = conn.execute(
-                "SELECT idx, paths, wall_time_ns, peak_memory_bytes, stages FROM results "
-                "WHERE ok = 1 AND invocation != ? ORDER BY idx, finished",
-                (invocation,)).fetchall()
-            latest = {row[0]: row for row in rows if row[0] in wanted}
-            now = time.time()
-            with conn:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, 1, ?, NULL, ?, ?, ?, ?)",
-                    [(invocation, idx, paths, wall, peak, stages, now)
-                     for idx, paths, wall, peak, stages in latest.values()])
-
-    def reset(self, invocation: str | None = None) -> None:
-        """Forget the records of ``invocation`` (of every run when ``None``)."""
-        with self._lock:
-            conn = self._connection()
-            with conn:
-                if invocation is None:
-                    conn.execute("DELETE FROM results")
-                else:
-                    conn.execute("DELETE FROM results WHERE invocation = ?", (invocation,))
-
-
 def safe_record(pipeline: Pipeline, records: Sequence[IndexRecord]) -> None:
-    """Record into ``pipeline``'s store; a store that cannot be written only logs a warning
-    (:func:`safe_record_rows`)."""
+    """Record ``records`` into ``pipeline``'s store, one row each (``pipeline[i]`` records
+    one index at a time); a store that cannot be written only logs a warning."""
     if records and pipeline.track_metrics:
         safe_record_rows(pipeline, rows_of(records))

@@ -281,7 +281,7 @@ def _ignore_result(app: Celery) -> bool | None:
     """What Celery's own publish puts in the ``ignore_result`` header.
 
     ``None`` when ``curator.run_batch`` is not registered in this process; the task's
-    setting when it is (tasks are shared across apps once ``curator_worker.tasks`` is
+    setting when it is (tasks are shared across apps once ``curator_worker.worker.tasks`` is
     imported, as in a worker or a test process).
     """
     task = app.tasks.get(RUN_BATCH)

@@ -19,16 +19,10 @@ from curator_worker.contract.pipeline import Pipeline
 from curator_worker.contract.spec import pipeline_to_spec, spec_hash
 from curator_worker.embedded import LocalCluster
 from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
-from curator_worker.metrics import (
-    MetricRow,
-    metric_rows_of_columns,
-    safe_record_rows,
-    stage_names,
-)
+from curator_worker.metrics import safe_record_job_blobs, stage_names
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.store import PARTIAL, SUCCEEDED
-from curator_worker.store.reads import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -82,34 +76,24 @@ def _job_options(kwargs: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
             "trace_memory": bool(options.get("trace_memory", tracked and pipeline.track_memory))}
 
 
-#: Records copied into the local metrics store per write (bounds the producer's memory).
-METRICS_COPY_CHUNK = 20_000
-
-
 def record_job_metrics(pipeline: Pipeline, store: Any, job_id: str) -> None:
     """Copy a job's per-index records from the job store into the pipeline's metrics store.
 
     The job store already holds each index's wall time, stage timings (one fast index in
     16, every slow one) and, with ``trace_memory``, peak memory; copying them lets
     :attr:`Pipeline.metrics` and ``resume`` work as on the local backends, also after an
-    embedded cluster is gone. Streamed: one batch's records decoded at a time, written
-    :data:`METRICS_COPY_CHUNK` at a time (a later retry round's record of an index
-    replaces the earlier one). Never raises: metrics must not fail a run.
+    embedded cluster is gone. Each committed batch's blob is stored as it is, one row per
+    batch (:meth:`~curator_worker.metrics_store.MetricsStore.record_job_blobs`), streamed
+    from Redis a few at a time: no index is decoded until the metrics are read. Planned
+    batches come first, then retry rounds in order, so a retry's record of an index
+    supersedes the earlier one. Never raises: metrics must not fail a run.
     """
     if not pipeline.track_metrics:
         return
     try:
-        names = stage_names(pipeline)
-        # thousands of small objects: a cyclic collection would walk them all, several
-        # times (it cost more than the copy itself)
-        with collector_paused():
-            pending: list[MetricRow] = []
-            for columns in store.streamed_metric_columns(job_id):
-                pending += metric_rows_of_columns(*columns, names)
-                if len(pending) >= METRICS_COPY_CHUNK:  # a million records: ~1 GB at once
-                    safe_record_rows(pipeline, pending)
-                    pending = []
-            safe_record_rows(pipeline, pending)
+        stored = safe_record_job_blobs(pipeline, store.streamed_result_blobs(job_id),
+                                       stage_names(pipeline))
+        log.debug("job %s: %d batches' metrics copied", job_id, stored)
     except Exception as exc:  # noqa: BLE001 - a broken job store must not hide the outcome
         log.warning("job %s: could not copy its metrics: %s: %s", job_id,
                     type(exc).__name__, exc)

@@ -55,7 +55,7 @@ from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_ba
 from curator_worker.contract.pipeline import Pipeline, is_stateful
 from curator_worker.contract.planning import auto_batch_size, pack_groups
 from curator_worker.errors import JobFailedError
-from curator_worker.metrics import record_of, safe_record, stage_names
+from curator_worker.metrics import safe_record_results, stage_names
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
 from curator_worker.shards import (
@@ -424,7 +424,7 @@ class LocalRun:
     def _record(self, results: Sequence[IndexResult]) -> None:
         """Record ``results`` in the pipeline's metrics store (with ``track_metrics``)."""
         if self.pipeline.track_metrics:
-            safe_record(self.pipeline, [record_of(r, self._names) for r in results])
+            safe_record_results(self.pipeline, results, self._names)
 
     def fail(self, index: int, record: dict[str, Any]) -> None:
         """Record ``index`` as failed with ``record`` (it contributes no filter state)."""

@@ -8,7 +8,7 @@ from curator_worker.backends.local import RunResult, parse_options
 from curator_worker.batch import IndexResult, error_record, execute_batch
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.errors import index_failed
-from curator_worker.metrics import record_of, safe_record, stage_names
+from curator_worker.metrics import safe_record_results, stage_names
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.shards import flush_final, output_path_of
@@ -68,7 +68,7 @@ class SequentialBackend(RunBackend):
                 raise index_failed(exc, current[-1], self.name) from exc
             finally:
                 if tracked:
-                    safe_record(pipeline, [record_of(r, names) for r in finished])
+                    safe_record_results(pipeline, finished, names)
             progress.update(len(finished), force=True)
         for n in outcome.stateful_positions:
             flush_final(outcome.filters[n], output_path_of(pipeline.filters[n]))

@@ -159,7 +159,8 @@ def decode_metric_columns(
 ) -> tuple[Sequence[int], list[list[str] | None], list[int], dict[str, dict[str, Any]]]:
     """A blob's indices, paths (``None``: failed), microseconds and sparse extras
     (position as str -> ``error``, ``stages``, ``peak_mb``, ...), without building a
-    record per index: for copying many indices' metrics at once."""
+    record per index: for reading many indices' metrics at once (the metrics store keeps
+    a celery job's blobs as they are and decodes them when read)."""
     data = _columns(blob)
     rest = json.loads(data["rest"])
     return _indices(data["index"]), data["paths"], rest["us"], rest["more"] or {}

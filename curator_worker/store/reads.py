@@ -149,19 +149,16 @@ class JobReads:
             out.append(found[1] if found is not None else None)
         return out
 
-    def streamed_metric_columns(
-        self, job_id: str
-    ) -> Iterator[tuple[Sequence[int], list[list[str] | None], list[int], dict[str, Any]]]:
-        """:func:`~curator_worker.store.batch_results.decode_metric_columns` of each
-        committed batch, one batch at a time.
+    def streamed_result_blobs(self, job_id: str) -> Iterator[bytes]:
+        """Each committed batch's result blob as stored (see
+        :mod:`~curator_worker.store.batch_results`), a few at a time from Redis.
 
-        Planned batches come first, then retry rounds in round order, so a later record
-        of an index supersedes an earlier one (a retry round only runs indices that had
-        failed). For readers that must see every index of a large job without holding
-        them all (:meth:`result_records` builds every record at once).
+        Planned batches come first, then retry rounds in round order, so a later blob's
+        record of an index supersedes an earlier one (a retry round only runs indices that
+        had failed). For copying every batch of a large job without decoding or holding
+        them all (:func:`~curator_worker.backends.celery.record_job_metrics`).
         """
-        for blob in self._streamed_blobs(job_id):
-            yield batch_results.decode_metric_columns(blob)
+        return self._streamed_blobs(job_id)
 
     def _streamed_blobs(self, job_id: str, count: int = 64) -> Iterator[bytes]:
         """Committed batches' result blobs, ``count`` at a time from Redis: planned batches

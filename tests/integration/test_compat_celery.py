@@ -93,14 +93,15 @@ def test_resume_on_a_cluster_counts_earlier_jobs_of_the_same_spec(
 def test_the_metrics_copy_streams_batches_and_a_retry_rounds_success_wins(
     tmp_path: Path, redis_server, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Copied a few records at a time (a million would not fit at once); an index failed in
+    """Copied a few batches per transaction (a million would not fit at once); an index failed in
     the first round and retried keeps the retry's success."""
+    from curator_worker import metrics_store
     from curator_worker.backends import celery as celery_backend
     from curator_worker.batch import IndexResult, error_record
     from curator_worker.store import JobStore
     from curator_worker.store.batch_results import encode
 
-    monkeypatch.setattr(celery_backend, "METRICS_COPY_CHUNK", 2)
+    monkeypatch.setattr(metrics_store, "BLOBS_PER_TRANSACTION", 1)
     store = JobStore.from_url(redis_server.url)
     job = "metrics-copy-stream"
     batches = [("b000000", [0, 1]), ("b000001", [2, 3, 4])]

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from celery import Celery, signals
 from celery.utils.saferepr import saferepr
-from curator_worker.log_context import WORKER_LOG_FORMAT
 from kombu import Exchange, Queue
 from packaging.requirements import Requirement
 
@@ -30,6 +29,7 @@ from curator_worker.compat import kombu as kombu_compat
 from curator_worker.config import Settings
 from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.trust import GuardedConsumer
+from curator_worker.worker.log_context import WORKER_LOG_FORMAT
 from producer.publish import frozen_body
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import redis
 
 from curator_worker import (
     Filter,
@@ -235,8 +236,8 @@ def test_store_is_sqlite_readable_by_other_tools(tmp_path: Path) -> None:
     p = counted(3, db_dir=tmp_path)
     run_pipeline(p)
     rows = sqlite3.connect(p.db_path).execute(
-        "SELECT idx, ok FROM results ORDER BY idx").fetchall()
-    assert rows == [(0, 1), (1, 1), (2, 1)]
+        "SELECT idx, ok, paths FROM index_outcomes ORDER BY idx").fetchall()
+    assert rows == [(0, 1, '["out/0-0"]'), (1, 1, '["out/1-1"]'), (2, 1, '["out/2-2"]')]
 
 
 # --------------------------------------------------------------------------- resume
@@ -310,14 +311,15 @@ def test_thread_backend_traces_memory_for_every_index(tmp_path: Path) -> None:
     assert all(m.peak_memory_bytes > 0 for m in p.metrics.indices)
 
 
-def test_rows_copied_from_a_job_store_batch_equal_what_a_local_run_records(
+def test_a_copied_job_store_batch_reads_as_what_a_local_run_records(
     tmp_path: Path,
 ) -> None:
-    """The celery backend's copy (columns of a committed batch) stores exactly the rows a
-    local backend stores for the same results: successes, a failure, stages, memory."""
+    """The celery backend's copy (a committed batch's blob, as is) reads back exactly as
+    the same results recorded by a local backend (one row per batch) or one row per index
+    (``pipeline[i]``): successes, a failure, stages, memory."""
     from curator_worker.batch import IndexResult, error_record
-    from curator_worker.metrics import metric_rows_of_columns, record_of
-    from curator_worker.store.batch_results import decode_metric_columns, encode
+    from curator_worker.metrics import record_of
+    from curator_worker.store.batch_results import encode
 
     names = {"source": "source", "filter[0]:OffsetFilter": "offset", "sink": "sink"}
     results = [
@@ -328,17 +330,177 @@ def test_rows_copied_from_a_job_store_batch_equal_what_a_local_run_records(
         IndexResult(6, error=error_record(ValueError("bad row"))),
         IndexResult(7, paths=[], seconds=0.004, tries=2),
     ]
-    local, copied = MetricsStore(tmp_path / "local.db"), MetricsStore(tmp_path / "copy.db")
-    local.record("inv", [record_of(r, names) for r in results])
-    copied.record_rows("inv", metric_rows_of_columns(
-        *decode_metric_columns(encode(results).blob), names))
+    stores = [MetricsStore(tmp_path / f"{name}.db") for name in ("rows", "local", "copy")]
+    stores[0].record("inv", [record_of(r, names) for r in results])
+    stores[1].record_results("inv", results, names)
+    stores[2].record_job_blobs("inv", [encode(results).blob.encode()], names)
 
-    def rows(store: MetricsStore) -> list[tuple]:
-        with sqlite3.connect(store.path) as conn:
-            return conn.execute("SELECT invocation, idx, ok, paths, error, wall_time_ns, "
-                                "peak_memory_bytes, stages FROM results ORDER BY idx").fetchall()
+    def reads(store: MetricsStore) -> tuple:
+        return store.metrics("inv"), store.completed("inv"), store.failed("inv")
 
-    assert rows(copied) == rows(local)
-    assert [r[2] for r in rows(copied)] == [1, 1, 0, 1]
-    assert json.loads(rows(copied)[1][7]) == [["source", 1_000_000], ["offset", 500_000],
-                                              ["sink", 1_500_000]]
+    assert reads(stores[2]) == reads(stores[1]) == reads(stores[0])
+    metrics, completed, failed = reads(stores[2])
+    assert [m.index for m in metrics.indices] == [4, 5, 7]
+    assert completed == {4: ["/o/4"], 5: ["/o/5", "/o/5b"], 7: []}
+    assert failed == {6: "ValueError: bad row"}
+    assert metrics.indices[1] == IndexMetrics(
+        5, [StageMetrics("source", 1_000_000), StageMetrics("offset", 500_000),
+            StageMetrics("sink", 1_500_000)], 3_000_000, 1_572_864)
+
+
+# --------------------------------------------------------------------------- batch rows
+
+
+def _old_release_store(path: Path, rows: list[tuple]) -> None:
+    """A store as earlier releases wrote it: table ``results`` only, one row per index."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript("""
+            CREATE TABLE results (
+                invocation TEXT NOT NULL, idx INTEGER NOT NULL, ok INTEGER NOT NULL,
+                paths TEXT, error TEXT, wall_time_ns INTEGER NOT NULL DEFAULT 0,
+                peak_memory_bytes INTEGER NOT NULL DEFAULT 0,
+                stages TEXT NOT NULL DEFAULT '[]', finished REAL NOT NULL,
+                PRIMARY KEY (invocation, idx));
+            CREATE INDEX results_by_index ON results (idx, finished);""")
+        conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def test_batch_rows_merge_with_per_index_rows_of_an_older_store(tmp_path: Path) -> None:
+    """Local batches and job blobs are stored one row per batch; every read merges them
+    with the per-index rows of a store written by an earlier release, latest record wins."""
+    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.store.batch_results import encode
+
+    names = {"source": "source", "filter[0]:Grow": "Grow it", "sink": "sink"}
+    now = time.time()
+    _old_release_store(tmp_path / "m.db", [
+        ("old", 0, 1, '["/old/0"]', None, 10, 20, '[["source", 5]]', now - 100),
+        ("old", 1, 1, '["/old/1"]', None, 11, 0, "[]", now - 100),
+        ("old", 2, 0, None, "KeyError: 'x'", 12, 0, "[]", now - 100),
+        ("old", 5, 0, None, "OSError: disk", 13, 0, "[]", now + 3600),  # finished later
+    ])
+    store = MetricsStore(tmp_path / "m.db")
+    # a local batch: 1 fails now, 2 and 5 succeed; indices not consecutive, out of order
+    local = [
+        IndexResult(5, paths=["/b/5"], seconds=0.25, stages={"source": 0.125, "sink": 0.5},
+                    peak_mb=1.5),
+        IndexResult(1, error=error_record(ValueError("bad"))),
+        IndexResult(2, paths=None, seconds=0.0625),
+    ]
+    store.record_results("local", local, names)
+    # a job: 3 fails in the planned batch, succeeds in its retry round; 4 fails twice
+    fail = IndexResult(3, error=error_record(RuntimeError("first")))
+    planned = encode([fail, IndexResult(4, error=error_record(RuntimeError("again")))]).blob
+    retry = encode([IndexResult(3, paths=["/j/3"], seconds=0.003, tries=2),
+                    IndexResult(4, error=error_record(RuntimeError("still")))]).blob
+    assert store.record_job_blobs("job", iter([planned.encode(), retry]), names) == 2
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT count(*) FROM batches").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM results").fetchone() == (4,)
+
+    assert store.completed("old") == {0: ["/old/0"], 1: ["/old/1"]}
+    assert store.failed("old") == {2: "KeyError: 'x'", 5: "OSError: disk"}
+    assert store.completed("local") == {5: ["/b/5"], 2: []}
+    assert store.failed("local") == {1: "ValueError: bad"}
+    assert store.completed("job") == {3: ["/j/3"]}
+    assert store.failed("job") == {4: "RuntimeError: still"}
+    # over every run: 1 failed after the old success; 5's old failure finished last
+    assert store.completed() == {0: ["/old/0"], 2: [], 3: ["/j/3"]}
+
+    metrics = store.metrics("local")
+    assert [m.index for m in metrics.indices] == [2, 5]
+    assert metrics.indices[1] == IndexMetrics(
+        5, [StageMetrics("source", 125_000_000), StageMetrics("sink", 500_000_000)],
+        250_000_000, 1_572_864)
+    assert store.metrics("old").indices == [IndexMetrics(0, [StageMetrics("source", 5)], 10, 20),
+                                            IndexMetrics(1, [], 11, 0)]
+    assert store.metrics("job").indices == [IndexMetrics(3, [], 3_000_000, 0)]
+
+    store.adopt("resumed", [0, 1, 2, 3, 4])  # the latest success of each; 4 has none
+    assert store.completed("resumed") == {0: ["/old/0"], 1: ["/old/1"], 2: [], 3: ["/j/3"]}
+    assert [m.index for m in store.metrics("resumed").indices] == [0, 1, 2, 3]
+    assert store.metrics("resumed").indices[0] == store.metrics("old").indices[0]
+
+    with sqlite3.connect(store.path) as conn:  # readable without curator-worker
+        seen = conn.execute("SELECT idx, ok, paths FROM index_outcomes WHERE invocation = ? "
+                            "ORDER BY idx, ok", ("job",)).fetchall()
+    assert seen == [(3, 0, None), (3, 1, '["/j/3"]'), (4, 0, None), (4, 0, None)]
+
+    store.reset("job")
+    assert store.completed("job") == {} and store.failed("job") == {}
+    assert store.completed("local") == {5: ["/b/5"], 2: []}
+    store.reset()
+    assert store.completed() == {} and store.metrics("old").indices == []
+
+
+def test_a_job_copy_keeps_the_order_of_its_blobs(tmp_path: Path) -> None:
+    """Blobs copied in one call share a finish time: their order decides which record of
+    an index is the latest."""
+    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.store.batch_results import encode
+
+    ok = encode([IndexResult(7, paths=["/7"], seconds=0.001)]).blob
+    bad = encode([IndexResult(7, error=error_record(RuntimeError("no")))]).blob
+    store = MetricsStore(tmp_path / "m.db")
+    store.record_job_blobs("first-ok", [ok, bad], {})
+    store.record_job_blobs("first-bad", [bad, ok], {})
+    assert store.failed("first-ok") == {7: "RuntimeError: no"}
+    assert store.completed("first-bad") == {7: ["/7"]}
+
+
+def test_an_unreadable_batch_row_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from curator_worker.batch import IndexResult
+
+    store = MetricsStore(tmp_path / "m.db")
+    store.record_job_blobs("inv", ['{"v": 99}'], {})
+    store.record_results("inv", [IndexResult(1, paths=["/1"], seconds=0.5)], {})
+    with caplog.at_level(logging.WARNING, logger="curator_worker.metrics"):
+        assert store.completed("inv") == {1: ["/1"]}
+    assert "unreadable" in caplog.text
+
+
+def test_local_runs_store_one_row_per_batch(tmp_path: Path) -> None:
+    p = counted(6, db_dir=tmp_path)
+    run_pipeline(p, backend="thread", n_jobs=2, batch_size=3)
+    with sqlite3.connect(p.db_path) as conn:
+        assert conn.execute("SELECT count(*), min(format) FROM batches").fetchone() == (
+            2, "local-v1")
+        assert conn.execute("SELECT count(*) FROM results").fetchone() == (0,)
+    assert p.completed_indices == set(range(6))
+
+
+class FakeJobStore:
+    """What ``record_job_metrics`` reads: a job's result blobs, streamed."""
+
+    def __init__(self, blobs: list[str], fail_after: int | None = None) -> None:
+        self.blobs, self.fail_after = blobs, fail_after
+
+    def streamed_result_blobs(self, job_id: str) -> Iterator[bytes]:
+        for n, blob in enumerate(self.blobs):
+            if n == self.fail_after:
+                raise redis.exceptions.ConnectionError("redis went away")
+            yield blob.encode()
+
+
+def test_the_celery_copy_stores_blobs_and_never_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curator_worker import metrics_store
+    from curator_worker.backends.celery import record_job_metrics
+    from curator_worker.batch import IndexResult
+    from curator_worker.store.batch_results import encode
+
+    monkeypatch.setattr(metrics_store, "BLOBS_PER_TRANSACTION", 2)
+    blobs = [encode([IndexResult(i, paths=[f"/{i}"], seconds=0.001)]).blob for i in range(5)]
+    p = counted(6, db_dir=tmp_path)
+    record_job_metrics(p, FakeJobStore(blobs), "job")
+    assert [m.index for m in p.metrics.indices] == [0, 1, 2, 3, 4]
+    assert p.output_paths_for_index(4) == ["/4"]
+
+    q = counted(6, db_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        record_job_metrics(q, FakeJobStore(blobs, fail_after=3), "job")
+    assert "could not copy its metrics" in caplog.text
+    assert q.completed_indices == {0, 1}  # the transactions before the error stay
