@@ -11,6 +11,7 @@ here unchanged::
 from typing import Any
 
 from curator_worker import earlier_import_paths
+from curator_worker.contract.partitions import intersect_partitions
 from curator_worker.contract.pipeline import (
     REQUIRED,
     Filter,
@@ -20,7 +21,7 @@ from curator_worker.contract.pipeline import (
     Sink,
     Source,
 )
-from curator_worker.contract.planning import batch_groups, intersect_partitions
+from curator_worker.contract.planning import batch_groups
 from curator_worker.errors import (
     CuratorError,
     IndexSelectionError,

@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import socket
 import time
-import traceback
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator_worker.contract.indices import ints_in_range
 from curator_worker.contract.pipeline import Filter, Pipeline, is_stateful
-from curator_worker.contract.planning import ints_in_range
 from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
+from curator_worker.outcome import IndexResult, error_record
 from curator_worker.policy import BatchPolicy
 
 log = logging.getLogger(__name__)
 
-HOSTNAME = socket.gethostname()
 #: Indices at least this long (seconds) always get per-stage timings.
 STAGE_TIMING_ALWAYS = 0.1
 #: After an index shorter than :data:`STAGE_TIMING_ALWAYS`, stages are timed on one index
@@ -36,44 +33,6 @@ STAGE_TIMING_ALWAYS = 0.1
 #: than a microsecond index itself, and on a CPU just woken from a sleeping index about
 #: 0.3 % of a 20 ms index (measured); sampling keeps that near zero.
 STAGE_TIMING_SAMPLE = 16
-
-
-@dataclass(slots=True)
-class IndexResult:
-    """The outcome of one index: the sink's paths, or the error."""
-
-    index: int
-    paths: list[str] | None = None
-    error: dict[str, Any] | None = None
-    seconds: float = 0.0
-    attempt: int = 1
-    tries: int = 1
-    stages: dict[str, float] | None = None
-    finished: float | None = None
-    peak_mb: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the index succeeded."""
-        return self.error is None
-
-    def as_record(self) -> dict[str, Any]:
-        """The JSON record stored in the job store (seconds in whole µs, ``end`` in ms)."""
-        record: dict[str, Any] = {"index": self.index, "seconds": round(self.seconds * 1e6) / 1e6,
-                                  "attempt": self.attempt}
-        if self.tries > 1:
-            record["tries"] = self.tries
-        if self.error is not None:
-            record["error"] = self.error
-            return record
-        record["paths"] = self.paths
-        if self.stages:
-            record["stages"] = {k: round(v, 6) for k, v in self.stages.items()}
-        if self.finished is not None:
-            record["end"] = round(self.finished * 1e3) / 1e3
-        if self.peak_mb is not None:
-            record["peak_mb"] = round(self.peak_mb, 3)
-        return record
 
 
 @dataclass
@@ -89,26 +48,6 @@ class BatchOutcome:
     def n_ok(self) -> int:
         """Indices that succeeded."""
         return sum(1 for r in self.results if r.ok)
-
-
-def error_record(
-    exc: BaseException, attempt: int = 1, kind: str = "error", tries: int = 1
-) -> dict[str, Any]:
-    """A JSON-ready description of ``exc``: kind, type, message, traceback, attempts, host, pid.
-
-    ``kind`` is ``error``, ``timeout``, ``memory``, ``batch_time_limit``, ``crash`` or
-    ``systemic``; ``attempt`` is the batch's delivery, ``tries`` the index's own attempts.
-    """
-    return {
-        "kind": kind,
-        "type": type(exc).__name__,
-        "message": str(exc)[:2000],
-        "traceback": "".join(traceback.format_exception(exc))[-8000:],
-        "attempt": attempt,
-        "tries": tries,
-        "host": HOSTNAME,
-        "pid": os.getpid(),
-    }
 
 
 def execute_batch(

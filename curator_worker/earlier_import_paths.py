@@ -13,7 +13,7 @@ import importlib.abc
 import importlib.util
 import sys
 from importlib.machinery import ModuleSpec
-from types import ModuleType
+from types import CodeType, ModuleType
 
 #: Old module name -> where the module lives now.
 MOVED: dict[str, str] = {
@@ -46,6 +46,17 @@ class EarlierImportPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # the import system sets the alias's spec on the module: kept to put back
         self._home_specs[module.__name__] = module.__spec__
         return module
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        """The moved module's code, for ``python -m <old name>`` (which runs it as
+        ``__main__``)."""
+        home = importlib.util.find_spec(MOVED[fullname])
+        loader = home.loader if home is not None else None
+        get_code = getattr(loader, "get_code", None)
+        return get_code(MOVED[fullname]) if get_code is not None else None
+
+    def is_package(self, fullname: str) -> bool:
+        return False
 
     def exec_module(self, module: ModuleType) -> None:
         module.__spec__ = self._home_specs.get(module.__name__, module.__spec__)

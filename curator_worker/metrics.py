@@ -31,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curator_worker.contract.spec import pipeline_to_spec, spec_hash
+from curator_worker.errors import CuratorError
+
 if TYPE_CHECKING:
-    from curator_worker.batch import IndexResult
     from curator_worker.contract.pipeline import Pipeline
+    from curator_worker.outcome import IndexResult
 
 log = logging.getLogger(__name__)
 
@@ -309,16 +312,6 @@ def safe_record_job_blobs(pipeline: Pipeline, blobs: Iterable[bytes | str],
     return stored or 0
 
 
-def __getattr__(name: str) -> Any:
-    """:class:`MetricsStore` lives in :mod:`curator_worker.metrics_store` (imported on
-    first use: that module builds on this one)."""
-    if name == "MetricsStore":
-        from curator_worker.metrics_store import MetricsStore
-
-        return MetricsStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # --------------------------------------------------------------------------- where
 
 
@@ -337,9 +330,6 @@ def pipeline_key(pipeline: Pipeline) -> str:
     The spec hash when the pipeline can be saved as a spec; otherwise a hash of each
     component's class and constructor arguments.
     """
-    from curator_worker.contract.spec import pipeline_to_spec, spec_hash
-    from curator_worker.errors import CuratorError
-
     try:
         return spec_hash(pipeline_to_spec(pipeline))
     except (CuratorError, TypeError, ValueError):

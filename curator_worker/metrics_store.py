@@ -39,7 +39,7 @@ from curator_worker.metrics import (
 )
 
 if TYPE_CHECKING:
-    from curator_worker.batch import IndexResult
+    from curator_worker.outcome import IndexResult
 
 log = logging.getLogger("curator_worker.metrics")
 
@@ -127,7 +127,7 @@ def encode_local_batch(results: Sequence[IndexResult]) -> str:
 
     Examples
     --------
-    >>> from curator_worker.batch import IndexResult
+    >>> from curator_worker.outcome import IndexResult
     >>> encode_local_batch([IndexResult(3, ["a"], seconds=0.5)])
     '{"v": "local-v1", "index": {"start": 3, "count": 1}, "paths": [["a"]], "seconds": [0.5]}'
     """

@@ -16,8 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from curator_worker.contract.indices import check_indices
+from curator_worker.contract.partitions import intersect_partitions
 from curator_worker.contract.pipeline import Pipeline
-from curator_worker.contract.planning import batch_groups, check_indices, intersect_partitions
+from curator_worker.contract.planning import batch_groups
 
 log = logging.getLogger(__name__)
 

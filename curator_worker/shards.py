@@ -32,9 +32,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from curator_worker.atomic import atomic_path, scratch_dir, temp_path_for
-from curator_worker.batch import HOSTNAME, BatchOutcome
+from curator_worker.batch import BatchOutcome
 from curator_worker.contract.pipeline import Filter, Pipeline
 from curator_worker.errors import PipelineError
+from curator_worker.outcome import HOSTNAME
 
 log = logging.getLogger(__name__)
 

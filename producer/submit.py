@@ -19,13 +19,12 @@ from typing import Any
 from celery import Celery
 
 from curator_worker.config import Settings, is_redis_url, redact_url
+from curator_worker.contract.indices import check_indices, parse_indices
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.contract.planning import (
     Batch,
     IndexCost,
     balanced_batch_sizes,
-    check_indices,
-    parse_indices,
     plan_balanced_batches,
     plan_batches,
     plan_independent_batches,

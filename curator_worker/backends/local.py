@@ -51,11 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from curator_worker.batch import HOSTNAME, IndexResult, error_record, execute_batch
+from curator_worker.batch import execute_batch
 from curator_worker.contract.pipeline import Pipeline, is_stateful
 from curator_worker.contract.planning import auto_batch_size, pack_groups
 from curator_worker.errors import JobFailedError
 from curator_worker.metrics import safe_record_results, stage_names
+from curator_worker.outcome import HOSTNAME, IndexResult, error_record
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig
 from curator_worker.shards import (

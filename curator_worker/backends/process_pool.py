@@ -48,8 +48,8 @@ from curator_worker.backends.local import (
     pipeline_payload,
     run_unit,
 )
-from curator_worker.batch import IndexResult, error_record
 from curator_worker.errors import JobFailedError
+from curator_worker.outcome import IndexResult, error_record
 from curator_worker.run import register_backend
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 from curator_worker.backends.local import RunResult, parse_options
-from curator_worker.batch import IndexResult, error_record, execute_batch
+from curator_worker.batch import execute_batch
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.errors import index_failed
 from curator_worker.metrics import safe_record_results, stage_names
+from curator_worker.outcome import IndexResult, error_record
 from curator_worker.progress import ProgressReporter
 from curator_worker.run import RunBackend, RunConfig, register_backend
 from curator_worker.shards import flush_final, output_path_of

@@ -13,23 +13,20 @@ spec (:meth:`Pipeline.save`) and rebuilt on another machine (:meth:`Pipeline.loa
 from __future__ import annotations
 
 import operator
-import time
-import tracemalloc
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from curator_worker.contract.chain import run_chain, source_items
 from curator_worker.contract.params import REQUIRED, Component, Param, init_signature
+from curator_worker.contract.partitions import merge_partitions
+from curator_worker.contract.recorded import PipelineStateError, RecordedRuns, run_recorded
 from curator_worker.contract.spec import load_spec, pipeline_to_spec, save_spec
 from curator_worker.errors import PipelineError
 
 if TYPE_CHECKING:
     from os import PathLike
-
-    from curator_worker.metrics import MetricsStore, PipelineMetrics
 
 __all__ = [
     "REQUIRED", "SETTABLE", "Filter", "Param", "Pipeline", "PipelineStateError", "Sink",
@@ -164,19 +161,12 @@ def is_stateful(f: Filter[Any]) -> bool:
     return callable(getattr(f, "flush", None)) and callable(getattr(type(f), "merge", None))
 
 
-class PipelineStateError(PipelineError, RuntimeError):
-    """A pipeline is asked for something it is not set up for (no sink, metrics off).
-
-    A ``RuntimeError`` too, as physicsnemo-curator raises in these cases.
-    """
-
-
 #: Attributes a user may set on a pipeline (physicsnemo-curator's dataclass fields that
 #: do not change what it computes); everything else is immutable.
 SETTABLE = ("track_metrics", "track_memory", "track_gpu", "db_dir", "db_file", "resume")
 
 
-class Pipeline:
+class Pipeline(RecordedRuns):
     """A source → filters → sink chain; the chain is immutable, its run settings are not.
 
     Built like physicsnemo-curator's dataclass, ``Pipeline(source=, filters=, sink=,
@@ -353,78 +343,6 @@ class Pipeline:
         settings["track_metrics"] = track_metrics
         return Pipeline(self._source, self._filters, self._sink, **settings)
 
-    # -- metrics -----------------------------------------------------------------------
-
-    @property
-    def db_path(self) -> Path | None:
-        """The metrics store file, or ``None`` when ``track_metrics`` is off."""
-        if not self._track_metrics:
-            return None
-        if self._db_file is not None:
-            return Path(self._db_file)
-        from curator_worker.metrics import default_db_dir, pipeline_key
-
-        folder = Path(self._db_dir) if self._db_dir is not None else default_db_dir()
-        return folder / f"{pipeline_key(self)}.db"
-
-    def metrics_store(self) -> MetricsStore:
-        """The metrics store of this pipeline (opened on first use).
-
-        Raises
-        ------
-        PipelineStateError
-            If ``track_metrics`` is off.
-        """
-        if not self._track_metrics:
-            raise PipelineStateError(
-                "Pipeline metrics are disabled (track_metrics=False). Set "
-                "pipeline.track_metrics = True before running to record them."
-            )
-        store = self._store
-        if store is None or not hasattr(store, "record"):
-            from curator_worker.metrics import MetricsStore
-
-            store = MetricsStore(self.db_path)  # type: ignore[arg-type]
-            object.__setattr__(self, "_store", store)
-        return store
-
-    _get_store = metrics_store  # physicsnemo-curator's name
-
-    @property
-    def metrics(self) -> PipelineMetrics:
-        """Per-index, per-stage metrics of the indices this pipeline completed.
-
-        Raises
-        ------
-        PipelineStateError
-            (a ``RuntimeError``) if ``track_metrics`` is off.
-        """
-        return self.metrics_store().metrics(self._invocation)
-
-    @property
-    def completed_indices(self) -> set[int]:
-        """Indices this pipeline completed (a ``RuntimeError`` if metrics are off)."""
-        return set(self.metrics_store().completed(self._invocation))
-
-    @property
-    def failed_indices(self) -> dict[int, str]:
-        """Indices this pipeline failed, with ``"Type: message"``."""
-        return self.metrics_store().failed(self._invocation)
-
-    def remaining_indices(self) -> list[int]:
-        """Indices this pipeline has neither completed nor failed."""
-        store = self.metrics_store()
-        seen = set(store.completed(self._invocation)) | set(store.failed(self._invocation))
-        return [i for i in range(len(self)) if i not in seen]
-
-    def output_paths_for_index(self, index: int) -> list[str]:
-        """The sink paths this pipeline recorded for ``index`` (``[]`` if none)."""
-        return self.metrics_store().completed(self._invocation).get(index, [])
-
-    def reset(self) -> None:
-        """Forget this pipeline's records (other runs' records stay for resume)."""
-        self.metrics_store().reset(self._invocation)
-
     def __len__(self) -> int:
         return len(self._source)
 
@@ -503,35 +421,7 @@ class Pipeline:
         """
         if not self._track_metrics:
             return self.run_index(index)
-        self.require_sink()
-        index = self.check_index(index)
-        from curator_worker.batch import IndexResult, error_record
-        from curator_worker.metrics import record_of, safe_record, stage_names
-
-        timings: dict[str, float] = {}
-        tracing = self._track_memory and not tracemalloc.is_tracing()
-        if tracing:
-            tracemalloc.start()
-        elif self._track_memory:
-            tracemalloc.reset_peak()
-        start = time.perf_counter()
-        try:
-            paths = self.run_valid_index(index, None, timings)
-        except Exception as exc:
-            result = IndexResult(index, error=error_record(exc),
-                                 seconds=time.perf_counter() - start)
-            safe_record(self, [record_of(result, stage_names(self))])
-            raise
-        else:
-            result = IndexResult(index, paths, seconds=time.perf_counter() - start,
-                                 stages=timings)
-            if self._track_memory:
-                result.peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-            safe_record(self, [record_of(result, stage_names(self))])
-            return paths
-        finally:
-            if tracing:
-                tracemalloc.stop()
+        return run_recorded(self, index)
 
     def partition_groups(self, indices: Sequence[int]) -> list[list[int]]:
         """The finest groups of ``indices`` that satisfy both source and sink partitions."""
@@ -540,8 +430,6 @@ class Pipeline:
 
     def partition_groups_or_none(self, indices: Sequence[int]) -> list[list[int]] | None:
         """Like :meth:`partition_groups`, but ``None`` when neither side has partitions."""
-        from curator_worker.contract.planning import merge_partitions
-
         source_groups = self._source.partition_indices(list(indices))
         sink = self._sink
         sink_groups = sink.partition_indices(list(indices)) if isinstance(sink, Sink) else None

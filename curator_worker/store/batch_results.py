@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from curator_worker.batch import IndexResult
+    from curator_worker.outcome import IndexResult
 
 FORMAT_VERSION = 2
 

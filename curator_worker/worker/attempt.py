@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from curator_worker.batch import HOSTNAME, BatchOutcome, IndexResult, error_record, execute_batch
+from curator_worker.batch import BatchOutcome, execute_batch
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.contract.spec import UnknownClassError
 from curator_worker.errors import CuratorError
 from curator_worker.gather import gather_job, remove_abandoned_temps
+from curator_worker.outcome import HOSTNAME, IndexResult, error_record
 from curator_worker.policy import BatchPolicy
 from curator_worker.shards import discard_losing_shards, write_shards
 from curator_worker.store import (

@@ -109,7 +109,7 @@ def test_cut_host_batches_are_redelivered_and_job_completes_exactly_once(
                 "CURATOR_QUEUE": queue,
                 "CURATOR_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
             })
-            argv = [sys.executable, "-m", "curator_worker.worker_cli", "--concurrency", "2",
+            argv = [sys.executable, "-m", "curator_worker.worker.cli", "--concurrency", "2",
                     "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
             workers[host] = netlab.popen(ns, host, argv, env, tmp_path / f"{host}.log", REPO)
         node_a, node_b = "curator@host-a", "curator@host-b"

@@ -97,7 +97,7 @@ def test_the_metrics_copy_streams_batches_and_a_retry_rounds_success_wins(
     the first round and retried keeps the retry's success."""
     from curator_worker import metrics_store
     from curator_worker.backends import celery as celery_backend
-    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.outcome import IndexResult, error_record
     from curator_worker.store import JobStore
     from curator_worker.store.batch_results import encode
 

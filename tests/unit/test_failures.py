@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from curator_worker.contract.planning import parse_indices
+from curator_worker.contract.indices import parse_indices
 from curator_worker.failures import format_ranges, group_failures, message_pattern
 
 

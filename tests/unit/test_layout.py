@@ -1,9 +1,12 @@
-"""The layout keeps its promises: the producer side never builds the workers' app."""
+"""The layout keeps its promises: the producer side never builds the workers' app, no
+module imports one that imports it back, old import paths still work."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.support.cluster import REPO
 
@@ -53,3 +56,76 @@ def test_a_module_that_never_existed_is_still_missing() -> None:
 
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("curator_worker.no_such_module")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in (REPO / "curator_worker").rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imported_at_load(tree: ast.Module, modules: dict[str, Path]) -> set[str]:
+    """The project modules a module imports when it is loaded: module-level statements
+    (inside ``if``/``try`` too), not under ``TYPE_CHECKING``, not inside functions."""
+    found: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.If):
+                if "TYPE_CHECKING" not in ast.unparse(node.test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for block in (node.body, node.orelse, node.finalbody,
+                              *(h.body for h in node.handlers)):
+                    visit(block)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                submodules = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+                found.update(submodules)
+                if len(submodules) < len(node.names):  # names defined by the module itself
+                    found.add(node.module)
+
+    visit(tree.body)
+    return found & set(modules)
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    modules = _modules()
+    graph = {name: _imported_at_load(ast.parse(path.read_text()), modules) - {name}
+             for name, path in modules.items()}
+    assert len(graph) > 60 and graph["curator_worker.worker.tasks"], "the scan finds imports"
+
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                walk(target)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_python_dash_m_runs_a_moved_module_under_its_earlier_name() -> None:
+    for name in ("curator_worker.worker_cli", "curator_worker.worker.cli"):
+        done = subprocess.run([sys.executable, "-m", name, "--help"], cwd=REPO,
+                              env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, (name, done.stderr)
+        assert "Start a curator worker node" in done.stdout, name

@@ -29,7 +29,8 @@ from curator_worker import (
     Source,
     run_pipeline,
 )
-from curator_worker.metrics import IndexMetrics, MetricsStore, StageMetrics, pipeline_key
+from curator_worker.metrics import IndexMetrics, StageMetrics, pipeline_key
+from curator_worker.metrics_store import MetricsStore
 from tests.support.backends_dask import shared_client
 from tests.support.compat_components import CsvSink, OffsetFilter, SquaresSource
 
@@ -317,8 +318,8 @@ def test_a_copied_job_store_batch_reads_as_what_a_local_run_records(
     """The celery backend's copy (a committed batch's blob, as is) reads back exactly as
     the same results recorded by a local backend (one row per batch) or one row per index
     (``pipeline[i]``): successes, a failure, stages, memory."""
-    from curator_worker.batch import IndexResult, error_record
     from curator_worker.metrics import record_of
+    from curator_worker.outcome import IndexResult, error_record
     from curator_worker.store.batch_results import encode
 
     names = {"source": "source", "filter[0]:OffsetFilter": "offset", "sink": "sink"}
@@ -368,7 +369,7 @@ def _old_release_store(path: Path, rows: list[tuple]) -> None:
 def test_batch_rows_merge_with_per_index_rows_of_an_older_store(tmp_path: Path) -> None:
     """Local batches and job blobs are stored one row per batch; every read merges them
     with the per-index rows of a store written by an earlier release, latest record wins."""
-    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.outcome import IndexResult, error_record
     from curator_worker.store.batch_results import encode
 
     names = {"source": "source", "filter[0]:Grow": "Grow it", "sink": "sink"}
@@ -436,7 +437,7 @@ def test_batch_rows_merge_with_per_index_rows_of_an_older_store(tmp_path: Path) 
 def test_a_job_copy_keeps_the_order_of_its_blobs(tmp_path: Path) -> None:
     """Blobs copied in one call share a finish time: their order decides which record of
     an index is the latest."""
-    from curator_worker.batch import IndexResult, error_record
+    from curator_worker.outcome import IndexResult, error_record
     from curator_worker.store.batch_results import encode
 
     ok = encode([IndexResult(7, paths=["/7"], seconds=0.001)]).blob
@@ -451,7 +452,7 @@ def test_a_job_copy_keeps_the_order_of_its_blobs(tmp_path: Path) -> None:
 def test_an_unreadable_batch_row_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from curator_worker.batch import IndexResult
+    from curator_worker.outcome import IndexResult
 
     store = MetricsStore(tmp_path / "m.db")
     store.record_job_blobs("inv", ['{"v": 99}'], {})
@@ -489,7 +490,7 @@ def test_the_celery_copy_stores_blobs_and_never_raises(
 ) -> None:
     from curator_worker import metrics_store
     from curator_worker.backends.celery import record_job_metrics
-    from curator_worker.batch import IndexResult
+    from curator_worker.outcome import IndexResult
     from curator_worker.store.batch_results import encode
 
     monkeypatch.setattr(metrics_store, "BLOBS_PER_TRANSACTION", 2)

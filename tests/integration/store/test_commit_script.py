@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from curator_worker.batch import IndexResult, error_record
+from curator_worker.outcome import IndexResult, error_record
 from curator_worker.store import ALREADY_COMMITTED, COMMITTED, COMMITTED_LAST, Job, JobStore
 from curator_worker.store.batch_results import encode
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from curator_worker.contract.indices import check_indices, parse_indices
+from curator_worker.contract.partitions import intersect_partitions, merge_partitions
 from curator_worker.contract.planning import (
     BATCHES_PER_WORKER,
     MAX_AUTO_BATCH_SIZE,
@@ -15,11 +17,7 @@ from curator_worker.contract.planning import (
     auto_batch_size,
     balanced_batch_sizes,
     batch_groups,
-    check_indices,
-    intersect_partitions,
-    merge_partitions,
     pack_groups,
-    parse_indices,
     plan_balanced_batches,
     plan_batches,
     plan_sized_batches,

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from curator_worker.batch import IndexResult, error_record, execute_batch
+from curator_worker.batch import execute_batch
 from curator_worker.contract.pipeline import Pipeline, Sink, Source
+from curator_worker.outcome import IndexResult, error_record
 from curator_worker.policy import BatchPolicy
 from curator_worker.store.batch_results import decode, decode_paths, encode
 
