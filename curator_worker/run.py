@@ -369,7 +369,7 @@ def _resume(pipeline: Pipeline, runner: RunBackend, chosen: list[int],
     merged = [list(done[i]) if i in done else by_index[i] for i in chosen]
     errors = getattr(ran, "errors", None)
     if errors is not None:  # keep a local backend's RunResult (failures as data)
-        from curator_worker.backends.local import RunResult
+        from curator_worker.backends.run_result import RunResult
 
         return RunResult(merged, run_id=getattr(ran, "run_id", ""), errors=errors)
     return merged

@@ -25,10 +25,9 @@ from curator_worker.config import Settings, check_environment, check_queue_name,
 from curator_worker.contract.spec import read_spec_file
 from curator_worker.errors import CuratorError
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
-from curator_worker.progress import human_rate
-from curator_worker.store import Job, JobStatus, JobStore
-from producer.job_views import dashboard_command, failures_command
-from producer.wait import LiveProgress, live_progress
+from curator_worker.store import Job, JobStore
+from producer.job_views import dashboard_command, failures_command, print_summary
+from producer.wait import live_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,120 +84,6 @@ def _run_cli(command: click.Command) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; the job keeps running on the cluster", err=True)
         sys.exit(130)
-
-
-def _timings(status: JobStatus, store: JobStore) -> dict[str, Any]:
-    """Wall time, throughput, worker processes and seconds per stage, from the job store."""
-    end = status.finished or time.time()
-    start = status.started or status.created
-    wall = max(end - start, 1e-9) if status.processed else 0.0
-    stages: dict[str, float] = {}
-    workers: set[str] = set()
-    for record in store.commit_records(status.job_id).values():
-        workers.add(f"{record.get('node') or record.get('host')}/{record.get('pid')}")
-        for stage, seconds in (record.get("stages") or {}).items():
-            stages[stage] = stages.get(stage, 0.0) + seconds
-    return {
-        "wall_seconds": round(wall, 3),
-        "indices_per_second": round(status.processed / wall, 2) if wall else 0.0,
-        "worker_processes": len(workers),
-        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
-    }
-
-
-#: Failure groups printed by the summary (the rest: `curator-jobs failures JOB`).
-SHOWN_GROUPS = 5
-#: A group of at most this many indices is listed index by index.
-LISTED_ONE_BY_ONE = 2
-
-
-def _summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = False,
-             embedded: bool = False, live: LiveProgress | None = None) -> None:
-    """Print a job's summary; ``detail`` (status): timings, pipeline, params, history.
-
-    ``embedded``: the job ran on the embedded cluster, gone after this command, so no
-    ``curator-jobs`` command is suggested; ``live``: the live progress of a running job.
-    """
-    from curator_worker.failures import group_failures, shorten_ranges
-    from curator_worker.store.history import (
-        describe_history,
-        job_history,
-        pipeline_params,
-        pipeline_summary,
-    )
-
-    failures = store.failures(status.job_id) if status.failed else {}
-    groups = group_failures(failures)
-    timings = _timings(status, store) if detail or as_json else None
-    record = store.record(status.job_id) if detail or as_json else None
-    history = job_history(store, status.job_id) if detail or as_json else []
-    if as_json:
-        data = status.as_dict()
-        if data.get("error"):
-            data["error"] = redact_text(str(data["error"]))
-        data["timings"] = timings
-        data["failures"] = {
-            str(i): {"type": e.get("type"), "message": redact_text(e.get("message") or ""),
-                     "host": e.get("host"),
-                     "attempt": e.get("attempt")}
-            for i, e in failures.items()
-        }
-        data["failure_groups"] = [
-            {**g.as_dict(), "message": redact_text(g.message)} for g in groups]
-        if record is not None:
-            data["pipeline"] = pipeline_summary(record["spec"])
-            data["history"] = history
-        if live is not None:
-            data["live"] = {"processed": live.live + status.failed, "inflight": live.inflight,
-                            "workers": live.workers, "note": live.note}
-        click.echo(json.dumps(data, indent=2))
-        return
-    took = ""
-    if status.finished and status.created:
-        took = f" in {status.finished - status.created:.1f}s"
-    click.echo(
-        f"job {status.job_id} {status.state}{took}: {status.done} succeeded, "
-        f"{status.failed} failed, {status.total} total "
-        f"({status.committed_batches}/{status.n_batches} batches)"
-    )
-    if record is not None:
-        click.echo(f"  pipeline: {pipeline_summary(record['spec'])}")
-        for role, name, params in pipeline_params(record["spec"]):
-            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            click.echo(f"    {role} {name}({redact_text(shown)})")
-        for entry in history:
-            click.echo(f"  {describe_history(entry)}")
-    if live is not None and not status.is_final:
-        click.echo(f"  running: {live.live + status.failed}/{status.total} indices processed "
-                   f"({live.inflight} in running batches), {live.note}")
-    if status.error:
-        click.echo(f"  error: {redact_text(status.error)}")
-    if timings:
-        click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
-                   f"{human_rate(timings['indices_per_second'], ' indices/s')}, "
-                   f"{timings['worker_processes']} worker processes")
-        total = sum(timings["stage_seconds"].values()) or 1.0
-        for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
-            click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
-    for group in groups[:SHOWN_GROUPS]:
-        first = next(iter(redact_text(group.message).splitlines()), "")
-        if group.count <= LISTED_ONE_BY_ONE:
-            for index in group.indices:
-                lines = redact_text(failures[index].get("message") or "").splitlines()
-                click.echo(f"  index {index}: {group.type}: {lines[0] if lines else ''}")
-        else:
-            click.echo(f"  {group.count} indices ({shorten_ranges(group.ranges, 120)}): "
-                       f"{group.type}: {first}")
-    if len(groups) > SHOWN_GROUPS:
-        rest = sum(g.count for g in groups[SHOWN_GROUPS:])
-        click.echo(f"  ... and {rest} more indices in {len(groups) - SHOWN_GROUPS} more groups")
-    if failures and embedded:
-        click.echo("  (the job ran on an embedded cluster, stopped with this command: "
-                   "`curator-jobs` cannot show it later. Set CURATOR_BROKER_URL and start "
-                   "workers with `curator-worker` to keep jobs to inspect, retry and report.)")
-    elif failures:
-        click.echo(f"  tracebacks and every index: curator-jobs failures {status.job_id} "
-                   "--traceback")
 
 
 def _interrupted(job_id: str, embedded: bool) -> None:
@@ -344,7 +229,7 @@ def submit_command(
                                   watchdog=cluster.check_alive if cluster is not None else None)
         except KeyboardInterrupt:
             _interrupted(job.job_id, embedded=cluster is not None)
-        _summary(status, store, as_json, embedded=cluster is not None)
+        print_summary(status, store, as_json, embedded=cluster is not None)
     if cluster is not None and not as_json:
         click.echo(f"embedded cluster stopped ({time.monotonic() - started:.1f}s in all)",
                    err=True)
@@ -384,7 +269,7 @@ def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     store = _store(Settings.from_env(broker_url=broker))
     live = live_progress(store, job_id)
     status = live.status
-    _summary(status, store, as_json, detail=True, live=None if status.is_final else live)
+    print_summary(status, store, as_json, detail=True, live=None if status.is_final else live)
     if not status.is_final and not as_json and status.submit_note():
         click.echo(f"  {status.submit_note()}")
     sys.exit(status.exit_code() if status.is_final else EXIT_OK)
@@ -557,7 +442,7 @@ def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: boo
                               retrying=retrying)
     except KeyboardInterrupt:
         _interrupted(job_id, embedded=False)
-    _summary(status, store, as_json)
+    print_summary(status, store, as_json)
     sys.exit(status.exit_code())
 
 

@@ -1,6 +1,8 @@
-"""``curator-jobs dashboard`` and ``curator-jobs failures``: views of the job store.
+"""What ``curator-jobs`` prints about jobs: a job's summary (:func:`print_summary`, after
+``submit --wait``, ``wait`` and ``status``), ``curator-jobs dashboard`` and
+``curator-jobs failures``: views of the job store.
 
-Both are registered on the ``curator-jobs`` group by :mod:`producer.cli`. Errors a user
+The commands are registered on the ``curator-jobs`` group by :mod:`producer.cli`. Errors a user
 can cause are raised as :class:`~curator_worker.errors.CuratorError` (one line, exit 2,
 printed by the CLI runner).
 """
@@ -9,12 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from typing import Any
 
 import click
 
-from curator_worker.config import Settings, redact_url
+from curator_worker.config import Settings, redact_text, redact_url
 from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
-from curator_worker.store import JobStore
+from curator_worker.progress import human_rate
+from curator_worker.store import JobStatus, JobStore
+from curator_worker.store.history import (
+    describe_history,
+    job_history,
+    pipeline_params,
+    pipeline_summary,
+)
+from producer.wait import LiveProgress
 
 #: Characters of an index range list printed per group before it is cut.
 MAX_RANGES_CHARS = 400
@@ -134,3 +146,109 @@ def dashboard_command(address: str | None, port: int | None, n_jobs: int, metric
         serve(store, config, on_ready=ready)
     except KeyboardInterrupt:
         click.echo("dashboard stopped", err=True)
+
+
+def job_timings(status: JobStatus, store: JobStore) -> dict[str, Any]:
+    """Wall time, throughput, worker processes and seconds per stage, from the job store."""
+    end = status.finished or time.time()
+    start = status.started or status.created
+    wall = max(end - start, 1e-9) if status.processed else 0.0
+    stages: dict[str, float] = {}
+    workers: set[str] = set()
+    for record in store.commit_records(status.job_id).values():
+        workers.add(f"{record.get('node') or record.get('host')}/{record.get('pid')}")
+        for stage, seconds in (record.get("stages") or {}).items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    return {
+        "wall_seconds": round(wall, 3),
+        "indices_per_second": round(status.processed / wall, 2) if wall else 0.0,
+        "worker_processes": len(workers),
+        "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+    }
+
+
+#: Failure groups printed by the summary (the rest: `curator-jobs failures JOB`).
+SHOWN_GROUPS = 5
+#: A group of at most this many indices is listed index by index.
+LISTED_ONE_BY_ONE = 2
+
+
+def print_summary(status: JobStatus, store: JobStore, as_json: bool, detail: bool = False,
+             embedded: bool = False, live: LiveProgress | None = None) -> None:
+    """Print a job's summary; ``detail`` (status): timings, pipeline, params, history.
+
+    ``embedded``: the job ran on the embedded cluster, gone after this command, so no
+    ``curator-jobs`` command is suggested; ``live``: the live progress of a running job.
+    """
+    failures = store.failures(status.job_id) if status.failed else {}
+    groups = group_failures(failures)
+    timings = job_timings(status, store) if detail or as_json else None
+    record = store.record(status.job_id) if detail or as_json else None
+    history = job_history(store, status.job_id) if detail or as_json else []
+    if as_json:
+        data = status.as_dict()
+        if data.get("error"):
+            data["error"] = redact_text(str(data["error"]))
+        data["timings"] = timings
+        data["failures"] = {
+            str(i): {"type": e.get("type"), "message": redact_text(e.get("message") or ""),
+                     "host": e.get("host"),
+                     "attempt": e.get("attempt")}
+            for i, e in failures.items()
+        }
+        data["failure_groups"] = [
+            {**g.as_dict(), "message": redact_text(g.message)} for g in groups]
+        if record is not None:
+            data["pipeline"] = pipeline_summary(record["spec"])
+            data["history"] = history
+        if live is not None:
+            data["live"] = {"processed": live.live + status.failed, "inflight": live.inflight,
+                            "workers": live.workers, "note": live.note}
+        click.echo(json.dumps(data, indent=2))
+        return
+    took = ""
+    if status.finished and status.created:
+        took = f" in {status.finished - status.created:.1f}s"
+    click.echo(
+        f"job {status.job_id} {status.state}{took}: {status.done} succeeded, "
+        f"{status.failed} failed, {status.total} total "
+        f"({status.committed_batches}/{status.n_batches} batches)"
+    )
+    if record is not None:
+        click.echo(f"  pipeline: {pipeline_summary(record['spec'])}")
+        for role, name, params in pipeline_params(record["spec"]):
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            click.echo(f"    {role} {name}({redact_text(shown)})")
+        for entry in history:
+            click.echo(f"  {describe_history(entry)}")
+    if live is not None and not status.is_final:
+        click.echo(f"  running: {live.live + status.failed}/{status.total} indices processed "
+                   f"({live.inflight} in running batches), {live.note}")
+    if status.error:
+        click.echo(f"  error: {redact_text(status.error)}")
+    if timings:
+        click.echo(f"  timing: {timings['wall_seconds']:.1f}s wall, "
+                   f"{human_rate(timings['indices_per_second'], ' indices/s')}, "
+                   f"{timings['worker_processes']} worker processes")
+        total = sum(timings["stage_seconds"].values()) or 1.0
+        for stage, seconds in sorted(timings["stage_seconds"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"    {stage:<32} {seconds:10.2f}s  {100 * seconds / total:5.1f}%")
+    for group in groups[:SHOWN_GROUPS]:
+        first = next(iter(redact_text(group.message).splitlines()), "")
+        if group.count <= LISTED_ONE_BY_ONE:
+            for index in group.indices:
+                lines = redact_text(failures[index].get("message") or "").splitlines()
+                click.echo(f"  index {index}: {group.type}: {lines[0] if lines else ''}")
+        else:
+            click.echo(f"  {group.count} indices ({shorten_ranges(group.ranges, 120)}): "
+                       f"{group.type}: {first}")
+    if len(groups) > SHOWN_GROUPS:
+        rest = sum(g.count for g in groups[SHOWN_GROUPS:])
+        click.echo(f"  ... and {rest} more indices in {len(groups) - SHOWN_GROUPS} more groups")
+    if failures and embedded:
+        click.echo("  (the job ran on an embedded cluster, stopped with this command: "
+                   "`curator-jobs` cannot show it later. Set CURATOR_BROKER_URL and start "
+                   "workers with `curator-worker` to keep jobs to inspect, retry and report.)")
+    elif failures:
+        click.echo(f"  tracebacks and every index: curator-jobs failures {status.job_id} "
+                   "--traceback")

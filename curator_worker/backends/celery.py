@@ -187,7 +187,7 @@ class CeleryBackend(RunBackend):
             paths = store.paths(job.job_id, indices)
             failures = store.failures(job.job_id) if status.state != SUCCEEDED else {}
         if status.state == PARTIAL and on_error == "collect":
-            from curator_worker.backends.local import RunResult
+            from curator_worker.backends.run_result import RunResult
 
             return RunResult([p if p is not None else [] for p in paths], run_id=job.job_id,
                              errors=failures)

@@ -14,13 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from curator_worker.backends.local import (
-    LocalBackend,
-    LocalOptions,
-    LocalRun,
-    pipeline_payload,
-    run_unit_from_payload,
-)
+from curator_worker.backends.local import LocalBackend, LocalOptions, LocalRun
+from curator_worker.backends.units import pipeline_payload, run_unit_from_payload
 from curator_worker.run import register_backend
 
 log = logging.getLogger(__name__)

@@ -13,14 +13,8 @@ from __future__ import annotations
 from concurrent.futures import Future, as_completed
 from typing import Any
 
-from curator_worker.backends.local import (
-    LocalBackend,
-    LocalOptions,
-    LocalRun,
-    WorkUnit,
-    pipeline_payload,
-    run_unit_from_payload,
-)
+from curator_worker.backends.local import LocalBackend, LocalOptions, LocalRun
+from curator_worker.backends.units import WorkUnit, pipeline_payload, run_unit_from_payload
 from curator_worker.run import register_backend
 
 

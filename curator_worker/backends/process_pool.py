@@ -38,16 +38,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from curator_worker.backends.local import (
-    BatchReport,
-    LocalBackend,
-    LocalOptions,
-    LocalRun,
-    WorkUnit,
-    failure_record,
-    pipeline_payload,
-    run_unit,
-)
+from curator_worker.backends.local import LocalBackend, LocalOptions, LocalRun
+from curator_worker.backends.run_result import failure_record
+from curator_worker.backends.units import BatchReport, WorkUnit, pipeline_payload, run_unit
 from curator_worker.errors import JobFailedError
 from curator_worker.outcome import IndexResult, error_record
 from curator_worker.run import register_backend

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from curator_worker.backends.local import RunResult, parse_options
+from curator_worker.backends.local import parse_options
+from curator_worker.backends.run_result import RunResult
 from curator_worker.batch import execute_batch
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.errors import index_failed

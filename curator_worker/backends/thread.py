@@ -12,7 +12,8 @@ from __future__ import annotations
 import tracemalloc
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
-from curator_worker.backends.local import LocalBackend, LocalRun, WorkUnit, run_unit
+from curator_worker.backends.local import LocalBackend, LocalRun
+from curator_worker.backends.units import WorkUnit, run_unit
 from curator_worker.run import register_backend
 
 

@@ -22,8 +22,9 @@ import psutil
 import pytest
 
 from curator_worker import gather_pipeline, run_pipeline
-from curator_worker.backends.local import LocalRun, RunResult, failure_record
+from curator_worker.backends.local import LocalRun
 from curator_worker.backends.process_pool import ProcessPoolBackend
+from curator_worker.backends.run_result import RunResult, failure_record
 from curator_worker.backends.thread import ThreadBackend
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
 from curator_worker.contract.pipeline import Filter, Pipeline

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from curator_worker import run_pipeline
-from curator_worker.backends.local import RunResult
+from curator_worker.backends.run_result import RunResult
 from curator_worker.components import FieldStats, NpzPerIndex, SyntheticArrays
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.errors import CuratorError, IndexFailedError
