@@ -335,8 +335,12 @@ def test_two_concurrent_retries_of_one_job_complete_it_exactly_once(
     assert codes == [0, 2], results
     refused = next(err for code, _, err in results if code == 2).strip().splitlines()
     assert len(refused) == 1 and "Traceback" not in refused[0], refused
+    # the second one met the first one's lock, or its re-sent batches running, or (on a
+    # loaded machine, where starting a process takes longer than the retry) found the job
+    # already mended: each is one line and leaves the job retried once
     assert (f"another retry of job {job_id} is in progress" in refused[0]
-            or "still running" in refused[0]), refused[0]
+            or "still running" in refused[0]
+            or f"Job {job_id} has no failed index to retry" in refused[0]), refused[0]
     status = wait_for_job(store, job_id, settings=cluster_settings, progress=False, timeout=120)
     assert status.state == "succeeded" and (status.done, status.failed) == (30, 0), status
     assert status.committed_batches == status.n_batches == 7, status
