@@ -22,13 +22,15 @@ from celery import chord
 from celery.utils.saferepr import saferepr
 
 from curator_worker import run_pipeline
+from curator_worker.compat.celery import header_argsrepr
 from curator_worker.config import Settings
 from curator_worker.contract.planning import Batch, plan_batches
 from curator_worker.contract.spec import build_pipeline
 from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.store import SUCCEEDED, JobStore, new_job_id
-from producer.publish import fast_uuids, header_argsrepr, publish_chord
+from producer.publish import publish_chord
 from producer.submit import submit_job
+from producer.template_publisher import fast_uuids
 from producer.wait import wait_for_job
 from tests.support.cluster import WorkerNode
 from tests.support.specs import stats_spec
