@@ -4,6 +4,7 @@ module imports one that imports it back, old import paths still work."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,13 @@ def test_python_dash_m_runs_a_moved_module_under_its_earlier_name() -> None:
                               timeout=120)
         assert done.returncode == 0, (name, done.stderr)
         assert "Start a curator worker node" in done.stdout, name
+
+
+def test_unit_tests_start_no_server() -> None:
+    """Unit tests run with nothing started: a test that needs Redis, worker nodes or an S3
+    server belongs in tests/integration."""
+    servers = re.compile(r"\b(redis_server|private_redis|worker_nodes|cluster_settings|"
+                         r"s3_server|s3_env|RedisServer)\b")
+    offenders = sorted(str(path.relative_to(REPO)) for path in (REPO / "tests/unit").rglob("*.py")
+                       if path.name != "test_layout.py" and servers.search(path.read_text()))
+    assert not offenders, offenders

@@ -19,15 +19,13 @@ from curator_worker.config import Settings
 from curator_worker.contract.spec import build_pipeline
 from curator_worker.messaging import GATHER, RUN_BATCH, create_app
 from curator_worker.shards import is_safe_name, shard_dir, write_filter_shards
-from curator_worker.store import JobStore, new_job_id
+from curator_worker.store import new_job_id
 from curator_worker.trust import (
     CHORD_UNLOCK,
     DEFAULT_MAX_MESSAGE_BYTES,
     accepted_tasks,
     max_message_bytes,
     message_problem,
-    unknown_job,
-    unplanned_batch,
 )
 from producer.publish import frozen_body
 from tests.support.specs import stats_spec
@@ -137,35 +135,6 @@ def test_workers_run_our_tasks_and_chord_unlock_only_where_chords_need_it(app: C
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-@pytest.fixture()
-def store(redis_server) -> JobStore:
-    return JobStore.from_url(redis_server.url)
-
-
-def test_only_the_planned_batches_with_their_exact_indices_pass(store: JobStore) -> None:
-    job_id = new_job_id()
-    store.create_job(job_id, {"version": 1}, {}, [("b000000", [0, 1, 2]), ("b000001", [3])],
-                     total=4, queue="q")
-    assert unplanned_batch(store, job_id, "b000000", [0, 1, 2]) is None
-    assert unplanned_batch(store, job_id, "b000001", [3]) is None
-    for indices in ([0, 1], [2, 1, 0], [0, 1, 2, 3], [0, 0, 0], ["0", "1", "2"],
-                    [0.0, 1.0, 2.0], [False, True, 2], [[0], [1], [2]]):
-        problem = unplanned_batch(store, job_id, "b000000", indices)
-        assert problem is not None and "are not the ones job" in problem, (indices, problem)
-    assert "planned no batch bogus-1" in (unplanned_batch(store, job_id, "bogus-1", [0, 0, 0])
-                                          or "")
-    assert "planned no batch r1-b000000" in (unplanned_batch(store, job_id, "r1-b000000", [3])
-                                             or "")
-    store.add_batches(job_id, [("r1-b000000", [3])])  # a retry round plans its batches
-    assert unplanned_batch(store, job_id, "r1-b000000", [3]) is None
-    assert unknown_job(store, job_id) is None
-
-    ghost = new_job_id()
-    assert "no job" in (unplanned_batch(store, ghost, "b000000", [0]) or "")
-    assert "no job" in (unknown_job(store, ghost) or "")
-    assert not store.client.exists(store.key(ghost)), "a lookup created the job"
 
 
 # --------------------------------------------------------------------------- file names
