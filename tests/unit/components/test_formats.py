@@ -35,7 +35,7 @@ from curator_worker.contract.spec import load_spec
 from curator_worker.errors import SpecError
 from tests.support.records import corpus, write_jsonl
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COMPONENTS = [JsonlFiles, ParquetFiles, TextStats, JsonlSink, JsonlChunked, ParquetSink,
               ParquetChunked]
 
