@@ -7,6 +7,7 @@ counters, so it works from any machine) report through :class:`ProgressReporter`
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from types import TracebackType
@@ -137,3 +138,34 @@ class ProgressReporter:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def nice_bin_width(span: float, target_bins: int = 40) -> float:
+    """A 1-2-5 bin width that cuts ``span`` seconds into about ``target_bins`` bins.
+
+    Parameters
+    ----------
+    span : float
+        Seconds to cover.
+    target_bins : int
+        Bins wanted.
+
+    Returns
+    -------
+    float
+        At least 1 ms.
+
+    Examples
+    --------
+    >>> nice_bin_width(10.0)
+    0.5
+    >>> nice_bin_width(0.0)
+    0.001
+    """
+    raw = max(span / max(target_bins, 1), 1e-3)
+    exponent = math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        width = factor * 10.0**exponent
+        if width >= raw * 0.999:
+            return float(f"{width:.3g}")
+    return float(f"{10.0 ** (exponent + 1):.3g}")  # pragma: no cover - loop always returns

@@ -25,6 +25,7 @@ from typing import Any
 from curator_worker.errors import JobNotFoundError
 from curator_worker.failures import FailureGroup, group_failures, shorten_ranges
 from curator_worker.metrics import stage_order
+from curator_worker.progress import nice_bin_width
 from curator_worker.store import JobStatus, JobStore
 from curator_worker.store.nodes import live_nodes
 
@@ -78,16 +79,6 @@ def pipeline_of(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
                         "module": str(part.get("module", "")),
                         "params": dict(part.get("params") or {})})
     return out
-
-
-def _nice_width(span: float, bins: int) -> float:
-    raw = max(span / max(bins, 1), 1e-3)
-    exponent = math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        width = factor * 10.0**exponent
-        if width >= raw * 0.999:
-            return float(f"{width:.3g}")
-    return 10.0 ** (exponent + 1)  # pragma: no cover - the loop always returns
 
 
 @dataclass
@@ -167,7 +158,7 @@ def throughput_series(ends: list[tuple[float, int]], start: float, end: float,
         ``bin_seconds`` and ``rates`` (indices per second in each bin, oldest first).
     """
     span = max(end - start, 1e-3)
-    width = _nice_width(span, bins)
+    width = nice_bin_width(span, bins)
     count = max(1, math.ceil(span / width))
     totals = [0] * count
     for finished, n in ends:

@@ -26,11 +26,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 import numpy as np
 
+from curator_worker.progress import nice_bin_width
 from curator_worker.report.data import (
     ReportData,
     format_seconds,
     lane_label,
-    nice_bin_width,
     plural,
     short_lane,
     stage_display,

@@ -179,37 +179,6 @@ def stage_display(name: str) -> str:
     return text if len(text) <= 44 else text[:43] + "…"
 
 
-def nice_bin_width(span: float, target_bins: int = 40) -> float:
-    """A 1-2-5 bin width that cuts ``span`` seconds into about ``target_bins`` bins.
-
-    Parameters
-    ----------
-    span : float
-        Seconds to cover.
-    target_bins : int
-        Bins wanted.
-
-    Returns
-    -------
-    float
-        At least 1 ms.
-
-    Examples
-    --------
-    >>> nice_bin_width(10.0)
-    0.5
-    >>> nice_bin_width(0.0)
-    0.001
-    """
-    raw = max(span / max(target_bins, 1), 1e-3)
-    exponent = math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        width = factor * 10.0**exponent
-        if width >= raw * 0.999:
-            return float(f"{width:.3g}")
-    return float(f"{10.0 ** (exponent + 1):.3g}")  # pragma: no cover - loop always returns
-
-
 def format_seconds(seconds: float | None) -> str:
     """A short human duration: ``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``.
 
