@@ -113,6 +113,11 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it (see :meth:`wait_ready`)."""
         conf = self.folder / "redis.conf"
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
@@ -125,7 +130,13 @@ class RedisServer:
             [redis_server_binary(), str(conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the launched server answers PING; stop it and raise
+        :class:`CuratorError` if it exits or does not answer within ``timeout`` seconds."""
+        if self.proc is None:
+            raise RuntimeError("RedisServer.wait_ready() before launch()")
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -137,7 +148,7 @@ class RedisServer:
                     raise CuratorError(
                         f"The embedded Redis server did not start; see {self.folder / 'redis.log'}."
                     ) from None
-                time.sleep(0.02)
+                time.sleep(0.005)
         client.close()
 
     def stop(self) -> None:
@@ -202,8 +213,9 @@ class LocalCluster:
                         task_events=self.task_events)
 
     def start(self) -> LocalCluster:
-        """Start Redis, then the worker node."""
-        self.redis.start()
+        """Start Redis and the worker node together: the node spends its first half second
+        importing, by when Redis (a few milliseconds to start) answers."""
+        self.redis.launch()
         env = {**os.environ, **self.settings.environ()}
         for name in ("CURATOR_RESULT_BACKEND", "CURATOR_JOB_STORE_URL"):
             if name not in self.settings.environ():
@@ -216,6 +228,11 @@ class LocalCluster:
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        try:
+            self.redis.wait_ready()
+        except CuratorError:
+            stop_process(self.worker, grace=5.0)
+            raise
         log.info("embedded cluster: %d worker processes (logs in %s)", self.workers, self.folder)
         return self
 
