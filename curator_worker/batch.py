@@ -44,11 +44,6 @@ class BatchOutcome:
     stateful_positions: list[int] = field(default_factory=list)
     stopped_early: bool = False
 
-    @property
-    def n_ok(self) -> int:
-        """Indices that succeeded."""
-        return sum(1 for r in self.results if r.ok)
-
 
 def execute_batch(
     pipeline: Pipeline,

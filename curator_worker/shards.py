@@ -103,11 +103,6 @@ def is_url(path: str) -> bool:
     return is_remote(path)
 
 
-def absolute_output(path: str) -> str:
-    """``path`` made absolute when it is local; a URL unchanged."""
-    return path if is_url(path) else os.path.abspath(path)
-
-
 def shard_location(final_output: str, run_id: str) -> str:
     """Where the shards of one run of a stateful filter's output go: a folder or a prefix.
 

@@ -186,6 +186,7 @@ class _RateTracker:
     def sample(self, job_id: str, processed: int, now: float) -> float | None:
         samples = self._samples.pop(job_id, None) or deque()
         self._samples[job_id] = samples  # most recently used last
+        _trim(self._samples)
         if samples and processed < samples[-1][1]:
             samples.clear()  # a retry round counts from the start again
         samples.append((now, processed))
@@ -195,8 +196,6 @@ class _RateTracker:
         if now - first_t < 0.5:
             return None
         return max(processed - first_p, 0) / (now - first_t)
-
-        _trim(self._samples)
 
 
 class JobViews:

@@ -174,16 +174,6 @@ class JobStore(JobReads):
         return int(self._commit(keys=keys, args=args))
 
     @contextmanager
-    def gather_lock(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[bool]:
-        """Hold the job's gather lock within the block; yields False if another holds it.
-
-        See :meth:`gather_lease`, which also yields the token a holder's writes are checked
-        against.
-        """
-        with self.gather_lease(job_id, ttl) as token:
-            yield token is not None
-
-    @contextmanager
     def gather_lease(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[str | None]:
         """Hold the job's gather lock within the block; yields its token, or ``None`` if
         another holds it.

@@ -91,19 +91,19 @@ def test_only_one_gather_holds_the_lock_and_a_dead_holders_lock_expires(
     job_store: JobStore,
 ) -> None:
     job = "unit-gather-lock"
-    with job_store.gather_lock(job, ttl=0.6) as first:
-        assert first is True
-        with job_store.gather_lock(job) as second:
-            assert second is False
+    with job_store.gather_lease(job, ttl=0.6) as first:
+        assert first is not None
+        with job_store.gather_lease(job) as second:
+            assert second is None
         time.sleep(0.5)  # renewed every 0.2 s: still held past its first ttl
-        with job_store.gather_lock(job) as third:
-            assert third is False
-    with job_store.gather_lock(job) as after_release:
-        assert after_release is True
+        with job_store.gather_lease(job) as third:
+            assert third is None
+    with job_store.gather_lease(job) as after_release:
+        assert after_release is not None
     # a holder that died: the key is left behind, without renewal it expires
     job_store.client.set(job_store.key(job, "gathering"), "dead-holder", px=300)
-    with job_store.gather_lock(job) as while_dead:
-        assert while_dead is False
+    with job_store.gather_lease(job) as while_dead:
+        assert while_dead is None
     time.sleep(0.4)
-    with job_store.gather_lock(job) as after_expiry:
-        assert after_expiry is True
+    with job_store.gather_lease(job) as after_expiry:
+        assert after_expiry is not None

@@ -88,3 +88,14 @@ def test_cached_reads_follow_counters_but_a_running_job_is_not_read_every_poll()
     assert JobViews._cached(cache, _status("partial", 3), (3,), slow) == 3
     assert JobViews._cached(cache, _status("partial", 3), (3,), slow) == 3
     assert len(calls) == 3
+
+
+def test_the_rate_tracker_forgets_the_oldest_jobs_beyond_the_cache_size() -> None:
+    """A dashboard runs for weeks: its per-job rate samples must not grow with every job."""
+    from curator_worker.dashboard.views import MAX_CACHED_JOBS, _RateTracker
+
+    tracker = _RateTracker()
+    for n in range(MAX_CACHED_JOBS + 50):
+        tracker.sample(f"job-{n}", 10, now=float(n))
+    assert len(tracker._samples) == MAX_CACHED_JOBS
+    assert f"job-{MAX_CACHED_JOBS + 49}" in tracker._samples and "job-0" not in tracker._samples
