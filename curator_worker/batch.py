@@ -21,6 +21,7 @@ from typing import Any
 from curator_worker.contract.indices import ints_in_range
 from curator_worker.contract.pipeline import Filter, Pipeline, is_stateful
 from curator_worker.limits import BatchTimeLimit, Deadlines, IndexTimeout, memory_limit
+from curator_worker.memory_tracing import start_tracing, stop_tracing
 from curator_worker.outcome import IndexResult, error_record
 from curator_worker.policy import BatchPolicy
 
@@ -111,9 +112,7 @@ def execute_batch(
     deadlines = Deadlines(policy.index_timeout, policy.batch_time_limit, on_stuck) if limited \
         else None
 
-    tracing = trace_memory and not tracemalloc.is_tracing()
-    if tracing:
-        tracemalloc.start()
+    tracing = start_tracing() if trace_memory else False
 
     def record(result: IndexResult) -> None:
         if trace_memory:
@@ -188,8 +187,7 @@ def execute_batch(
     finally:
         if deadlines is not None:
             deadlines.close()
-        if tracing:
-            tracemalloc.stop()
+        stop_tracing(tracing)
     return outcome
 
 

@@ -9,11 +9,11 @@ filters are called from several threads at once, so they must be thread-safe.
 
 from __future__ import annotations
 
-import tracemalloc
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from curator_worker.backends.local import LocalBackend, LocalRun
 from curator_worker.backends.units import WorkUnit, run_unit
+from curator_worker.memory_tracing import start_tracing, stop_tracing
 from curator_worker.run import register_backend
 
 
@@ -42,15 +42,12 @@ class ThreadBackend(LocalBackend):
         With ``track_memory``, memory is traced for the whole run (tracing is per process,
         so each index's peak is the process's while it ran, other threads included).
         """
-        tracing = (run.pipeline.track_metrics and run.pipeline.track_memory
-                   and not tracemalloc.is_tracing())
-        if tracing:
-            tracemalloc.start()
+        tracing = (start_tracing() if run.pipeline.track_metrics and run.pipeline.track_memory
+                   else False)
         try:
             self._execute(run)
         finally:
-            if tracing:
-                tracemalloc.stop()
+            stop_tracing(tracing)
 
     def _execute(self, run: LocalRun) -> None:
         with ThreadPoolExecutor(

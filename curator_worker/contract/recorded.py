@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curator_worker.errors import PipelineError
+from curator_worker.memory_tracing import start_tracing, stop_tracing
 from curator_worker.metrics import (
     PipelineMetrics,
     default_db_dir,
@@ -123,10 +124,8 @@ def run_recorded(pipeline: Pipeline, index: int) -> list[str]:
     index = pipeline.check_index(index)
 
     timings: dict[str, float] = {}
-    tracing = pipeline.track_memory and not tracemalloc.is_tracing()
-    if tracing:
-        tracemalloc.start()
-    elif pipeline.track_memory:
+    tracing = start_tracing() if pipeline.track_memory else False
+    if pipeline.track_memory and not tracing:
         tracemalloc.reset_peak()
     start = time.perf_counter()
     try:
@@ -144,5 +143,4 @@ def run_recorded(pipeline: Pipeline, index: int) -> list[str]:
         safe_record(pipeline, [record_of(result, stage_names(pipeline))])
         return paths
     finally:
-        if tracing:
-            tracemalloc.stop()
+        stop_tracing(tracing)
