@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument("--cpu-ms", type=float, default=0.0, help="pure-Python work per index")
     parser.add_argument("--sleep-ms", type=float, default=0.0, help="sleep per index")
     parser.add_argument("--workers", type=int, default=2, help="pool processes")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="indices per batch (default: automatic); small batches show "
+                             "the per-batch cost, reported per batch too")
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to run jobs")
     parser.add_argument("--py-spy", action="store_true", help="profile the worker processes")
     parser.add_argument("--events", action="store_true",
@@ -107,6 +110,8 @@ def main() -> int:
     os.environ["CURATOR_TASK_EVENTS"] = "1" if args.events else "0"
     with LocalCluster(workers=args.workers, queue="profile", task_events=args.events) as cluster:
         kwargs = {"broker_url": cluster.settings.broker_url, "queue": "profile", "timeout": 600}
+        if args.batch_size:
+            kwargs["batch_size"] = args.batch_size
         run_pipeline(make_pipeline(1), backend="celery", n_jobs=args.workers, **kwargs)
         assert cluster.worker is not None and cluster.redis.proc is not None
         main_proc = psutil.Process(cluster.worker.pid)
@@ -141,12 +146,15 @@ def main() -> int:
             spy.wait(timeout=60)
     print(f"{jobs} jobs of {args.items} indices: {1000 * wall / jobs:.1f} ms wall per job "
           f"({1e6 * wall / jobs / args.items:.1f} µs per index)")
+    batches = -(-args.items // args.batch_size) if args.batch_size else 0
     total = 0.0
     for name in procs:
         spent = 1000 * (after[name] - before[name]) / jobs
         total += spent
-        print(f"  {name:16s} {spent:8.1f} ms CPU per job")
-    print(f"  {'all':16s} {total:8.1f} ms CPU per job")
+        per_batch = f"  {spent / batches:6.2f} ms per batch" if batches else ""
+        print(f"  {name:16s} {spent:8.1f} ms CPU per job{per_batch}")
+    per_batch = f"  {total / batches:6.2f} ms per batch" if batches else ""
+    print(f"  {'all':16s} {total:8.1f} ms CPU per job{per_batch}")
     for name, out, _ in spies:
         print(f"\npy-spy, {name}:")
         print(summarize(out, args.top) if out.exists() else "  (no profile written)")

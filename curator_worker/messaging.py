@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 from curator_worker.compat.celery import detach_result_tracking
+from curator_worker.compat.kombu import reuse_channel_clients
 from curator_worker.config import Settings, celery_config
 
 RUN_BATCH = "curator.run_batch"
@@ -28,6 +29,7 @@ def create_app(settings: Settings, *, with_tasks: bool = False) -> Celery:
         worker of such an app checks every message before running it
         (:mod:`curator_worker.trust`).
     """
+    reuse_channel_clients()
     app = Celery("curator_worker", include=["curator_worker.worker.tasks"] if with_tasks else [])
     app.conf.update(celery_config(settings))
     if with_tasks:

@@ -214,3 +214,41 @@ def refuse_compressed_bodies() -> None:
 
     for content_type in list(compression._decoders):
         compression._decoders[content_type] = _refuse_compressed
+
+
+_CLIENT_ATTRIBUTE = "_curator_shared_client"
+
+
+def reuse_channel_clients() -> None:
+    """Make each kombu Redis channel reuse one synchronous redis-py client.
+
+    kombu's Redis channel builds a new ``redis.Redis`` on its connection pool for every
+    publish, acknowledgement and delivery bookkeeping (``Channel.conn_or_acquire`` calls
+    ``Channel._create_client`` each time; checked with kombu 5.7.0), and redis-py 8 copies
+    its table of ~170 response callbacks into every new client: about a tenth of a worker
+    node's main process CPU went there (``benchmarks/profile_job.py``). A client holds no
+    connection of its own (each command borrows one from the pool), so one client per
+    channel and pool serves every caller; a channel whose pool is replaced (a reconnection,
+    a fork) gets a new one. The asynchronous client (the consumer's poller) is untouched.
+    Idempotent.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    if getattr(channel._create_client, "_curator_reuses", False):
+        return
+    create = channel._create_client
+
+    def _create_client(self: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return create(self, asynchronous=True)
+        pool = self.pool
+        cached = self.__dict__.get(_CLIENT_ATTRIBUTE)
+        if cached is not None and cached[0] is pool:
+            return cached[1]
+        client = create(self, asynchronous=False)
+        self.__dict__[_CLIENT_ATTRIBUTE] = (pool, client)
+        return client
+
+    _create_client._curator_reuses = True  # type: ignore[attr-defined]
+    channel._create_client = _create_client

@@ -299,3 +299,43 @@ def test_kombu_decompresses_while_building_a_message_and_the_refusal_keeps_it_sm
     finally:
         compression._decoders.clear()
         compression._decoders.update(saved)
+
+
+def _bare_channel() -> object:
+    """A kombu Redis channel with pools of its own and no connection made (``__init__``
+    pings the server; the client factory does not need it)."""
+    import redis
+    from kombu.transport.redis import Channel
+
+    channel = Channel.__new__(Channel)
+    channel.Client = redis.Redis  # what __init__ picks without a key prefix
+    channel._pool = redis.ConnectionPool.from_url(DEAD_REDIS)
+    channel._async_pool = redis.ConnectionPool.from_url(DEAD_REDIS)
+    return channel
+
+
+def test_kombu_redis_channels_reuse_one_synchronous_client() -> None:
+    import redis
+
+    kombu_compat.reuse_channel_clients()
+    kombu_compat.reuse_channel_clients()  # idempotent: wrapped once
+    channel = _bare_channel()
+    first = channel._create_client()
+    assert isinstance(first, redis.Redis)
+    assert channel._create_client() is first
+    assert first.connection_pool is channel._pool
+    with channel.conn_or_acquire() as client:  # what publishes and acks go through
+        assert client is first
+    assert channel._create_client(asynchronous=True) is not channel._create_client(
+        asynchronous=True)  # the poller's client is left alone
+    channel._pool = redis.ConnectionPool.from_url(DEAD_REDIS)  # reconnected, or forked
+    renewed = channel._create_client()
+    assert renewed is not first and renewed.connection_pool is channel._pool
+    assert _bare_channel()._create_client() is not renewed  # one client per channel
+
+
+def test_apps_reuse_kombu_channel_clients() -> None:
+    from kombu.transport.redis import Channel
+
+    create_app(Settings(broker_url=DEAD_REDIS, result_backend=DEAD_REDIS))
+    assert getattr(Channel._create_client, "_curator_reuses", False)
