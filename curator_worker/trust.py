@@ -18,7 +18,9 @@ In the worker's main process (:class:`GuardedConsumer`, before a pool process se
       keyword arguments, no callbacks, and a chord callback only ``curator.gather``.
 In the pool process, before the batch starts (:func:`unplanned_batch`, :func:`unknown_job`)
     - the job exists, and the batch key is one it planned (at submit or in a retry round)
-      with exactly its indices: one lookup of the plan's text, compared with the message's.
+      with exactly its indices: the plan's text compared with the message's, in the
+      script that begins the batch (:meth:`JobStore.begin_batch`), before it writes
+      anything; :func:`unplanned_batch` then says which check failed.
 
 A message that fails a check is logged in one line (:func:`refuse`) and acknowledged:
 never run, never retried, never a traceback, no file and no job store write. Everything

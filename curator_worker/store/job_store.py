@@ -19,7 +19,12 @@ import redis
 
 from curator_worker.contract.planning import IndexCost
 from curator_worker.store import scripts
-from curator_worker.store.attempts import ATTEMPT_MARK_TTL, AttemptMark, BatchStart
+from curator_worker.store.attempts import (
+    ATTEMPT_MARK_TTL,
+    AttemptMark,
+    BatchStart,
+    UnplannedBatch,
+)
 from curator_worker.store.batch_results import EncodedResults
 from curator_worker.store.connection import connect
 from curator_worker.store.keys import (
@@ -127,24 +132,47 @@ class JobStore(JobReads):
         """Every task of ``job_id`` is published: clear the publishing mark."""
         self.client.hdel(self.key(job_id), "publishing")
 
-    def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
+    def begin_batch(self, job_id: str, batch_key: str, worker: str = "", *,
+                    plan: str | None = None, mark: AttemptMark | None = None
+                    ) -> BatchStart | None:
         """Start a delivery of ``batch_key``: ``None`` if it is committed, else its start.
 
-        One round trip: checks the commit, counts the delivery (attempt 1, 2, ...), sets
-        the job's ``started`` time once, records ``worker`` (node/pid) as seen now for the
-        count of active workers, and reads the job's state.
+        One round trip: checks the plan (with ``plan``), checks the commit, counts the
+        delivery (attempt 1, 2, ...), sets the job's ``started`` time once, records
+        ``worker`` (node/pid) as seen now for the count of active workers, sets the first
+        delivery's liveness ``mark`` (:attr:`BatchStart.marked`) and reads the job's state.
+
+        Parameters
+        ----------
+        plan : str, optional
+            The message's indices as :func:`plan_entry` writes them: a batch the job did
+            not plan with exactly these raises :class:`UnplannedBatch` before anything is
+            written.
+        mark : AttemptMark, optional
+            This attempt's liveness mark, set here when this is the first delivery.
+
+        Raises
+        ------
+        UnplannedBatch
+            See ``plan``.
         """
-        attempt, state = self._begin(
+        attempt, state, marked = self._begin(
             keys=[self.key(job_id, "committed"), self.key(job_id, "attempts"), self.key(job_id),
-                  self.key(job_id, "workers")],
-            args=[batch_key, worker, time.time()],
+                  self.key(job_id, "workers"), self.key(job_id, "batches"),
+                  alive_key(job_id, batch_key)],
+            args=[batch_key, worker, time.time(), plan or "",
+                  mark.value if mark is not None else "",
+                  int(mark.ttl * 1000) if mark is not None else 0],
         )
+        if int(attempt) < 0:
+            raise UnplannedBatch(job_id, batch_key)
         if not attempt:
             return None
-        return BatchStart(int(attempt), state.decode() if state else None)
+        return BatchStart(int(attempt), state.decode() if state else None, bool(marked))
 
     def commit_batch(
-        self, job_id: str, batch_key: str, results: EncodedResults, record: Mapping[str, Any]
+        self, job_id: str, batch_key: str, results: EncodedResults, record: Mapping[str, Any],
+        mark: AttemptMark | None = None,
     ) -> int:
         """Commit a batch: its per-index results, shards and counters, atomically.
 
@@ -156,6 +184,9 @@ class JobStore(JobReads):
             The batch's per-index results (:func:`curator_worker.batch_results.encode`).
         record : Mapping
             The commit record (shards, node, host, pid, attempt, timings).
+        mark : AttemptMark, optional
+            The committing attempt's liveness mark, released in the same round trip
+            (:meth:`AttemptMark.stop_renewing` first).
 
         Returns
         -------
@@ -168,10 +199,14 @@ class JobStore(JobReads):
         for index, entry in results.failed.items():
             failed += [index, entry]
         args = [batch_key, json.dumps(dict(record)), results.blob, json.dumps(results.ok),
-                *failed]
-        keys = [self.key(job_id, part)
-                for part in ("", "committed", "results", "failures", "inflight")]
-        return int(self._commit(keys=keys, args=args))
+                mark.value if mark is not None else "", *failed]
+        keys = [*(self.key(job_id, part)
+                  for part in ("", "committed", "results", "failures", "inflight")),
+                alive_key(job_id, batch_key)]
+        committed = int(self._commit(keys=keys, args=args))
+        if mark is not None:
+            mark.released = True
+        return committed
 
     @contextmanager
     def gather_lease(self, job_id: str, ttl: float = GATHER_LOCK_TTL) -> Iterator[str | None]:

@@ -45,6 +45,7 @@ from curator_worker.store import (
     batch_results,
 )
 from curator_worker.store.attempts import AttemptMark, BatchStart
+from curator_worker.store.keys import plan_entry
 from curator_worker.worker import log_context
 from curator_worker.worker.lease import LeaseRenewal
 
@@ -115,11 +116,13 @@ class BatchAttempt:
         #: blamed on that index (crash attribution)
         self.track_running_index = False
         self.started: float | None = None  # when execution began (epoch seconds)
+        self.mark: AttemptMark | None = None
         self._last_cancel_check = time.monotonic()
 
     def run(self) -> str:
         """Run the attempt to its end; returns the batch key (the chord's result)."""
         with self.store.attempt_mark(self.job_id, self.batch_key) as mark:
+            self.mark = mark
             start = self.begin(mark)
             if start is None:
                 return self.batch_key
@@ -139,17 +142,27 @@ class BatchAttempt:
     # -- begin ---------------------------------------------------------------------------
 
     def begin(self, mark: AttemptMark) -> BatchStart | None:
-        """Count this attempt; ``None`` when the batch must not run (committed already,
-        the job cancelled or ended)."""
+        """Check the plan and count this attempt; ``None`` when the batch must not run
+        (committed already, the job cancelled or ended).
+
+        Raises
+        ------
+        UnplannedBatch
+            When the job did not plan this batch with these indices (nothing written).
+        """
         job_id, batch_key = self.job_id, self.batch_key
-        start = self.store.begin_batch(job_id, batch_key, f"{self.node or HOSTNAME}/{os.getpid()}")
+        start = self.store.begin_batch(job_id, batch_key, f"{self.node or HOSTNAME}/{os.getpid()}",
+                                       plan=plan_entry(self.indices), mark=mark)
         if start is None:
             log.info("job %s batch %s already committed; skipping redelivery", job_id, batch_key)
             return None
         self.attempt = start.attempt
         self.duplicate = self.attempt > 1 and mark.another_alive()
         self.track_running_index = self.attempt > 1 and not self.duplicate
-        mark.start()
+        if start.marked:
+            mark.keep_alive()
+        else:
+            mark.start()
         if self.duplicate:
             log.info("job %s batch %s: delivered again while attempt %d runs (visibility "
                      "timeout); not a worker death", job_id, batch_key, self.attempt - 1)
@@ -289,8 +302,12 @@ class BatchAttempt:
         """Commit results and shards once; the job's last commit gathers right away, a
         losing duplicate removes its shards."""
         store, job_id, batch_key = self.store, self.job_id, self.batch_key
-        committed = store.commit_batch(job_id, batch_key, batch_results.encode(outcome.results),
-                                       self.commit_record(outcome.results, shards))
+        encoded = batch_results.encode(outcome.results)
+        mark = self.mark
+        if mark is not None:
+            mark.stop_renewing()  # the commit releases it
+        committed = store.commit_batch(job_id, batch_key, encoded,
+                                       self.commit_record(outcome.results, shards), mark=mark)
         if committed == COMMITTED_LAST:
             self.gather(job)
         elif committed == ALREADY_COMMITTED:

@@ -34,6 +34,7 @@ from curator_worker.gather import gather_job
 from curator_worker.messaging import GATHER, RUN_BATCH
 from curator_worker.policy import BatchPolicy
 from curator_worker.store import JobStore
+from curator_worker.store.attempts import UnplannedBatch
 from curator_worker.trust import refuse, unknown_job, unplanned_batch
 from curator_worker.worker import log_context
 from curator_worker.worker import node as _node_signals  # noqa: F401 - connects them
@@ -146,8 +147,10 @@ def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str
     result key, no "started" state): the chord still counts it and hands ``gather`` the
     batch keys.
 
-    A batch its job did not plan (:func:`~curator_worker.trust.unplanned_batch`) is
-    dropped with one log line before anything is written: not run, not counted.
+    A batch its job did not plan (checked as the batch begins, in the same round trip:
+    :meth:`~curator_worker.store.JobStore.begin_batch`; the log line says why,
+    :func:`~curator_worker.trust.unplanned_batch`) is dropped with one log line before
+    anything is written: not run, not counted.
 
     If the job store stays unreachable (beyond the client's retries), the message is
     rejected and requeued instead of acknowledged, so the batch is not lost.
@@ -155,11 +158,13 @@ def run_batch(self: Any, job_id: str, batch_key: str, indices: list[int]) -> str
     with log_context.batch_context(job_id, batch_key):
         try:
             store = worker_store()
-            problem = unplanned_batch(store, job_id, batch_key, indices)
-            if problem:
+            try:
+                return process_batch(store, job_id, batch_key, indices,
+                                     self.request.hostname or "")
+            except UnplannedBatch as exc:
+                problem = unplanned_batch(store, job_id, batch_key, indices) or str(exc)
                 refuse(RUN_BATCH, self.request.id, problem)
-                raise Ignore()  # acknowledged; no result, no chord count
-            return process_batch(store, job_id, batch_key, indices, self.request.hostname or "")
+                raise Ignore() from None  # acknowledged; no result, no chord count
         except (redis.ConnectionError, redis.TimeoutError, BrokerUnavailableError) as exc:
             log.error("job store unreachable (%s); requeueing batch %s", exc, batch_key)
             raise Reject(exc, requeue=True) from None

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,12 +299,13 @@ class _StaleCommitCheckStore(JobStore):
 
     stale = True
 
-    def begin_batch(self, job_id: str, batch_key: str, worker: str = "") -> BatchStart | None:
+    def begin_batch(self, job_id: str, batch_key: str, worker: str = "",
+                    **options: Any) -> BatchStart | None:
         if self.stale:
             self.stale = False
             attempts = self.client.hincrby(self.key(job_id, "attempts"), batch_key, 1)
-            return BatchStart(int(attempts), self.state(job_id))
-        return super().begin_batch(job_id, batch_key, worker)
+            return BatchStart(int(attempts), self.state(job_id))  # mark not set: set later
+        return super().begin_batch(job_id, batch_key, worker, **options)
 
 
 def test_losing_duplicate_attempt_leaves_no_shard_folder(

@@ -10,17 +10,20 @@
 -- KEYS[3] results hash     batch key -> JSON array of the batch's per-index records
 -- KEYS[4] failures hash    index -> error record, for failed indices only
 -- KEYS[5] in-flight hash   batch key -> indices processed so far (live progress)
+-- KEYS[6] the batch's liveness mark (AttemptMark), released when it holds ARGV[5]
 -- ARGV[1] batch key
 -- ARGV[2] commit record JSON
 -- ARGV[3] result blob JSON (stored as is)
 -- ARGV[4] JSON array of the indices that succeeded
--- ARGV[5..] pairs: failed index, its record JSON
+-- ARGV[5] the committing attempt's mark ('' : none)
+-- ARGV[6..] pairs: failed index, its record JSON
 -- Returns 0 when the batch was already committed, 1 when this call committed it, 2 when it
 -- committed it and every planned batch of the job is now committed (the caller may gather).
 --
 -- Counters: a succeeded index counts as done; if it had failed before (a retry batch), it
 -- leaves the failures and the failed count. A failed index counts as failed once, however
 -- many retry rounds fail it again.
+if ARGV[5] ~= '' and redis.call('GET', KEYS[6]) == ARGV[5] then redis.call('DEL', KEYS[6]) end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('HDEL', KEYS[5], ARGV[1])
   return 0
@@ -33,7 +36,7 @@ if n_ok > 0 and redis.call('HLEN', KEYS[4]) > 0 then
     failed = failed - redis.call('HDEL', KEYS[4], unpack(ok, s, math.min(s + 999, n_ok)))
   end
 end
-for k = 5, #ARGV, 2 do
+for k = 6, #ARGV, 2 do
   failed = failed + redis.call('HSET', KEYS[4], ARGV[k], ARGV[k + 1])
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
