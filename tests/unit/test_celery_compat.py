@@ -97,7 +97,9 @@ def test_result_tracking_methods_we_replace_exist_with_their_signatures() -> Non
 
 def test_a_producer_app_never_subscribes_to_results(producer_app: Celery) -> None:
     """Celery's own ``on_task_call`` subscribes at once (and fails on a dead Redis)."""
-    stock = Celery(broker=DEAD_REDIS, backend=DEAD_REDIS)
+    # one reconnect, not Celery's default 20 at 1 s each: failing is the point, not how long
+    stock = Celery(broker=DEAD_REDIS, backend=DEAD_REDIS,
+                   result_backend_transport_options={"retry_policy": {"max_retries": 1}})
     with pytest.raises(Exception):  # noqa: B017,PT011 - whatever redis-py raises there
         stock.backend.on_task_call(None, "t1")
     assert producer_app.backend.on_task_call(None, "t1") is None
@@ -176,7 +178,10 @@ def test_consumer_hooks_we_override_exist_with_their_signatures() -> None:
     from celery.worker.consumer import Consumer
     from kombu.message import Message
 
-    assert compat.FilteringConsumer.__mro__[1] is Consumer
+    assert compat.FilteringConsumer.__mro__[1:3] == (compat.CoalescedEventsConsumer, Consumer)
+    expect_params("Consumer.on_send_event_buffered", Consumer.on_send_event_buffered, [])
+    expect_params("Consumer._flush_events", Consumer._flush_events, [])
+    expect_params("Consumer.shutdown", Consumer.shutdown, [])
     expect_params("Consumer.update_strategies", Consumer.update_strategies, [])
     expect_params("Consumer.on_unknown_task", Consumer.on_unknown_task,
                   ["body", "message", "exc"])
@@ -339,3 +344,47 @@ def test_apps_reuse_kombu_channel_clients() -> None:
 
     create_app(Settings(broker_url=DEAD_REDIS, result_backend=DEAD_REDIS))
     assert getattr(Channel._create_client, "_curator_reuses", False)
+
+
+class _Hub:
+    """What the consumer asks of kombu's event loop, recorded."""
+
+    def __init__(self) -> None:
+        self.later: list[tuple[float, object]] = []
+        self.soon: list[object] = []
+
+    def call_later(self, delay: float, callback: object) -> None:
+        self.later.append((delay, callback))
+
+    def call_soon(self, callback: object) -> None:
+        self.soon.append(callback)
+
+
+def test_task_events_are_flushed_together_after_a_short_delay() -> None:
+    import threading
+
+    from celery.worker.consumer import Consumer
+
+    # the hooks we override and call exist with these names
+    assert callable(Consumer.on_send_event_buffered) and callable(Consumer._flush_events)
+    assert "_flush_events_promise" in inspect.getsource(Consumer.__init__)
+    consumer = compat.CoalescedEventsConsumer.__new__(compat.CoalescedEventsConsumer)
+    consumer.hub = hub = _Hub()
+    flushed: list[int] = []
+    consumer._flush_events = lambda: flushed.append(1)  # type: ignore[method-assign]
+    consumer._flush_events_promise = "promise"
+    for _ in range(5):  # five events buffered in the window: one flush scheduled
+        consumer.on_send_event_buffered()
+    assert [delay for delay, _ in hub.later] == [compat.TASK_EVENT_FLUSH_DELAY]
+    assert hub.soon == [] and flushed == []
+    hub.later[0][1]()  # the timer fires
+    assert flushed == [1]
+    consumer.on_send_event_buffered()  # the next event schedules the next flush
+    assert len(hub.later) == 2
+    consumer._event_flush_due -= 10  # its timer was lost (the loop reset): scheduled again
+    consumer.on_send_event_buffered()
+    assert len(hub.later) == 3
+    worker = threading.Thread(target=consumer.on_send_event_buffered)
+    worker.start()
+    worker.join()
+    assert hub.soon == ["promise"]  # from another thread: Celery's immediate flush
