@@ -422,6 +422,8 @@ def summarise(runs: list[dict[str, Any]], counts: list[int],
         cell = row.setdefault(run["runner"], {"walls_s": [], "efficiencies": [],
                                               "foreign_load": [],
                                               **{key: [] for key in CPU_KEYS}})
+        cell["ideal_s"] = run["ideal_s"]
+        cell["items"] = run.get("items")
         cell["walls_s"].append(run["wall_s"])
         cell["efficiencies"].append(run["efficiency"])
         for key in ("foreign_load", *CPU_KEYS):
@@ -447,21 +449,24 @@ def goal(summary: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
             "limit": 0.90,
             "value": row["ours"]["efficiency"] if measured else None,
             "met": (row["ours"]["efficiency"] >= 0.90) if measured else None,
+            "items": row["ours"].get("items") if measured else None,
             "beside": {r: row[r]["efficiency"] for r in row if r != "ours"} if measured else {}}
 
 
 def print_summary(summary: dict[str, Any], config: dict[str, Any]) -> None:
     """Text tables: efficiency and wall, median (min-max) over rounds."""
     for sink, by_count in summary.items():
-        print(f"\nsink {sink}: {config['items']} items x {config['item_ms']} ms on "
+        what = (f"{config['items_per_process']} items per process"
+                if config.get("items_per_process") else f"{config['items']} items")
+        print(f"\nsink {sink}: {what} x {config['item_ms']} ms on "
               f"{config['hosts']} hosts, {config['rtt_ms']} ms RTT; median (min-max) of "
               f"{config['rounds']} rounds")
         print(f"  {'processes':>9s} {'runner':7s} {'ideal s':>8s} {'wall s':>24s} "
               f"{'efficiency':>24s}  CPU s: {'lab':>5s} {'relays':>6s} {'Redis':>5s} "
               f"{'prod.':>5s} {'node':>5s} {'pool':>5s}")
         for count, by_runner in by_count.items():
-            ideal = config["items"] * config["item_ms"] / 1000 / int(count)
             for runner, row in by_runner.items():
+                ideal = row["ideal_s"]
                 wall = f"{row['wall_s']:.3f} ({row['wall_min_max'][0]:.3f}-" \
                        f"{row['wall_min_max'][1]:.3f})"
                 eff = f"{row['efficiency']:.3f} ({row['efficiency_min_max'][0]:.3f}-" \
@@ -482,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="round-trip time added on every link to Redis (default 1)")
     parser.add_argument("--items", type=int, default=None,
                         help="indices (default 1280; --quick 640)")
+    parser.add_argument("--items-per-process", type=int, default=None, metavar="N",
+                        help="weak scaling: N x processes items at each process count (the "
+                             "ideal wall is the same at every count); instead of --items")
     parser.add_argument("--item-ms", type=float, default=20.0, help="sleep per index (20)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
     parser.add_argument("--sink", choices=("echo", "files", "both"), default="echo",
@@ -502,7 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.driver:
         return driver_main(args.driver)
 
+    if args.items and args.items_per_process:
+        parser.error("--items and --items-per-process exclude each other")
     items = args.items or (640 if args.quick else 1280)
+    per_process = args.items_per_process
     rounds = args.rounds or (2 if args.quick else 3)
     sinks = {"echo": ["echo"], "files": ["files"], "both": list(SINKS)}[args.sink]
     try:
@@ -513,8 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     runners = [r for r in args.runners.split(",") if r]
     if set(runners) - set(RUNNERS) or not runners:
         parser.error(f"--runners: choose from {','.join(RUNNERS)}")
-    if not 1 <= args.hosts <= 100 or any(c < 1 for c in counts) or items < 1 or rounds < 1:
-        parser.error("--hosts must be 1-100; --processes, --items and --rounds positive")
+    if not 1 <= args.hosts <= 100 or any(c < 1 for c in counts) or items < 1 or rounds < 1 \
+            or (per_process is not None and per_process < 1):
+        parser.error("--hosts must be 1-100; --processes, --items, --items-per-process and "
+                     "--rounds positive")
+
+    def items_at(processes: int) -> int:
+        return per_process * processes if per_process else items
     if args.rtt_ms < 0 or args.item_ms < 0 or args.file_kb < 1:
         parser.error("--rtt-ms and --item-ms must be >= 0 and --file-kb >= 1")
 
@@ -537,11 +553,13 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: sys.exit(143))  # run the clean-up below
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
-    config = {"hosts": args.hosts, "processes": counts, "rtt_ms": args.rtt_ms, "items": items,
+    config = {"hosts": args.hosts, "processes": counts, "rtt_ms": args.rtt_ms,
+              "items": None if per_process else items, "items_per_process": per_process,
               "item_ms": args.item_ms, "rounds": rounds, "sinks": sinks, "runners": runners,
               "file_kb": args.file_kb, "seed": seed, "quick": args.quick,
               "task_events": {"ours": True, "naive": False, "tuned": False}}
-    print(f"{args.hosts} hosts, {args.rtt_ms} ms RTT to Redis, {items} items x "
+    what = f"{per_process} items per process" if per_process else f"{items} items"
+    print(f"{args.hosts} hosts, {args.rtt_ms} ms RTT to Redis, {what} x "
           f"{args.item_ms} ms, processes {counts}, sinks {sinks}, {rounds} rounds, seed {seed}",
           flush=True)
 
@@ -568,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         rtt_measured = ask(driver, {"op": "ping"})["ms"]
         print(f"Redis PING from the producer's host: {rtt_measured:.3f} ms (median)",
               flush=True)
-        item_s = ask(driver, {"op": "loop", "items": min(items, 50),
+        item_s = ask(driver, {"op": "loop", "items": min(items_at(min(counts)), 50),
                               "item_ms": args.item_ms})["item_s"]
 
         def job(runner: str, processes: int, sink: str) -> dict[str, float]:
@@ -579,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             lab_cpu = tree_cpu()
             with CpuMeter() as meter:
                 answer = ask(driver, {"op": "run", "args": {
-                    "runner": runner, "processes": processes, "items": items,
+                    "runner": runner, "processes": processes, "items": items_at(processes),
                     "item_ms": args.item_ms, "sink": sink, "out_dir": str(out_dir),
                     "file_kb": args.file_kb}})
             if not answer["ok"]:
@@ -607,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                     for sink in sinks:  # untimed: warm pools; ours learns the spec's cost
                         job(runner, processes, sink)
                     startup[f"{runner}@{processes}"] = round(time.perf_counter() - begin, 2)
-                ideal = items * args.item_ms / 1000 / processes
+                ideal = items_at(processes) * args.item_ms / 1000 / processes
                 for r in range(rounds):
                     order = list(runners)
                     rng.shuffle(order)
@@ -616,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
                         for runner in order:
                             timed = job(runner, processes, sink)
                             runs.append({"processes": processes, "round": r, "sink": sink,
-                                         "runner": runner, **timed,
+                                         "runner": runner, "items": items_at(processes),
+                                         **timed,
                                          "ideal_s": round(ideal, 4),
                                          "efficiency": round(ideal / timed["wall_s"], 4)})
                     mine = [x for x in runs if x["processes"] == processes and x["round"] == r]

@@ -94,6 +94,26 @@ def test_cluster_runs_all_runners_and_cleans_up(namespaces: None, tmp_path: Path
     assert _root_veths() <= veths_before
 
 
+def test_cluster_weak_scaling_gives_each_process_the_same_items(namespaces: None,
+                                                                tmp_path: Path) -> None:
+    out = tmp_path / "weak.json"
+    tiny = [a for a in TINY if a not in ("--items", "12")]
+    done = subprocess.run([sys.executable, str(SCRIPT), *tiny, "--items-per-process", "3",
+                           "--runners", "ours", "--out", str(out)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["config"]["items_per_process"] == 3 and results["config"]["items"] is None
+    for run in results["runs"]:  # 6 items on 2 processes, 12 on 4: the same ideal wall
+        assert run["items"] == run["outputs_ok"] == 3 * run["processes"], run
+        assert run["ideal_s"] == pytest.approx(3 * 0.005, abs=1e-4)
+    assert "3 items per process" in done.stdout
+    assert results["lab"]["leftovers"] == {"namespaces": [], "processes": []}
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--items", "5", "--items-per-process", "2"],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "exclude each other" in bad.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cluster_cleans_up_when_stopped(namespaces: None, tmp_path: Path, sig: int) -> None:
     proc = subprocess.Popen(
