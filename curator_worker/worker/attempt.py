@@ -53,9 +53,7 @@ log = logging.getLogger(__name__)
 
 #: Deaths of a worker while one index was running before that index is blamed and skipped.
 BLAME_THRESHOLD = 2
-#: Seconds between checks for cancellation while a batch runs.
-CANCEL_CHECK_INTERVAL = 0.5
-#: Seconds between live progress reports of a running batch.
+#: Seconds between live progress reports of a running batch (and checks for cancellation).
 PROGRESS_INTERVAL = 0.5
 #: When this worker process imported its code (workers import components once).
 _IMPORTED_AT = time.time()
@@ -117,7 +115,6 @@ class BatchAttempt:
         self.track_running_index = False
         self.started: float | None = None  # when execution began (epoch seconds)
         self.mark: AttemptMark | None = None
-        self._last_cancel_check = time.monotonic()
 
     def run(self) -> str:
         """Run the attempt to its end; returns the batch key (the chord's result)."""
@@ -246,18 +243,10 @@ class BatchAttempt:
         progress = InflightProgress(self.store, self.job_id, self.batch_key, self.lease)
         return execute_batch(
             job.pipeline, self.indices, attempt=self.attempt, policy=job.policy, skip=skip,
-            should_stop=self.cancelled, on_start=self.starting, on_stuck=self.stuck,
-            on_index=progress, **job.metrics,
+            should_stop=progress.cancelled,
+            on_start=self.starting if self.track_running_index else log_context.set_index,
+            on_stuck=self.stuck, on_index=progress, **job.metrics,
         )
-
-    def cancelled(self) -> bool:
-        """Whether the job was cancelled (asks the store at most every
-        :data:`CANCEL_CHECK_INTERVAL`)."""
-        now = time.monotonic()
-        if now - self._last_cancel_check < CANCEL_CHECK_INTERVAL:
-            return False
-        self._last_cancel_check = now
-        return self.store.state(self.job_id) == CANCELLED
 
     def starting(self, index: int) -> None:
         """Before each index: log context, and (redelivered batches) the running index."""
@@ -343,24 +332,33 @@ class BatchAttempt:
 
 
 class InflightProgress:
-    """After each index: reports a running batch's processed count, at most every
-    :data:`PROGRESS_INTERVAL`, and renews its lease (:mod:`curator_worker.worker.lease`)."""
+    """After each index, at most every :data:`PROGRESS_INTERVAL`: reports a running batch's
+    processed count, renews its lease (:mod:`curator_worker.worker.lease`) and asks whether
+    its job was cancelled (:meth:`cancelled`, checked before each index). In between, an
+    index costs a counter and a clock read."""
 
     def __init__(self, store: JobStore, job_id: str, batch_key: str,
                  lease: LeaseRenewal | None = None) -> None:
         self.store, self.job_id, self.batch_key = store, job_id, batch_key
         self.lease = lease
         self.count = 0
-        self.last = time.monotonic()
+        self.due = time.monotonic() + PROGRESS_INTERVAL
+        self.stop = False
 
     def __call__(self, result: IndexResult) -> None:
-        if self.lease is not None:
-            self.lease()
         self.count += 1
         now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            self.store.report_inflight(self.job_id, self.batch_key, self.count)
+        if now < self.due:
+            return
+        self.due = now + PROGRESS_INTERVAL
+        if self.lease is not None:
+            self.lease()
+        self.store.report_inflight(self.job_id, self.batch_key, self.count)
+        self.stop = self.store.state(self.job_id) == CANCELLED
+
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled, as last seen after an index."""
+        return self.stop
 
 
 def stage_totals(results: list[IndexResult]) -> dict[str, Any]:
