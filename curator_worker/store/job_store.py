@@ -239,8 +239,8 @@ class JobStore(JobReads):
         try:
             yield token
         finally:
+            # not joined (slow to wake on a busy machine): a later renewal writes nothing
             stop.set()
-            renewer.join()
             self._release(keys=[key], args=[token])
 
     def holds_gather_lock(self, job_id: str, token: str) -> bool:
