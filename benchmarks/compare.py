@@ -19,6 +19,10 @@ Runners, each with ``--workers`` processes (default 2):
                    ``group`` of one task per item, ``GroupResult.get()``, own Redis and worker
 ``tuned``          the same app as a competent Celery user would use it: ``task.chunks``
                    of ``n / (4 * workers)`` items in a ``chord``, ``--prefetch-multiplier 1``
+``chord_min``      the same app's floor for a chord: one task per worker process running
+                   its slice, task events on (``-E``, ``task-sent`` too), as ``ours``: what
+                   any runner built on a Celery chord pays at least (no job store, no
+                   commits, no metrics)
 ``ours``           ``run_pipeline(backend="celery")`` against a Redis and a prefork worker
                    node this script starts (``curator_worker.embedded.LocalCluster``) with
                    task events on, as a deployed cluster runs (Flower needs them); the same
@@ -97,7 +101,7 @@ from benchmarks.workloads import (  # noqa: E402
 from curator_worker.contract.pipeline import Pipeline  # noqa: E402
 
 RUNNERS = ("loop", "sequential", "ppe", "loky", "loky_batched", "dask", "naive", "tuned",
-           "ours", "ours_cold", "ours_noevents", "ours_nometrics")
+           "chord_min", "ours", "ours_cold", "ours_noevents", "ours_nometrics")
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -309,7 +313,11 @@ def _stop_proc(proc: subprocess.Popen[bytes]) -> None:
 
 
 class NaiveCeleryRunner(Runner):
-    """A default-settings Celery app, one task per item (``benchmarks/naive_celery.py``)."""
+    """A default-settings Celery app, one task per item (``benchmarks/naive_celery.py``).
+
+    Each runner has its own Redis, worker and producer app (tasks sent by name): the
+    naive, tuned and chord_min runners of one run never share a broker or a setting.
+    """
 
     name = "naive"
     worker_options: tuple[str, ...] = ()
@@ -322,29 +330,29 @@ class NaiveCeleryRunner(Runner):
         self.folder = Path(tempfile.mkdtemp(prefix="curator-bench-naive-"))
         self.redis = RedisServer(self.folder)
         self.redis.start()
-        os.environ["BENCH_NAIVE_BROKER"] = self.redis.url
-        from benchmarks import naive_celery
+        from celery import Celery
 
-        naive_celery.app.conf.update(broker_url=self.redis.url, result_backend=self.redis.url)
-        self.app = naive_celery.app
-        self.task = naive_celery.naive_item
+        self.app = Celery(f"bench_{self.name}", broker=self.redis.url, backend=self.redis.url)
+        self.task = self.app.signature("bench.naive_item")
         self.log = open(self.folder / "worker.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "benchmarks.naive_celery", "worker",
              "--pool", "prefork", "--concurrency", str(self.workers), "--loglevel", "WARNING",
              "--without-mingle", "--without-gossip", *self.worker_options],
-            env=dict(os.environ), cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "BENCH_NAIVE_BROKER": self.redis.url}, cwd=str(REPO),
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         spec = pipeline_spec_json(make_pipeline(1))
-        self.task.delay(spec, 0).get(timeout=60)
+        self.task.clone(args=(spec, 0)).delay().get(timeout=60)
         return time.perf_counter() - begin
 
     def run(self, w: Workload) -> list[list[str]]:
         """``group(one task per item).apply_async().get()``."""
         from celery import group
 
-        result = group(self.task.s(w.spec_json, i) for i in w.indices).apply_async()
+        result = group((self.task.clone(args=(w.spec_json, i)) for i in w.indices),
+                       app=self.app).apply_async()
         return list(result.get(timeout=600))
 
     def stop(self) -> None:
@@ -364,13 +372,52 @@ class TunedCeleryRunner(NaiveCeleryRunner):
 
     def run(self, w: Workload) -> list[list[str]]:
         """``chord(naive_item.chunks(items, n / (4 * workers)).group())(flatten.s())``."""
+        from celery import chord, chunks
+
+        header = chunks(self.task, ((w.spec_json, i) for i in w.indices), self.chunksize(w),
+                        app=self.app).group()
+        return list(chord(header, app=self.app)(self.app.signature("bench.flatten"))
+                    .get(timeout=600))
+
+
+class ChordMinRunner(NaiveCeleryRunner):
+    """A chord of one task per worker process (each its slice), task events on."""
+
+    name = "chord_min"
+    worker_options = ("--prefetch-multiplier", "1", "-E")
+
+    #: Empty chords timed after start-up (their latency: what any chord pays per job).
+    EMPTY_CHORDS = 30
+
+    def start(self) -> float:
+        """Start as the naive app, with ``task-sent`` events from this producer too; then
+        time :data:`EMPTY_CHORDS` empty chords (a no-op task per process and a no-op
+        callback): :attr:`empty_chord_s`, median and min-max."""
         from celery import chord
 
-        from benchmarks import naive_celery
+        seconds = super().start()
+        self.app.conf.task_send_sent_event = True
+        nothing = self.app.signature("bench.nothing")
+        times = []
+        for n in range(self.EMPTY_CHORDS + 5):
+            begin = time.perf_counter()
+            chord([nothing.clone() for _ in range(self.workers)], app=self.app)(
+                nothing.clone()).get(timeout=60)
+            if n >= 5:  # the first ones warm connections
+                times.append(time.perf_counter() - begin)
+        self.empty_chord_s = spread(times, 5)
+        return seconds
 
-        header = self.task.chunks(((w.spec_json, i) for i in w.indices),
-                                  self.chunksize(w)).group()
-        return list(chord(header)(naive_celery.flatten.s()).get(timeout=600))
+    def run(self, w: Workload) -> list[list[str]]:
+        """``chord(naive_chunk(slice) per process)(flatten.s())``."""
+        from celery import chord
+
+        size = -(-w.n // self.workers)
+        header = [self.app.signature("bench.naive_chunk",
+                                     args=(w.spec_json, w.indices[k : k + size]))
+                  for k in range(0, w.n, size)]
+        return list(chord(header, app=self.app)(self.app.signature("bench.flatten"))
+                    .get(timeout=600))
 
 
 class OursRunner(Runner):
@@ -449,7 +496,8 @@ class OursNoMetricsRunner(OursRunner):
 RUNNER_CLASSES: dict[str, type[Runner]] = {
     cls.name: cls
     for cls in (LoopRunner, SequentialRunner, PPERunner, LokyRunner, LokyBatchedRunner,
-                DaskRunner, NaiveCeleryRunner, TunedCeleryRunner, OursRunner, OursColdRunner,
+                DaskRunner, NaiveCeleryRunner, TunedCeleryRunner, ChordMinRunner, OursRunner,
+                OursColdRunner,
                 OursNoEventsRunner, OursNoMetricsRunner)
 }
 
@@ -752,6 +800,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(ordered, foreign, loop_cpu, workloads, args.workers, args.noise_limit)
     results.update(orders=orders, startup_s=startup, workloads=summary,
                    targets=targets(summary, embedded))
+    for runner in runners:
+        if isinstance(runner, ChordMinRunner):
+            results["empty_chord_s"] = runner.empty_chord_s
+            print(f"\nAn empty chord ({args.workers} no-op tasks and a no-op callback, task "
+                  f"events on), {runner.EMPTY_CHORDS} times: {runner.empty_chord_s['median']} s "
+                  f"(min-max {runner.empty_chord_s['min']}-{runner.empty_chord_s['max']})")
     print_table(summary, startup)
     print("\nIssue 19 goals (ours):")
     for name, check in results["targets"].items():

@@ -6,6 +6,10 @@ This is what a user gets by wrapping the per-index function in ``@app.task`` and
 ``group`` of one task per item: default prefetching and acknowledgement, results in the
 Redis result backend, ``GroupResult.get()`` to wait.
 
+*Chord minimum* (``chord_min``): one task per worker process, each running its slice of the
+items, in a ``chord`` with the same callback, task events on: the least any design built
+on a Celery chord can cost for a job (no job store, no commits, no metrics).
+
 *Tuned*: what a competent Celery user writes instead: ``naive_item.chunks(...)`` (Celery's
 own chunking: one message per chunk of items) in a ``chord`` whose callback flattens the
 chunks' results; its worker runs with ``--prefetch-multiplier 1`` so chunks spread evenly
@@ -24,7 +28,7 @@ import os
 
 from celery import Celery
 
-from benchmarks.workloads import run_item
+from benchmarks.workloads import run_chunk, run_item
 
 BROKER = os.environ.get("BENCH_NAIVE_BROKER") or "memory://"
 
@@ -39,6 +43,17 @@ app = Celery(
 def naive_item(spec_json: str, index: int) -> list[str]:
     """Run one index of the pipeline of ``spec_json`` (built once per process)."""
     return run_item(spec_json, index)
+
+
+@app.task(name="bench.naive_chunk")
+def naive_chunk(spec_json: str, indices: list[int]) -> list[list[str]]:
+    """Run a slice of indices in order (the ``chord_min`` runner: one task per process)."""
+    return run_chunk(spec_json, indices)
+
+
+@app.task(name="bench.nothing")
+def nothing(_: object = None) -> None:
+    """A task that does nothing (``chord_min``'s empty chord: the latency of a chord)."""
 
 
 @app.task(name="bench.flatten")
