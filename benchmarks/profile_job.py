@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -94,6 +95,9 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true",
                         help="every job a spec the cluster has never seen (a user's first job)")
     parser.add_argument("--top", type=int, default=25, help="functions shown per profile")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default benchmarks/results/profile-<UTC>-<commit>"
+                             ".json)")
     parser.add_argument("--rate", type=int, default=250,
                         help="py-spy samples per second (sampling costs CPU too)")
     args = parser.parse_args()
@@ -148,16 +152,38 @@ def main() -> int:
           f"({1e6 * wall / jobs / args.items:.1f} µs per index)")
     batches = -(-args.items // args.batch_size) if args.batch_size else 0
     total = 0.0
+    cpu_ms: dict[str, float] = {}
     for name in procs:
         spent = 1000 * (after[name] - before[name]) / jobs
+        cpu_ms[name] = round(spent, 2)
         total += spent
         per_batch = f"  {spent / batches:6.2f} ms per batch" if batches else ""
         print(f"  {name:16s} {spent:8.1f} ms CPU per job{per_batch}")
+    cpu_ms["all"] = round(total, 2)
     per_batch = f"  {total / batches:6.2f} ms per batch" if batches else ""
     print(f"  {'all':16s} {total:8.1f} ms CPU per job{per_batch}")
+    profiles = {}
     for name, out, _ in spies:
+        profiles[name] = summarize(out, args.top) if out.exists() else "  (no profile written)"
         print(f"\npy-spy, {name}:")
-        print(summarize(out, args.top) if out.exists() else "  (no profile written)")
+        print(profiles[name])
+    from benchmarks.compare import commit_info, default_out, machine_info
+
+    source = commit_info()
+    result = {"machine": machine_info(), **source,
+              "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "config": {k: getattr(args, k) for k in ("items", "cpu_ms", "sleep_ms", "workers",
+                                                       "batch_size", "seconds", "py_spy",
+                                                       "events", "cold")},
+              "jobs": jobs, "wall_ms_per_job": round(1000 * wall / jobs, 2),
+              "cpu_ms_per_job": cpu_ms,
+              "cpu_ms_per_batch": ({k: round(v / batches, 3) for k, v in cpu_ms.items()}
+                                   if batches else None),
+              "py_spy": profiles}
+    out_file = args.out or default_out("profile", source["commit"])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_file}")
     shutil.rmtree(folder, ignore_errors=True)
     return 0
 

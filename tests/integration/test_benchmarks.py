@@ -84,8 +84,15 @@ def test_enqueue_reports_rates_and_a_big_submit(tmp_path: Path) -> None:
 
 
 def test_profile_job_reports_cpu_per_process(tmp_path: Path) -> None:
-    done = run_benchmark("profile_job.py", "--items", "200", "--seconds", "1", cwd=tmp_path)
+    out = tmp_path / "profile.json"
+    done = run_benchmark("profile_job.py", "--items", "200", "--batch-size", "50", "--seconds",
+                         "1", "--out", str(out), cwd=tmp_path)
     assert "worker main" in done.stdout and "pool process 0" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["jobs"] >= 1 and results["config"]["batch_size"] == 50
+    per_job, per_batch = results["cpu_ms_per_job"], results["cpu_ms_per_batch"]
+    assert per_job["all"] > 0 and per_batch["all"] == pytest.approx(per_job["all"] / 4,
+                                                                    abs=0.01)
 
 
 def test_million_runs_end_to_end_through_a_delayed_broker(tmp_path: Path) -> None:
