@@ -149,12 +149,18 @@ def test_node_sigstopped_while_it_gathers_changes_nothing_when_thawed(
         chaos.client.delete(chaos.store.key(job.job_id, "gathering"))  # its lock expired
         resend_gather(chaos.settings, job.job_id, chaos.queue)  # what a waiter does
         wait_until(lambda: chaos.store.status(job.job_id).is_final, 60, "the job to end")
+        # the frozen node's batch (whose commit gathers) is still unacknowledged
+        held = chaos.client.hlen("unacked")
     finally:
         for pid in victims:
             os.kill(pid, signal.SIGCONT)
     finished = chaos.store.status(job.job_id)
     merged = (out_dir / "stats.json").read_bytes()
-    time.sleep(5.0)  # the thawed merge finishes its sleep and goes on
+    assert held >= 1, "the frozen batch was acknowledged while its node was stopped"
+    # the thawed merge finishes its sleep and goes on; its batch is acknowledged (acks_late)
+    # once the task, gather included, has returned
+    wait_until(lambda: not chaos.client.hlen("unacked") and not chaos.client.llen(chaos.queue),
+               30, "the thawed node to finish its batch")
     status = chaos.store.status(job.job_id)
     reference = clean_spec(spec)
     reference["filters"][0].update(name="FieldStats",

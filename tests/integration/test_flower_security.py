@@ -1,7 +1,8 @@
 """Attacks on `curator-worker flower`, one test each, against the real process over HTTP.
 
 Each test starts `curator-worker flower` on a free port against the test session's own Redis
-and talks to it as a browser, a local user or a remote client would.
+and talks to it as a browser, a local user or a remote client would. Tests that only send
+requests to a Flower with the default options share one per auth setting (``shared_flower``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,36 +58,65 @@ def _env(cluster_env: dict[str, str], **extra: str) -> dict[str, str]:
     return {**env, **cluster_env, "PYTHONPATH": str(REPO), **extra}
 
 
+def _start(cluster_env: dict[str, str], folder: Path, started: list[Flower], *args: str,
+           cwd: Path | None = None, auth: str | None = AUTH, **extra: str) -> Flower:
+    """Start `curator-worker flower ARGS` (appended to ``started`` at once, for the caller to
+    stop by pid) and wait until it answers /healthcheck; its log goes to ``folder``."""
+    port = free_port()
+    env = _env(cluster_env, **extra)
+    if auth is not None:
+        env["CURATOR_FLOWER_BASIC_AUTH"] = auth
+    log = folder / f"flower-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "curator-worker"), "flower", "--port", str(port),
+                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=cwd or folder)
+    flower = Flower(port, proc, log)
+    started.append(flower)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if flower.request("GET", "/healthcheck", auth=auth)[0] == 200:
+                return flower
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"Flower did not answer /healthcheck within 60 s:\n{log.read_text()}")
+
+
 @pytest.fixture()
 def start_flower(cluster_env: dict[str, str], tmp_path: Path) -> Iterator:
     started: list[Flower] = []
 
     def start(*args: str, cwd: Path | None = None, auth: str | None = AUTH,
               **extra: str) -> Flower:
-        port = free_port()
-        env = _env(cluster_env, **extra)
-        if auth is not None:
-            env["CURATOR_FLOWER_BASIC_AUTH"] = auth
-        log = tmp_path / f"flower-{port}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([str(BIN / "curator-worker"), "flower", "--port", str(port),
-                                     *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=cwd or tmp_path)
-        flower = Flower(port, proc, log)
-        started.append(flower)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if flower.request("GET", "/healthcheck", auth=auth)[0] == 200:
-                    return flower
-            except OSError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"Flower did not answer /healthcheck within 60 s:\n{log.read_text()}")
+        return _start(cluster_env, tmp_path, started, *args, cwd=cwd, auth=auth, **extra)
 
     try:
         yield start
+    finally:
+        for flower in started:
+            stop_process(flower.proc, grace=10)
+
+
+@pytest.fixture(scope="module")
+def shared_flower(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+                  ) -> Iterator[Callable[[str | None], Flower]]:
+    """``shared(auth)``: a Flower with the default options, one per ``auth`` for the module,
+    for tests that only send it requests (none reads its log or turns its task API on)."""
+    folder = tmp_path_factory.mktemp("flower-shared")
+    started: list[Flower] = []
+    by_auth: dict[str | None, Flower] = {}
+
+    def shared(auth: str | None) -> Flower:
+        flower = by_auth.get(auth)
+        if flower is None or flower.proc.poll() is not None:
+            flower = by_auth[auth] = _start(cluster_env, folder, started, auth=auth)
+        return flower
+
+    try:
+        yield shared
     finally:
         for flower in started:
             stop_process(flower.proc, grace=10)
@@ -132,8 +162,8 @@ PATHS = ["/metrics", "/healthcheck", "/", "/api/workers", "/static/css/flower.cs
          "/no/such/page", "/api/task/async-apply/celery.backend_cleanup"]
 
 
-def test_every_path_needs_credentials(start_flower) -> None:
-    flower = start_flower()
+def test_every_path_needs_credentials(shared_flower) -> None:
+    flower = shared_flower(AUTH)
     for path in PATHS:
         for method in ("GET", "POST", "OPTIONS"):
             for auth in (None, "admin:wrong", "admin", AUTH + ",x", "admin:" + AUTH):
@@ -262,9 +292,9 @@ def test_public_address_with_auth_is_served(start_flower) -> None:
     assert flower.request("GET", "/api/workers")[0] == 401
 
 
-def test_rebound_host_name_is_refused_without_auth(start_flower) -> None:
+def test_rebound_host_name_is_refused_without_auth(shared_flower) -> None:
     """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1."""
-    flower = start_flower(auth=None)
+    flower = shared_flower(None)
     assert flower.request("GET", "/api/tasks")[0] == 200
     for host in ("evil.example", f"evil.example:{flower.port}", "192.0.2.1"):
         assert flower.request("GET", "/api/tasks", headers={"Host": host})[0] == 403
@@ -294,8 +324,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.mark.parametrize("auth", [AUTH, None], ids=["basic-auth", "loopback-no-auth"])
-def test_task_api_is_off_by_default(start_flower, attack_queue, auth) -> None:
-    flower = start_flower(auth=auth)
+def test_task_api_is_off_by_default(shared_flower, attack_queue, auth) -> None:
+    flower = shared_flower(auth)
     for path in TASK_API:
         status, _, body = flower.request("POST", path, auth=auth, headers=JSON,
                                          body=APPLY_BODY)
@@ -346,8 +376,8 @@ def test_cross_site_posts_are_refused(start_flower, attack_queue, auth) -> None:
     assert attack_queue.llen(ATTACK_QUEUE) == 1, "the same-origin request went through"
 
 
-def test_no_cors_headers_open_the_api_to_other_sites(start_flower) -> None:
-    flower = start_flower(auth=None)
+def test_no_cors_headers_open_the_api_to_other_sites(shared_flower) -> None:
+    flower = shared_flower(None)
     for method in ("GET", "OPTIONS"):
         status, headers, _ = flower.request(method, "/api/tasks",
                                             headers={"Origin": "http://evil.example"})

@@ -126,22 +126,32 @@ def test_gather_pipeline_merges_s3_shards_left_by_a_run_without_gather(
 # --------------------------------------------------------------------------- Celery
 
 
-@pytest.fixture()
-def isolated_nodes(s3_server: S3Server, cluster_settings: Settings,
-                   tmp_path: Path) -> Iterator[Settings]:
-    """Two worker nodes that share no folder: each its own cwd and TMPDIR (its "host")."""
+@pytest.fixture(scope="module")
+def isolated_cluster(s3_server: S3Server, cluster_settings: Settings,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Path]]:
+    """Two worker nodes that share no folder: each its own cwd and TMPDIR (its "host"),
+    folders ``host-x`` and ``host-y`` under the returned path; shared by this module's
+    Celery tests (each job on its own S3 prefix)."""
+    root = tmp_path_factory.mktemp("s3-hosts")
     queue = "curator-test-s3-shards"
     settings = Settings(broker_url=cluster_settings.broker_url, queue=queue,
                         visibility_timeout=3600)
     names = ["s3x@host-x", "s3y@host-y"]
-    homes = {name: tmp_path / name.split("@")[1] for name in names}
-    with running_nodes(settings, names, 1, tmp_path, env=s3_server.environ(), homes=homes):
-        yield settings
+    homes = {name: root / name.split("@")[1] for name in names}
+    with running_nodes(settings, names, 1, root, env=s3_server.environ(), homes=homes):
+        yield settings, root
+
+
+@pytest.fixture()
+def isolated_nodes(isolated_cluster: tuple[Settings, Path]) -> Settings:
+    """The settings to submit to the nodes of :func:`isolated_cluster` with."""
+    return isolated_cluster[0]
 
 
 def test_an_s3_stateful_job_on_two_nodes_sharing_no_folder_equals_a_local_sequential_run(
-    s3_env: S3Server, isolated_nodes: Settings, store: JobStore, tmp_path: Path
+    s3_env: S3Server, isolated_cluster: tuple[Settings, Path], store: JobStore, tmp_path: Path
 ) -> None:
+    isolated_nodes, hosts = isolated_cluster
     url = fresh_prefix(s3_env, "two-hosts")
     upload_corpus(s3_env, "two-hosts/raw", tmp_path / "raw")
     spec = text_spec(f"{url}/raw/*.jsonl", f"{url}/stats.json",
@@ -166,8 +176,8 @@ def test_an_s3_stateful_job_on_two_nodes_sharing_no_folder_equals_a_local_sequen
         assert fs.cat_file(f"{url}/out/{name}") == (reference / "out" / name).read_bytes()
     assert shard_objects(s3_env, "two-hosts") == []
     for host in ("host-x", "host-y"):  # nothing written on the "hosts" but their logs
-        assert not (tmp_path / host / "s3:").exists()
-        left = [p for p in (tmp_path / host / "tmp").rglob("*") if p.is_file()]
+        assert not (hosts / host / "s3:").exists()
+        left = [p for p in (hosts / host / "tmp").rglob("*") if p.is_file()]
         assert left == []  # flush and merge temp copies removed
 
 
@@ -216,7 +226,14 @@ def test_cancel_then_resume_of_an_s3_job_counts_every_index_once(
         time.sleep(0.05)
     cancel_job(isolated_nodes, job.job_id)
     assert store.status(job.job_id).state == CANCELLED
-    time.sleep(2.0)  # running batches stop at their next index, uncommitted
+    # running batches stop at their next index, uncommitted, and the queued ones are
+    # skipped: wait until no message of the nodes' queue is queued or unacknowledged
+    queue, broker = isolated_nodes.queue, store.client
+    deadline = time.monotonic() + 30
+    while broker.llen(queue) or any(json.loads(raw)[2] == queue
+                                    for raw in broker.hvals("unacked")):
+        assert time.monotonic() < deadline, "the cancelled job's messages did not drain"
+        time.sleep(0.05)
     committed = store.status(job.job_id).committed_batches
     assert 3 <= committed < 20
     # An attempt that died after uploading its shard but before committing: a real shard

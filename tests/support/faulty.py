@@ -54,7 +54,8 @@ class FlakyArrays(SyntheticArrays):
 
 
 class HangingArrays(SyntheticArrays):
-    """Indices in ``hang`` sleep ``hang_s`` seconds; ``hog`` indices allocate ``hog_mb`` MiB."""
+    """Indices in ``hang`` sleep ``hang_s`` seconds (or until the file ``release`` exists,
+    when given); ``hog`` indices allocate ``hog_mb`` MiB."""
 
     name = "HangingArrays"
     description = "SyntheticArrays with hung and memory-hungry indices"
@@ -64,18 +65,24 @@ class HangingArrays(SyntheticArrays):
         return [*super().params(),
                 Param("hang", "Comma-separated hung indices", default=""),
                 Param("hang_s", "Seconds a hung index sleeps", type=float, default=3600.0),
+                Param("release", "File whose existence ends a hang early", default=""),
                 Param("hog", "Comma-separated memory-hog indices", default=""),
                 Param("hog_mb", "MiB a hog allocates", type=int, default=4096)]
 
-    def __init__(self, hang: str = "", hang_s: float = 3600.0, hog: str = "",
-                 hog_mb: int = 4096, **kwargs: Any) -> None:
+    def __init__(self, hang: str = "", hang_s: float = 3600.0, release: str = "",
+                 hog: str = "", hog_mb: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hang, self.hang_s = _index_set(hang), hang_s
+        self.hang, self.hang_s, self.release = _index_set(hang), hang_s, release
         self.hog, self.hog_mb = _index_set(hog), hog_mb
 
     def __getitem__(self, index: int) -> Iterator[dict[str, Any]]:
         if index in self.hang:
-            time.sleep(self.hang_s)
+            if self.release:
+                deadline = time.monotonic() + self.hang_s
+                while time.monotonic() < deadline and not os.path.exists(self.release):
+                    time.sleep(0.05)
+            else:
+                time.sleep(self.hang_s)
         if index in self.hog:
             blob = bytearray(self.hog_mb * 1024 * 1024)
             del blob

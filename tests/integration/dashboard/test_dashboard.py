@@ -99,12 +99,14 @@ def start_dashboard(env: dict[str, str], log_path: Path, *args: str
     pytest.fail(f"the dashboard did not answer within 30 s: {log_path.read_text()}")
 
 
-@pytest.fixture()
-def dashboard(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    """The dashboard on 127.0.0.1 without auth; yields its base URL."""
+@pytest.fixture(scope="module")
+def dashboard(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+              ) -> Iterator[str]:
+    """The dashboard on 127.0.0.1 without auth; yields its base URL (one for the module:
+    it only reads the job store, which every test writes jobs of its own to)."""
     env = {k: v for k, v in cluster_env.items()}
     env["CURATOR_DASHBOARD_BASIC_AUTH"] = ""
-    proc, base = start_dashboard(env, tmp_path / "dashboard.log")
+    proc, base = start_dashboard(env, tmp_path_factory.mktemp("dashboard") / "dashboard.log")
     try:
         yield base
     finally:
@@ -131,11 +133,14 @@ def by_id(dom: str, element_id: str) -> str:
     return found.group(1)
 
 
-def hanging_spec(tmp: Path, count: int, hang: int, hang_s: float, fail: str) -> dict:
+def hanging_spec(tmp: Path, count: int, hang: int, hang_s: float, fail: str,
+                 release: Path | None = None) -> dict:
     spec = stats_spec(tmp, count, fail_indices=fail)
     spec["source"]["name"] = "HangingArrays"
     spec["source"]["module"] = "tests.support.faulty"
     spec["source"]["params"].update(hang=str(hang), hang_s=hang_s)
+    if release is not None:  # the hang ends when this file appears (at most hang_s)
+        spec["source"]["params"]["release"] = str(release)
     return spec
 
 
@@ -151,9 +156,10 @@ def wait_until(predicate, timeout: float, what: str):
 
 def test_dashboard_api_and_metrics_during_and_after_a_job(dashboard, store, cluster_settings,
                                                           tmp_path):
-    # 40 indices in batches of 4; 3,4,5,20 fail; index 39 sleeps 20 s, so the last batch
-    # runs for a while after the nine others are committed
-    spec = hanging_spec(tmp_path, 40, hang=39, hang_s=20.0, fail="3,4,5,20")
+    # 40 indices in batches of 4; 3,4,5,20 fail; index 39 hangs (up to 20 s) until the
+    # checks below are done, so the last batch runs after the nine others are committed
+    release = tmp_path / "release-hang"
+    spec = hanging_spec(tmp_path, 40, hang=39, hang_s=20.0, fail="3,4,5,20", release=release)
     job = submit_job(spec, cluster_settings, batch_size=4)
     job_url = f"{dashboard}/api/jobs/{job.job_id}"
 
@@ -194,6 +200,7 @@ def test_dashboard_api_and_metrics_during_and_after_a_job(dashboard, store, clus
     assert m[("curator_job_stage_seconds_total", (j, ("stage", "source")))] > 0
     assert ("curator_job_finished_timestamp_seconds", (j,)) not in m
 
+    release.touch()
     status = wait_for_job(store, job.job_id, settings=cluster_settings, progress=False,
                           timeout=120)
     assert status.state == "partial"
