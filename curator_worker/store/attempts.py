@@ -107,7 +107,7 @@ class _MarkRenewer:
                     if mark is None:
                         continue
                     try:
-                        mark.client.set(mark.key, mark.value, px=int(mark.ttl * 1000))
+                        mark.set()
                     except redis.RedisError:
                         pass  # next period; a short outage only makes the mark look dead
                 due[key] = now + mark.ttl / 3
@@ -155,9 +155,18 @@ class AttemptMark:
                 return True
             time.sleep(0.2)
 
+    @property
+    def px(self) -> int:
+        """The mark's time to live in milliseconds."""
+        return int(self.ttl * 1000)
+
+    def set(self) -> None:
+        """Write (or renew) the mark."""
+        self.client.set(self.key, self.value, px=self.px)
+
     def start(self) -> None:
         """Set the mark and renew it every third of its TTL until the block ends."""
-        self.client.set(self.key, self.value, px=int(self.ttl * 1000))
+        self.set()
         self.keep_alive()
 
     def keep_alive(self) -> None:

@@ -162,7 +162,7 @@ class JobStore(JobReads):
                   alive_key(job_id, batch_key)],
             args=[batch_key, worker, time.time(), plan or "",
                   mark.value if mark is not None else "",
-                  int(mark.ttl * 1000) if mark is not None else 0],
+                  mark.px if mark is not None else 0],
         )
         if int(attempt) < 0:
             raise UnplannedBatch(job_id, batch_key)
