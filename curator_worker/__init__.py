@@ -8,54 +8,52 @@ here unchanged::
     results = run_pipeline(pipeline, backend="celery", n_jobs=4)
 """
 
+import importlib
 from typing import Any
 
 from curator_worker import earlier_import_paths
-from curator_worker.contract.partitions import intersect_partitions
-from curator_worker.contract.pipeline import (
-    REQUIRED,
-    Filter,
-    Param,
-    Pipeline,
-    PipelineStateError,
-    Sink,
-    Source,
-)
-from curator_worker.contract.planning import batch_groups
-from curator_worker.errors import (
-    CuratorError,
-    IndexSelectionError,
-    JobFailedError,
-    JobWaitTimeout,
-    PartitionConflictError,
-    PipelineError,
-    SpecError,
-)
-from curator_worker.gather import gather_pipeline
-from curator_worker.metrics import IndexMetrics, PipelineMetrics, StageMetrics
-from curator_worker.run import (
-    RunBackend,
-    RunConfig,
-    get_backend,
-    list_backends,
-    register_backend,
-    run_pipeline,
-)
-from curator_worker.store import Job, JobStatus, JobStore
 
 earlier_import_paths.install()  # `import curator_worker.worker.tasks` and the like keep working
 
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it. Imported on first use (PEP 562), so that
+#: ``import curator_worker.embedded`` or a CLI's ``--help`` does not load Celery, Redis and
+#: the whole contract: ``curator-submit`` starts its embedded cluster before those imports.
+_EXPORTS: dict[str, str] = {
+    "intersect_partitions": "curator_worker.contract.partitions",
+    **dict.fromkeys(("REQUIRED", "Filter", "Param", "Pipeline", "PipelineStateError", "Sink",
+                     "Source"), "curator_worker.contract.pipeline"),
+    "batch_groups": "curator_worker.contract.planning",
+    **dict.fromkeys(("CuratorError", "IndexSelectionError", "JobFailedError", "JobWaitTimeout",
+                     "PartitionConflictError", "PipelineError", "SpecError"),
+                    "curator_worker.errors"),
+    "gather_pipeline": "curator_worker.gather",
+    **dict.fromkeys(("IndexMetrics", "PipelineMetrics", "StageMetrics"),
+                    "curator_worker.metrics"),
+    **dict.fromkeys(("RunBackend", "RunConfig", "get_backend", "list_backends",
+                     "register_backend", "run_pipeline"), "curator_worker.run"),
+    **dict.fromkeys(("Job", "JobStatus", "JobStore"), "curator_worker.store"),
+}
+
 
 def __getattr__(name: str) -> Any:
-    """The backend classes by name (``from curator_worker import ProcessPoolBackend``),
-    imported on first use."""
-    from curator_worker import run
-
-    if name in run.BACKEND_CLASSES:
-        return getattr(run, name)
+    """The public names of :data:`__all__` and the backend classes by name (``from
+    curator_worker import ProcessPoolBackend``), imported on first use."""
+    home = _EXPORTS.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(home), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if name.endswith("Backend"):  # not for others: `from curator_worker import run` asks
+        run = importlib.import_module("curator_worker.run")
+        if name in run.BACKEND_CLASSES:
+            return getattr(run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 __all__ = [

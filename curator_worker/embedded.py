@@ -18,13 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
 from curator_worker.config import DEFAULT_QUEUE, Settings
-from curator_worker.errors import ConfigurationError, CuratorError
+from curator_worker.errors import ConfigurationError, CuratorError, JobWaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class RedisServer:
         :class:`CuratorError` if it exits or does not answer within ``timeout`` seconds."""
         if self.proc is None:
             raise RuntimeError("RedisServer.wait_ready() before launch()")
+        import redis  # not at module level: the processes start before this import's ~0.1 s
+
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + timeout
         while True:
@@ -161,16 +163,16 @@ def worker_command(
     concurrency: int, hostname: str, queue: str, loglevel: str = "WARNING",
     task_events: bool = True,
 ) -> list[str]:
-    """The command line of one prefork worker node of this project's app.
+    """The command line of one prefork worker node of this project's app
+    (:mod:`curator_worker.worker.__main__`: Celery's worker without its command line).
 
     Without ``task_events`` the node must also get ``CURATOR_TASK_EVENTS=0`` (the app's
     configuration turns them on otherwise).
     """
     return [
-        sys.executable, "-m", "celery", "-A", "curator_worker.app", "worker",
-        "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", hostname,
-        "--queues", queue, "--loglevel", loglevel, *(["--task-events"] if task_events else []),
-        "--without-mingle", "--without-gossip",
+        sys.executable, "-m", "curator_worker.worker", "--concurrency", str(concurrency),
+        "--hostname", hostname, "--queues", queue, "--loglevel", loglevel,
+        *(["--task-events"] if task_events else []),
     ]
 
 
@@ -320,3 +322,32 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop(warm=exc_type is None)
+
+
+@contextmanager
+def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, LocalCluster | None]]:
+    """``settings`` when a broker is configured, else an embedded cluster's settings.
+
+    The embedded cluster's processes start on entry; this module imports neither Celery nor
+    Redis, so a command that enters this first (``curator-submit``) has its worker node
+    booting while it imports the rest.
+    """
+    if settings.configured:
+        settings.require_cluster()
+        yield settings, None
+        return
+    with LocalCluster(workers=workers, queue=settings.queue) as cluster:
+        try:
+            yield cluster.settings, cluster
+        except JobWaitTimeout as exc:  # the job does not outlive its private cluster
+            raise JobWaitTimeout(
+                exc.job_id, exc.timeout, exc.processed, exc.total,
+                f"Timed out after {exc.timeout:.0f}s waiting for job {exc.job_id} "
+                f"({exc.processed}/{exc.total} indices) on the embedded cluster, which is "
+                "stopped with it. Allow more time, or set CURATOR_BROKER_URL and start "
+                "workers for jobs that outlive the command.",
+            ) from None
+        finally:
+            from producer.clients import forget
+
+            forget(cluster.settings)

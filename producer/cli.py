@@ -14,20 +14,21 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import redis
 
-# Heavier modules (the submit path, reports, the dashboard) are imported inside the
-# commands that need them, so `--help` and a bad CURATOR_* value answer at once.
+# Modules that load Celery or Redis (the submit path, the job store, reports, the
+# dashboard) are imported inside the commands that need them: `--help` and a bad CURATOR_*
+# value answer at once, and `curator-submit` starts an embedded cluster's worker node
+# before it imports them (the node boots while they load).
 from curator_worker.config import Settings, check_environment, check_queue_name, redact_text
 from curator_worker.contract.spec import read_spec_file
 from curator_worker.errors import CuratorError
 from curator_worker.policy import DEFAULT_MAX_ATTEMPTS, DEFAULT_TRANSIENT, BatchPolicy, RetryPolicy
-from curator_worker.store import Job, JobStore
-from producer.job_views import dashboard_command, failures_command, print_summary
-from producer.wait import live_progress
+
+if TYPE_CHECKING:
+    from curator_worker.store import JobStore
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,8 +75,6 @@ def _run_cli(command: click.Command) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_ERROR)
-    except redis.RedisError as exc:
-        _fail(f"the job store failed: {type(exc).__name__}: {redact_text(str(exc))}")
     except (CuratorError, ValueError, ImportError) as exc:
         _fail(redact_text(str(exc)))
     except OSError as exc:
@@ -84,6 +83,17 @@ def _run_cli(command: click.Command) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted; the job keeps running on the cluster", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_redis_error(exc):
+            raise
+        _fail(f"the job store failed: {type(exc).__name__}: {redact_text(str(exc))}")
+
+
+def _is_redis_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a redis-py error (redis is imported only by the commands that
+    use it, so without it loaded no such error can have been raised)."""
+    redis = sys.modules.get("redis")
+    return redis is not None and isinstance(exc, redis.RedisError)
 
 
 def _interrupted(job_id: str, embedded: bool) -> None:
@@ -99,6 +109,8 @@ def _interrupted(job_id: str, embedded: bool) -> None:
 
 
 def _store(settings: Settings) -> JobStore:
+    from curator_worker.store import JobStore
+
     settings.require_cluster()
     return JobStore.from_url(settings.effective_job_store_url, ttl=settings.job_ttl)
 
@@ -190,15 +202,15 @@ def submit_command(
         _fail(f"--workers must be a positive integer, got {workers}.")
     if workers is not None and workers > MAX_WORKERS:
         _fail(f"--workers must be at most {MAX_WORKERS}, got {workers}.")
-    from curator_worker.backends.celery import cluster_for
-    from producer.submit import MAX_JOB_INDICES, check_job, submit_job
-    from producer.wait import wait_for_job
+    from curator_worker.embedded import cluster_for
 
-    if batch_size is not None:
-        batch_size = min(batch_size, MAX_JOB_INDICES)
     data = read_spec_file(spec)
     settings = Settings.from_env(broker_url=broker, queue=queue)
     if settings.configured and not wait:
+        from producer.submit import MAX_JOB_INDICES, submit_job
+
+        if batch_size is not None:
+            batch_size = min(batch_size, MAX_JOB_INDICES)
         job = submit_job(data, settings, origin=spec, indices=indices, batch_size=batch_size,
                          n_workers_hint=workers, options=options)
         click.echo(json.dumps({"job_id": job.job_id, "total": job.total,
@@ -210,9 +222,14 @@ def submit_command(
         hint = workers or os.cpu_count() or 1
     started = time.monotonic()
     with cluster_for(settings, hint or 1) as (active, cluster):
+        # An embedded worker node boots (~0.5-1 s: imports, pool) while these modules load
+        # and the spec is checked; a bad spec stops it at once, before anything is submitted.
+        from producer.submit import MAX_JOB_INDICES, check_job, submit_job
+        from producer.wait import wait_for_job
+
+        if batch_size is not None:
+            batch_size = min(batch_size, MAX_JOB_INDICES)
         if cluster is not None:
-            # The embedded worker boots (~1 s: imports, pool) while the spec is checked; a
-            # bad spec stops it at once, before anything is submitted.
             check_job(data, origin=spec, indices=indices, batch_size=batch_size)
             if not as_json:
                 click.echo(f"no broker configured: started an embedded cluster with {hint} "
@@ -226,9 +243,12 @@ def submit_command(
         try:
             status = wait_for_job(store, job.job_id, settings=active,
                                   progress=_progress_mode(as_json, quiet), timeout=timeout,
-                                  watchdog=cluster.check_alive if cluster is not None else None)
+                                  watchdog=cluster.check_alive if cluster is not None else None,
+                                  embedded=cluster is not None)
         except KeyboardInterrupt:
             _interrupted(job.job_id, embedded=cluster is not None)
+        from producer.job_views import print_summary
+
         print_summary(status, store, as_json, embedded=cluster is not None)
     if cluster is not None and not as_json:
         click.echo(f"embedded cluster stopped ({time.monotonic() - started:.1f}s in all)",
@@ -239,7 +259,28 @@ def submit_command(
 _broker_option = click.option("--broker", help="Broker URL (overrides CURATOR_BROKER_URL).")
 
 
+class _JobsGroup(click.Group):
+    """``curator-jobs``: adds the commands defined in :mod:`producer.job_views` (which
+    loads the job store) when a command is looked up or listed, not at import."""
+
+    def _add_job_views(self) -> None:
+        if "failures" not in self.commands:
+            from producer.job_views import dashboard_command, failures_command
+
+            self.add_command(failures_command)
+            self.add_command(dashboard_command)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_job_views()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_job_views()
+        return super().get_command(ctx, cmd_name)
+
+
 @click.group(
+    cls=_JobsGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -256,9 +297,6 @@ def jobs_group() -> None:
     """Inspect, wait for, cancel, resume and retry jobs in the job store."""
 
 
-jobs_group.add_command(failures_command)
-jobs_group.add_command(dashboard_command)
-
 
 @jobs_group.command("status")
 @click.argument("job_id")
@@ -267,6 +305,9 @@ jobs_group.add_command(dashboard_command)
 def status_command(job_id: str, as_json: bool, broker: str | None) -> None:
     """Show JOB_ID's state, counts and first failures. Exit code as for submit."""
     store = _store(Settings.from_env(broker_url=broker))
+    from producer.job_views import print_summary
+    from producer.wait import live_progress
+
     live = live_progress(store, job_id)
     status = live.status
     print_summary(status, store, as_json, detail=True, live=None if status.is_final else live)
@@ -398,6 +439,8 @@ def report_command(job_id: str, out_dir: str, broker: str | None) -> None:
     store = _store(Settings.from_env(broker_url=broker))
     store.status(job_id)  # JobNotFoundError before any file is written
     try:
+        from curator_worker.store import Job
+
         click.echo(str(write_report(Job(job_id, store), out)))
     except OSError as exc:
         _fail(f"cannot write the report into {out}: {exc.strerror or exc}. "
@@ -432,6 +475,7 @@ def _age(seconds: float) -> str:
 
 def _wait_and_exit(settings: Settings, job_id: str, *, as_json: bool, quiet: bool,
                    timeout: float | None, retrying: bool = False) -> None:
+    from producer.job_views import print_summary
     from producer.wait import wait_for_job
 
     _number("--timeout", timeout, inclusive=True)

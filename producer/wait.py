@@ -175,6 +175,7 @@ def wait_for_job(
     timeout: float | None = None,
     watchdog: Callable[[], None] | None = None,
     retrying: bool = False,
+    embedded: bool = False,
 ) -> JobStatus:
     """Block until ``job_id`` reaches a final state; show progress meanwhile.
 
@@ -198,6 +199,9 @@ def wait_for_job(
     retrying : bool
         The caller just sent a retry: progress shows that round's indices and rate, even
         if the round already ended.
+    embedded : bool
+        The job runs on an embedded cluster started for it: while its node boots, progress
+        says so instead of telling the user to start a worker.
     """
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise ValueError(f"The wait timeout must be a finite number of seconds, got {timeout!r}.")
@@ -219,11 +223,14 @@ def wait_for_job(
         while True:
             view = live_progress(store, job_id)
             status = view.status
+            note = view.note
+            if embedded and view.listeners == 0 and view.workers == 0:
+                note = "embedded workers starting"
             if again is None:
-                bar.update(view.live, status.failed, note=view.note)
+                bar.update(view.live, status.failed, note=note)
             elif not status.is_final:
                 bar.update(min(again.processed(store, job_id) + view.inflight, again.total),
-                           note=view.note)
+                           note=note)
             if status.is_final:
                 if again is None:
                     bar.update(status.done, status.failed, note=status.state, force=True)

@@ -10,15 +10,13 @@ are copied into the pipeline's local metrics store when it ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from curator_worker.config import Settings
 from curator_worker.contract.pipeline import Pipeline
 from curator_worker.contract.spec import pipeline_to_spec, spec_hash
-from curator_worker.embedded import LocalCluster
-from curator_worker.errors import CuratorError, JobFailedError, JobWaitTimeout
+from curator_worker.embedded import cluster_for
+from curator_worker.errors import CuratorError, JobFailedError
 from curator_worker.metrics import safe_record_job_blobs, stage_names
 from curator_worker.policy import BatchPolicy
 from curator_worker.run import RunBackend, RunConfig, register_backend
@@ -37,30 +35,6 @@ EMBEDDED_HINT = (
 _SETTING_KWARGS = ("broker_url", "result_backend", "job_store_url", "queue")
 _JOB_KWARGS = ("index_timeout", "batch_time_limit", "index_memory_mb", "max_attempts",
                "retries", "retry_on", "retry_backoff", "metrics", "trace_memory")
-
-
-@contextmanager
-def cluster_for(settings: Settings, workers: int) -> Iterator[tuple[Settings, LocalCluster | None]]:
-    """``settings`` when a broker is configured, else an embedded cluster's settings."""
-    if settings.configured:
-        settings.require_cluster()
-        yield settings, None
-        return
-    from producer.clients import forget
-
-    with LocalCluster(workers=workers, queue=settings.queue) as cluster:
-        try:
-            yield cluster.settings, cluster
-        except JobWaitTimeout as exc:  # the job does not outlive its private cluster
-            raise JobWaitTimeout(
-                exc.job_id, exc.timeout, exc.processed, exc.total,
-                f"Timed out after {exc.timeout:.0f}s waiting for job {exc.job_id} "
-                f"({exc.processed}/{exc.total} indices) on the embedded cluster, which is "
-                "stopped with it. Allow more time, or set CURATOR_BROKER_URL and start "
-                "workers for jobs that outlive the command.",
-            ) from None
-        finally:
-            forget(cluster.settings)
 
 
 def _job_options(kwargs: dict[str, Any], pipeline: Pipeline) -> dict[str, Any]:
@@ -181,6 +155,7 @@ class CeleryBackend(RunBackend):
                     store, job.job_id, settings=settings, progress=config.progress,
                     timeout=kwargs.get("timeout"),
                     watchdog=cluster.check_alive if cluster is not None else None,
+                    embedded=cluster is not None,
                 )
             finally:  # what finished is recorded even when waiting stops early
                 record_job_metrics(pipeline, store, job.job_id)

@@ -57,6 +57,15 @@ def test_embedded_summary_sends_nobody_to_curator_jobs(tmp_path: Path) -> None:
     assert done.stdout.count("synthetic failure") == 1
 
 
+def test_embedded_progress_never_asks_the_user_to_start_a_worker(tmp_path: Path) -> None:
+    # the command is back in ~0.1 s and submits while the embedded node still boots: its
+    # progress must not say "no worker listens ... start one with curator-worker"
+    spec_path = write_spec(tmp_path / "job.yaml", stats_spec(tmp_path / "out", 4))
+    done = cli(["curator-submit", str(spec_path), "--workers", "1"], {})
+    assert done.returncode == 0, done.stderr
+    assert "curator-worker" not in done.stderr and "no worker listens" not in done.stderr
+
+
 @pytest.mark.usefixtures("clean_env")
 def test_embedded_job_failed_error_says_what_to_do_instead(tmp_path: Path) -> None:
     pipeline = SyntheticArrays(count=6, size=4, fail_indices="1,2,3").write(
