@@ -201,28 +201,35 @@ def worker_node(consumer: Any) -> WorkerNode:
     )
 
 
-def run_worker_node(app: Celery, *, concurrency: int, hostname: str, queues: list[str],
-                    loglevel: str = "WARNING", task_events: bool = True,
-                    **options: Any) -> int:
-    """Run a prefork worker node of ``app`` until it stops, and return its exit code.
+def worker_controller(app: Celery, *, concurrency: int, hostname: str, queues: list[str],
+                      loglevel: str = "WARNING", task_events: bool = True,
+                      **options: Any) -> Any:
+    """The prefork worker node of ``app`` that ``celery -A APP worker --without-mingle
+    --without-gossip`` with these options would start, not started.
 
-    What ``celery -A APP worker --without-mingle --without-gossip`` does
-    (``celery.bin.worker.worker``: the converted options given to ``app.Worker(...)``, then
-    ``start()`` and ``exitcode``), without Celery's command line: that imports every
+    ``celery.bin.worker.worker`` converts its options (``host_format(default_nodename())``,
+    ``concurrency.get_implementation()``, ``mlevel()``) and gives them to ``app.Worker``;
+    this does the same without Celery's command line, which imports every
     ``celery.commands`` plugin (Flower's web application among them) and a REPL
-    (click-repl, prompt_toolkit), about a third of a node's start-up. ``options`` are
+    (click-repl, prompt_toolkit): about a third of a node's start-up. ``options`` are
     further ``WorkController`` settings (``max_tasks_per_child``, ``max_memory_per_child``).
     """
     from celery import concurrency as pools
     from celery.utils.log import mlevel
     from celery.utils.nodenames import default_nodename, host_format
 
-    worker = app.Worker(
+    return app.Worker(
         hostname=host_format(default_nodename(hostname)),
         pool_cls=pools.get_implementation("prefork"), loglevel=mlevel(loglevel.upper()),
         concurrency=concurrency, queues=queues, task_events=task_events,
         without_mingle=True, without_gossip=True, **options,
     )
+
+
+def run_worker_node(app: Celery, **options: Any) -> int:
+    """Start :func:`worker_controller` ``(app, **options)``, run it until it stops, and
+    return its exit code."""
+    worker = worker_controller(app, **options)
     worker.start()
     return int(worker.exitcode or 0)
 

@@ -9,6 +9,7 @@ checked against a real Redis in tests/integration/test_celery_compat.py.
 from __future__ import annotations
 
 import inspect
+import logging
 import subprocess
 import sys
 import tomllib
@@ -214,6 +215,26 @@ def test_a_worker_uses_our_consumer_and_we_read_its_node(task_events: bool) -> N
         assert (node.name, node.concurrency, node.queues) == ("c@contract", 1, [])
         assert "task_events" in vars(worker), "WorkController.task_events is gone"
         assert node.task_events is task_events
+    finally:
+        app.close()
+
+
+@pytest.mark.filterwarnings("ignore:You're running the worker with superuser")
+def test_a_node_started_without_celerys_command_line_is_the_one_it_would_start() -> None:
+    """``python -m curator_worker.worker`` builds the node as ``celery worker`` does."""
+    app = create_app(Settings(broker_url=DEAD_REDIS), with_tasks=True)
+    try:
+        worker = compat.worker_controller(app, concurrency=3, hostname="n1@%h",
+                                          queues=["q1", "q2"], loglevel="info",
+                                          task_events=False, max_tasks_per_child=7)
+        assert worker.hostname.startswith("n1@") and "%h" not in worker.hostname
+        assert worker.pool_cls.__module__ == "celery.concurrency.prefork"
+        assert (worker.concurrency, worker.loglevel) == (3, logging.INFO)
+        assert worker.task_events is False and worker.max_tasks_per_child == 7
+        assert sorted(app.amqp.queues.consume_from) == ["q1", "q2"]
+        steps = {type(s).__name__ for s in worker.consumer.steps}
+        assert not steps & {"Mingle", "Gossip"}, steps
+        assert isinstance(worker.consumer, GuardedConsumer)
     finally:
         app.close()
 
