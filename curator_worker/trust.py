@@ -38,6 +38,11 @@ from typing import Any
 
 from curator_worker.compat.celery import FilteringConsumer, printable
 from curator_worker.compat.kombu import refuse_compressed_bodies
+from curator_worker.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_BYTES_VARIABLE,
+    message_bytes_cap,
+)
 from curator_worker.messaging import GATHER, RUN_BATCH
 from curator_worker.shards import is_safe_name
 from curator_worker.store import JobStore
@@ -47,11 +52,6 @@ log = logging.getLogger(__name__)
 
 #: Every rejection line starts with this.
 REJECTED = "Rejected task message"
-
-#: Default cap on a task message (body and headers), in bytes. A batch of 1,000,000 indices
-#: (the largest one a 1,000,000-index job can have) is a message of about 8 MB.
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
-MAX_MESSAGE_BYTES_VARIABLE = "CURATOR_MAX_MESSAGE_BYTES"
 
 #: Celery's built-in task a chord needs when the result backend cannot join (not Redis).
 CHORD_UNLOCK = "celery.chord_unlock"
@@ -63,16 +63,15 @@ MAX_GATHER_DELAY = timedelta(days=1)
 def max_message_bytes(environ: Mapping[str, str] | None = None) -> int:
     """The message size cap from ``CURATOR_MAX_MESSAGE_BYTES`` (default 16 MiB).
 
-    A value that is not a positive whole number is reported in one line and the default
-    is used.
+    Commands refuse a bad value at start (:func:`~curator_worker.config.check_environment`);
+    a worker started otherwise reports it in one line and uses the default.
     """
     env = os.environ if environ is None else environ
-    raw = env.get(MAX_MESSAGE_BYTES_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_MAX_MESSAGE_BYTES
-    if raw.isascii() and raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    log.error("%s=%s is not a positive whole number of bytes; using the default %d. Fix the "
+    raw = env.get(MAX_MESSAGE_BYTES_VARIABLE, "")
+    cap = message_bytes_cap(raw)
+    if cap is not None:
+        return cap
+    log.error("%s=%s is not a whole number of bytes from 1 to 2**30; using the default %d. Fix the "
               "variable.", MAX_MESSAGE_BYTES_VARIABLE, _show(raw), DEFAULT_MAX_MESSAGE_BYTES)
     return DEFAULT_MAX_MESSAGE_BYTES
 

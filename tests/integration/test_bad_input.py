@@ -438,6 +438,8 @@ ENV_CASES: dict[str, tuple[str, str, str]] = {
     "queue-control-char": ("CURATOR_QUEUE", "a\tb", "queue name"),
     "allowed-modules-bad": ("CURATOR_ALLOWED_MODULES", "mypipe, os;rm", "not a module name"),
     "allowed-modules-empty": ("CURATOR_ALLOWED_MODULES", ",,", "names no module"),
+    "max-message-bytes-unit": ("CURATOR_MAX_MESSAGE_BYTES", "16MB", "CURATOR_MAX_MESSAGE_BYTES"),
+    "max-message-bytes-huge": ("CURATOR_MAX_MESSAGE_BYTES", "9" * 30, "whole number of bytes"),
     "broker-not-a-url": ("CURATOR_BROKER_URL", SECRET, "not a URL"),
     "broker-no-host": ("CURATOR_BROKER_URL", "redis://:{password}@:{port}/0", "names no host"),
     "broker-password-hash": ("CURATOR_BROKER_URL", f"redis://:{SECRET}#x@127.0.0.1:{{port}}/0",

@@ -95,7 +95,7 @@ def test_good_urls_are_accepted(url: str) -> None:
     ("CURATOR_QUEUE", " "), ("CURATOR_QUEUE", "q\n"), ("CURATOR_QUEUE", "x" * 201),
     ("CURATOR_ALLOWED_MODULES", "a b"), ("CURATOR_ALLOWED_MODULES", "../x"),
     ("CURATOR_ALLOWED_MODULES", ","),
-])
+] + [("CURATOR_MAX_MESSAGE_BYTES", v) for v in ("16MB", "0", "-5", "1e6", "٣", "9" * 40)])
 def test_every_bad_variable_is_a_configuration_error(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name) as info:
         check_environment({name: value})
@@ -105,7 +105,8 @@ def test_every_bad_variable_is_a_configuration_error(name: str, value: str) -> N
 def test_good_variables_are_read() -> None:
     settings = check_environment({"CURATOR_VISIBILITY_TIMEOUT": " 60 ", "CURATOR_JOB_TTL": "5",
                                   "CURATOR_TASK_EVENTS": "off", "CURATOR_QUEUE": "a:b/c.é",
-                                  "CURATOR_ALLOWED_MODULES": "mypipe., acme.x"})
+                                  "CURATOR_ALLOWED_MODULES": "mypipe., acme.x",
+                                  "CURATOR_MAX_MESSAGE_BYTES": " 1048576 "})
     assert (settings.visibility_timeout, settings.job_ttl, settings.task_events) == (60, 5, False)
     assert settings.queue == "a:b/c.é"
 
