@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from curator_worker import message_size
 from curator_worker.errors import ConfigurationError
 
 DEFAULT_QUEUE = "curator"
@@ -45,12 +46,6 @@ DEFAULT_JOB_TTL = 7 * 24 * 3600
 #: CURATOR_JOB_TTL up to 10 years. Beyond them Redis expiries and kombu's arithmetic overflow.
 MAX_VISIBILITY_TIMEOUT = 30 * 24 * 3600
 MAX_JOB_TTL = 10 * 365 * 24 * 3600
-#: Default cap on a task message (body and headers), in bytes. A batch of 1,000,000 indices
-#: (the largest one a 1,000,000-index job can have) is a message of about 8 MB.
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
-#: Largest cap ``CURATOR_MAX_MESSAGE_BYTES`` may set (1 GiB; Redis strings end at 512 MB).
-MAX_MESSAGE_BYTES_LIMIT = 2**30
-MAX_MESSAGE_BYTES_VARIABLE = "CURATOR_MAX_MESSAGE_BYTES"
 #: URL schemes that name a socket file rather than a host.
 _SOCKET_SCHEMES = frozenset({"redis+socket", "unix", "socket"})
 #: URL schemes that must name a host (others, such as Celery's ``rpc://`` result backend,
@@ -283,19 +278,6 @@ def allowed_module_prefixes(environ: Mapping[str, str] | None = None) -> tuple[s
     return prefixes
 
 
-def message_bytes_cap(raw: str) -> int | None:
-    """The message size cap a ``CURATOR_MAX_MESSAGE_BYTES`` value sets: a whole number of
-    bytes from 1 to :data:`MAX_MESSAGE_BYTES_LIMIT` (``None`` for anything else; an empty
-    value is the default)."""
-    raw = raw.strip()
-    if not raw:
-        return DEFAULT_MAX_MESSAGE_BYTES
-    if raw.isascii() and raw.isdigit() and len(raw) <= 12 \
-            and 0 < int(raw) <= MAX_MESSAGE_BYTES_LIMIT:
-        return int(raw)
-    return None
-
-
 def check_environment(environ: Mapping[str, str] | None = None) -> Settings:
     """Validate every ``CURATOR_*`` variable this package reads; return the settings.
 
@@ -304,12 +286,13 @@ def check_environment(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if environ is None else environ
     allowed_module_prefixes(env)
-    raw = env.get(MAX_MESSAGE_BYTES_VARIABLE, "")
-    if message_bytes_cap(raw) is None:
+    size = message_size
+    raw = env.get(size.MAX_MESSAGE_BYTES_VARIABLE, "")
+    if size.message_bytes_cap(raw) is None:
         raise ConfigurationError(
-            f"{MAX_MESSAGE_BYTES_VARIABLE}={ascii(raw)[:80]} is not a whole number of bytes "
-            f"from 1 to {MAX_MESSAGE_BYTES_LIMIT}. Set e.g. {DEFAULT_MAX_MESSAGE_BYTES} (the "
-            "default), or unset it."
+            f"{size.MAX_MESSAGE_BYTES_VARIABLE}={ascii(raw)[:80]} is not a whole number of "
+            f"bytes from 1 to {size.MAX_MESSAGE_BYTES_LIMIT}. Set e.g. "
+            f"{size.DEFAULT_MAX_MESSAGE_BYTES} (the default), or unset it."
         )
     return Settings.from_env(env)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from curator_worker.compat.celery import FilteringConsumer, printable
 from curator_worker.compat.kombu import refuse_compressed_bodies
-from curator_worker.config import (
+from curator_worker.message_size import (
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES_VARIABLE,
     message_bytes_cap,
